@@ -1,0 +1,249 @@
+"""Algorithm and optimizer specifications: hyperparameters, paper defaults, checks.
+
+One frozen dataclass per algorithm. A spec is plain data: it imports neither
+JAX nor PyTorch, so both backends build the same algorithm from it. Every
+spec validates itself on construction and raises a `ValueError` that names
+the offending field.
+
+  >>> spec = make_spec('ewc', ewc_lambda=100.0)
+  >>> spec.name
+  'ewc'
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Mapping
+
+
+def _check(condition: bool, spec_name: str, field: str, message: str) -> None:
+  if not condition:
+    raise ValueError(f'{spec_name}: invalid {field!r}: {message}')
+
+
+def _finite(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+  """Base class: every spec has a registry `name` and validates itself."""
+  name: ClassVar[str] = ''
+  # Does the training stream of task k hold the data of tasks 0..k (Joint)?
+  cumulative_data: ClassVar[bool] = False
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        _check(_finite(value), self.name, f.name, f'must be a finite number, got {value!r}')
+    self.validate()
+
+  def validate(self) -> None:
+    """Checks field values; subclasses raise `ValueError` naming the field."""
+
+  def _non_negative(self, *fields: str) -> None:
+    for field in fields:
+      value = getattr(self, field)
+      _check(_finite(value) and value >= 0, self.name, field, f'must be >= 0, got {value!r}')
+
+  def _positive(self, *fields: str) -> None:
+    for field in fields:
+      value = getattr(self, field)
+      _check(_finite(value) and value > 0, self.name, field, f'must be > 0, got {value!r}')
+
+  def _in_unit_interval(self, *fields: str) -> None:
+    for field in fields:
+      value = getattr(self, field)
+      _check(_finite(value) and 0 <= value <= 1, self.name, field, f'must be in [0, 1], got {value!r}')
+
+  def to_dict(self) -> dict[str, Any]:
+    return {'name': self.name, **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NaiveSpec(AlgorithmSpec):
+  """Fine-tuning: plain SGD on each task in turn (the lower bound)."""
+  name: ClassVar[str] = 'naive'
+
+
+@dataclasses.dataclass(frozen=True)
+class JointSpec(AlgorithmSpec):
+  """Joint training: task k trains on the union of tasks 0..k (the upper bound)."""
+  name: ClassVar[str] = 'joint'
+  cumulative_data: ClassVar[bool] = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EWCSpec(AlgorithmSpec):
+  """Elastic Weight Consolidation (Kirkpatrick et al. 2017), and online EWC.
+
+  Penalty `ewc_lambda / 2 * sum_i F_i (theta_i - theta*_i)^2` (eq. 3).
+
+  Attributes:
+    ewc_lambda: strength of the penalty.
+    online: online EWC (Schwarz et al. 2018, "Progress & Compress"): one
+      running Fisher `F <- gamma * F + F_t`, anchored at the latest task's
+      solution. Otherwise one penalty per past task (their sum is kept exactly
+      as one quadratic, so the state has a fixed size).
+    gamma: decay of the running Fisher in online mode (1 = no decay).
+    fisher: 'empirical' (squared per-sample gradients of the log-likelihood
+      of the true labels) or 'true' (expectation over the model's predictive
+      distribution: `sum_c p_c (grad log p_c)^2`, exact, no sampling).
+    importance_samples: samples of the task's training set used to estimate
+      the Fisher (None = all).
+  """
+  name: ClassVar[str] = 'ewc'
+  ewc_lambda: float = 100.0
+  online: bool = False
+  gamma: float = 1.0
+  fisher: str = 'empirical'
+  importance_samples: int | None = None
+
+  def validate(self):
+    self._non_negative('ewc_lambda')
+    self._in_unit_interval('gamma')
+    _check(self.fisher in ('empirical', 'true'), self.name, 'fisher',
+           f"must be 'empirical' or 'true', got {self.fisher!r}")
+    _check(self.importance_samples is None or (
+        isinstance(self.importance_samples, int) and self.importance_samples > 0),
+           self.name, 'importance_samples', f'must be None or > 0, got {self.importance_samples!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class SISpec(AlgorithmSpec):
+  """Synaptic Intelligence (Zenke, Poole & Ganguli 2017).
+
+  Importance `Omega += omega / (Delta^2 + xi)` at each task end (eq. 5), with
+  the path integral `omega = -sum_steps g * delta_theta` of the unregularised
+  loss gradient; penalty `si_lambda * sum Omega (theta - theta*)^2` (eq. 4,
+  the paper's `c`).
+  """
+  name: ClassVar[str] = 'si'
+  si_lambda: float = 0.1
+  xi: float = 0.1
+
+  def validate(self):
+    self._non_negative('si_lambda')
+    self._positive('xi')
+
+
+@dataclasses.dataclass(frozen=True)
+class MASSpec(AlgorithmSpec):
+  """Memory Aware Synapses (Aljundi et al. 2018).
+
+  Importance `Omega = 1/N sum_k |d ||f(x_k)||_2^2 / d theta|` (eq. 4), over
+  the finished task's data, accumulated over tasks; penalty
+  `mas_lambda * sum Omega (theta - theta*)^2` (eq. 3).
+  """
+  name: ClassVar[str] = 'mas'
+  mas_lambda: float = 1.0
+  importance_samples: int | None = None
+
+  def validate(self):
+    self._non_negative('mas_lambda')
+    _check(self.importance_samples is None or self.importance_samples > 0,
+           self.name, 'importance_samples', 'must be None or > 0')
+
+
+@dataclasses.dataclass(frozen=True)
+class LFLSpec(AlgorithmSpec):
+  """Less-Forgetting Learning (Jung et al. 2016).
+
+  Penalty `lfl_lambda * ||h(x; theta) - h(x; theta_old)||^2` between the
+  features (penultimate activations) of the current model and of the model
+  frozen at the end of the previous task, on the current inputs.
+  """
+  name: ClassVar[str] = 'lfl'
+  lfl_lambda: float = 1.0
+
+  def validate(self):
+    self._non_negative('lfl_lambda')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """The training regime every algorithm gets.
+
+  Attributes:
+    name: 'sgd' or 'adam'.
+    learning_rate: initial learning rate.
+    momentum: SGD momentum (0 = none).
+    weight_decay: L2 weight decay added to the gradient.
+    lr_decay: multiplicative learning-rate decay per task: task k trains at
+      `max(learning_rate * lr_decay**k, min_lr)` (Stable SGD, Mirzadeh 2020).
+    min_lr: floor of the decayed learning rate.
+    reinit_per_task: a fresh optimizer state (momentum, Adam moments) at
+      the start of every task.
+    grad_clip_norm: clip the gradient's global norm (None = no clipping).
+  """
+  name: str = 'sgd'
+  learning_rate: float = 0.01
+  momentum: float = 0.0
+  weight_decay: float = 0.0
+  lr_decay: float = 1.0
+  min_lr: float = 0.0
+  reinit_per_task: bool = True
+  grad_clip_norm: float | None = None
+
+  def __post_init__(self):
+    spec = 'optimizer'
+    _check(self.name in ('sgd', 'adam'), spec, 'name', f"must be 'sgd' or 'adam', got {self.name!r}")
+    _check(_finite(self.learning_rate) and self.learning_rate > 0, spec, 'learning_rate',
+           f'must be > 0, got {self.learning_rate!r}')
+    _check(_finite(self.momentum) and 0 <= self.momentum < 1, spec, 'momentum',
+           f'must be in [0, 1), got {self.momentum!r}')
+    _check(_finite(self.weight_decay) and self.weight_decay >= 0, spec, 'weight_decay',
+           f'must be >= 0, got {self.weight_decay!r}')
+    _check(_finite(self.lr_decay) and 0 < self.lr_decay <= 1, spec, 'lr_decay',
+           f'must be in (0, 1], got {self.lr_decay!r}')
+    _check(_finite(self.min_lr) and 0 <= self.min_lr <= self.learning_rate, spec, 'min_lr',
+           f'must be in [0, learning_rate], got {self.min_lr!r}')
+    _check(self.grad_clip_norm is None or (_finite(self.grad_clip_norm) and self.grad_clip_norm > 0),
+           spec, 'grad_clip_norm', f'must be None or > 0, got {self.grad_clip_norm!r}')
+
+  def learning_rate_for_task(self, task_id: int) -> float:
+    """The learning rate of task `task_id` under the per-task decay."""
+    return max(self.learning_rate * self.lr_decay**task_id, self.min_lr)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+SPECS: dict[str, type[AlgorithmSpec]] = {
+    cls.name: cls for cls in (NaiveSpec, JointSpec, EWCSpec, SISpec, MASSpec, LFLSpec)
+}
+
+
+def register_spec(cls: type[AlgorithmSpec]) -> type[AlgorithmSpec]:
+  """Adds a spec class to the registry (usable as a decorator)."""
+  if not cls.name:
+    raise ValueError(f'{cls.__name__} has no name')
+  if cls.name in SPECS and SPECS[cls.name] is not cls:
+    raise ValueError(f'an algorithm named {cls.name!r} is already registered')
+  SPECS[cls.name] = cls
+  return cls
+
+
+def make_spec(name: str, **hyperparameters: Any) -> AlgorithmSpec:
+  """Builds and validates the spec of algorithm `name`.
+
+  Raises:
+    ValueError: unknown algorithm, unknown hyperparameter, or a bad value.
+  """
+  if name not in SPECS:
+    raise ValueError(f'unknown algorithm {name!r}; known: {", ".join(sorted(SPECS))}')
+  cls = SPECS[name]
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(hyperparameters) - known)
+  if unknown:
+    raise ValueError(f'{name}: unknown hyperparameter(s) {unknown}; known: {sorted(known) or "none"}')
+  return cls(**hyperparameters)
+
+
+def spec_from_config(config: Mapping[str, Any]) -> AlgorithmSpec:
+  """`make_spec` from a mapping with a 'name' key (e.g. an ml_collections `config.algo`)."""
+  config = dict(config)
+  if 'name' not in config:
+    raise ValueError("algorithm config needs a 'name'")
+  return make_spec(config.pop('name'), **config)

@@ -1,0 +1,24 @@
+"""Framework-free containers shared by the data layer and both backends.
+
+Imports nothing but the standard library, so `jcl.data` (NumPy) and the
+JAX/PyTorch backends can all use the same names.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+class Batch(NamedTuple):
+  """One mini-batch, or a stack of them (a chunk) with leading axes `[K, B]`.
+
+  Attributes:
+    x: inputs, `[B, *input_shape]` float32 (a chunk: `[K, B, *input_shape]`).
+    y: integer labels, `[B]` int32.
+    t: 0-based task ids, `[B]` int32.
+    mask: `[B]` float32, 1 for a real sample and 0 for padding. A batch whose
+      mask is all 0 is a padding step: the training loop skips it.
+  """
+  x: Any
+  y: Any
+  t: Any
+  mask: Any
