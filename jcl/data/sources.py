@@ -1,0 +1,386 @@
+"""Where raw datasets come from: bundled sample, IDX, NPZ, TFDS, image folders.
+
+Every loader returns a `Dataset` of uint8 `[N, H, W, C]` images and int64
+`[N]` labels. Only NumPy and the standard library are imported here;
+`tensorflow_datasets` and Pillow are imported lazily by the loaders that need
+them.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from jcl.data.dataset import DataError, Dataset, make_dataset
+from jcl.data.idx import load_idx_dir
+
+PathLike = Union[str, os.PathLike]
+
+SOURCES = ('auto', 'sample', 'idx', 'npz', 'tfds', 'folder')
+NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+MNIST_SAMPLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 'assets', 'mnist_sample.npz')
+# Datasets with a sample bundled as package data.
+SAMPLES = {'mnist': MNIST_SAMPLE_PATH}
+_ALIASES = {
+    'fashion-mnist': 'fashion_mnist',
+    'fashionmnist': 'fashion_mnist',
+    'cifar-10': 'cifar10',
+    'cifar-100': 'cifar100',
+    'tiny_imagenet': 'tinyimagenet',
+    'tiny-imagenet': 'tinyimagenet',
+    'tiny-imagenet-200': 'tinyimagenet',
+}
+
+
+def canonical_name(name: str) -> str:
+  """Normalizes a dataset name: `'Fashion-MNIST'` -> `'fashion_mnist'`."""
+  name = name.strip().lower()
+  return _ALIASES.get(name, name)
+
+
+# -----------------------------------------------------------------------------
+# NPZ.
+# -----------------------------------------------------------------------------
+
+
+def load_npz(path: PathLike, name: Optional[str] = None) -> Dataset:
+  """Loads a dataset from an `.npz` with x_train, y_train, x_test, y_test.
+
+  Optional keys: `name` (str), `num_classes` (int), `class_names` (str array).
+  Other keys are ignored. Images may be `[N, H, W]` or `[N, H, W, C]`.
+
+  Args:
+    path: the `.npz` file.
+    name: dataset name; defaults to the file's `name` key, else the file stem.
+
+  Returns:
+    The `Dataset`.
+
+  Raises:
+    DataError: the file is missing or not an NPZ, a key is missing, or the
+      arrays are inconsistent; the message names the file and key.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: file not found')
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      missing = [k for k in NPZ_KEYS if k not in npz.files]
+      if missing:
+        raise DataError(f'{path}: missing key(s) {missing}; an NPZ dataset '
+                        f'needs {list(NPZ_KEYS)} (found {sorted(npz.files)})')
+      arrays = {k: npz[k] for k in NPZ_KEYS}
+      stored_name = str(npz['name']) if 'name' in npz.files else None
+      num_classes = (int(npz['num_classes'])
+                     if 'num_classes' in npz.files else None)
+      class_names = (tuple(str(c) for c in npz['class_names'])
+                     if 'class_names' in npz.files else None)
+  except (zipfile.BadZipFile, OSError, EOFError) as e:
+    raise DataError(f'{path}: not a readable NPZ file ({e})') from e
+  except ValueError as e:
+    if isinstance(e, DataError):
+      raise
+    raise DataError(f'{path}: cannot read NPZ arrays ({e})') from e
+  if name is None:
+    name = stored_name or os.path.splitext(os.path.basename(path))[0]
+  return make_dataset(name, arrays['x_train'], arrays['y_train'],
+                      arrays['x_test'], arrays['y_test'],
+                      num_classes=num_classes, where=path,
+                      class_names=class_names)
+
+
+def save_npz(dataset: Dataset, path: PathLike, compress: bool = True) -> None:
+  """Writes a `Dataset` as an NPZ that `load_npz` reads back.
+
+  Useful to cache a slow source (a TinyImageNet JPEG folder, TFDS) once.
+
+  Args:
+    dataset: the dataset.
+    path: destination `.npz`.
+    compress: use `np.savez_compressed`.
+  """
+  arrays: dict[str, Any] = dict(
+      x_train=dataset.x_train, y_train=dataset.y_train,
+      x_test=dataset.x_test, y_test=dataset.y_test,
+      name=np.asarray(dataset.name), num_classes=np.asarray(
+          dataset.num_classes))
+  if dataset.class_names is not None:
+    arrays['class_names'] = np.asarray(dataset.class_names)
+  (np.savez_compressed if compress else np.savez)(os.fspath(path), **arrays)
+
+
+# -----------------------------------------------------------------------------
+# Bundled sample.
+# -----------------------------------------------------------------------------
+
+
+def load_mnist_sample() -> Dataset:
+  """The real-MNIST sample bundled with jcl (works offline).
+
+  6,000 training images (600 per class) and 1,000 test images (100 per
+  class), drawn without replacement with a fixed seed from the official
+  MNIST train and test sets by `scripts/make_mnist_sample.py`.
+
+  Returns:
+    A `Dataset` named `'mnist'`: uint8 `[N, 28, 28, 1]` images, int64 labels.
+  """
+  return load_npz(MNIST_SAMPLE_PATH, name='mnist')
+
+
+# -----------------------------------------------------------------------------
+# TFDS.
+# -----------------------------------------------------------------------------
+
+
+def _read_all(source: Any, block: int = 1024) -> list[dict[str, Any]]:
+  """Reads every example of a `tfds.data_source` split, in order."""
+  n = len(source)
+  examples: list[dict[str, Any]] = []
+  batched = hasattr(source, '__getitems__')
+  for start in range(0, n, block):
+    keys = list(range(start, min(n, start + block)))
+    if batched:
+      try:
+        examples.extend(source.__getitems__(keys))
+        continue
+      except TypeError:
+        # `tfds.testing.mock_data` (4.9.x) mocks `__getitems__` with a
+        # function missing its `self`; per-example reads work everywhere.
+        batched = False
+    examples.extend(source[i] for i in keys)
+  return examples
+
+
+def load_tfds(name: str, data_dir: Optional[PathLike] = None, *,
+              splits: Sequence[str] = ('train', 'test'),
+              image_key: str = 'image', label_key: str = 'label') -> Dataset:
+  """Loads a TFDS image-classification dataset via `tfds.data_source`.
+
+  Random-access ArrayRecord reading: TensorFlow is not needed (the dataset
+  must already be prepared in `data_dir`, or downloadable by TFDS).
+  Examples are read in blocks with `__getitems__`, falling back to
+  per-example reads where that fails: under `tfds.testing.mock_data` (the
+  default `MockPolicy.AUTO`, which supports `data_source` in tfds 4.9.10) the
+  mocked `__getitems__` raises TypeError while `source[i]` works.
+
+  Args:
+    name: TFDS name, e.g. `'mnist'`, `'fashion_mnist'`, `'cifar10'`,
+      `'cifar100'`.
+    data_dir: TFDS data directory (None: the TFDS default).
+    splits: the (train, test) split names.
+    image_key: the image feature.
+    label_key: the label feature (a `ClassLabel`).
+
+  Returns:
+    The `Dataset` (named `canonical_name(name)`).
+
+  Raises:
+    ImportError: `tensorflow_datasets` is not installed.
+    DataError: a split has no examples or lacks the features.
+  """
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('load_tfds needs tensorflow-datasets: pip install '
+                      "'jcl[tfds]' (or tensorflow-datasets)") from e
+  train_split, test_split = splits
+  data_dir = None if data_dir is None else os.fspath(data_dir)
+  where = f'tfds:{name}' + (f' (data_dir={data_dir})' if data_dir else '')
+  sources = tfds.data_source(name, split=[train_split, test_split],
+                             data_dir=data_dir)
+  arrays = []
+  for split, source in zip((train_split, test_split), sources):
+    examples = _read_all(source)
+    if not examples:
+      raise DataError(f'{where}: split {split!r} is empty')
+    missing = [k for k in (image_key, label_key) if k not in examples[0]]
+    if missing:
+      raise DataError(f'{where}: split {split!r} lacks feature(s) {missing} '
+                      f'(has {sorted(examples[0])})')
+    arrays.append(np.stack([np.asarray(ex[image_key]) for ex in examples]))
+    arrays.append(np.asarray([ex[label_key] for ex in examples], np.int64))
+  num_classes = None
+  class_names = None
+  try:
+    feature = sources[0].dataset_info.features[label_key]
+    num_classes = int(feature.num_classes)
+    class_names = tuple(feature.names)
+  except (AttributeError, KeyError, TypeError):
+    pass
+  if class_names is not None and num_classes is not None and (
+      len(class_names) != num_classes):
+    class_names = None
+  return make_dataset(canonical_name(name), *arrays, num_classes=num_classes,
+                      where=where, class_names=class_names)
+
+
+# -----------------------------------------------------------------------------
+# TinyImageNet folder.
+# -----------------------------------------------------------------------------
+
+
+def _read_images(paths: Sequence[str]) -> np.ndarray:
+  """Decodes image files to a uint8 `[N, H, W, 3]` array (needs Pillow)."""
+  try:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('reading JPEG folders needs Pillow: pip install Pillow '
+                      '(or convert the folder to an NPZ once with save_npz)'
+                      ) from e
+  images = []
+  for p in paths:
+    try:
+      with Image.open(p) as im:
+        images.append(np.asarray(im.convert('RGB'), np.uint8))
+    except OSError as e:
+      raise DataError(f'{p}: cannot decode image ({e})') from e
+  try:
+    return np.stack(images)
+  except ValueError as e:
+    raise DataError(f'{os.path.dirname(paths[0])}: images of different '
+                    f'sizes ({e})') from e
+
+
+def load_tinyimagenet(path: PathLike) -> Dataset:
+  """Loads TinyImageNet from the standard `tiny-imagenet-200/` folder.
+
+  Layout: `wnids.txt`, `train/<wnid>/images/*.JPEG`, `val/val_annotations.txt`
+  (tab-separated `file, wnid, ...`) and `val/images/*.JPEG`. The labelled
+  `val` split is the test split (the official test split has no labels).
+  Class ids follow the sorted WordNet ids (as `torchvision.ImageFolder` on
+  `train/`). Decoding 110,000 JPEGs takes a while: cache the result with
+  `save_npz` and use `load_npz` afterwards.
+
+  Args:
+    path: the `tiny-imagenet-200` folder.
+
+  Returns:
+    A `Dataset` named `'tinyimagenet'`, uint8 `[N, 64, 64, 3]` images,
+    `class_names` the WordNet ids.
+
+  Raises:
+    DataError: a file or folder of the layout is missing or malformed.
+    ImportError: Pillow is not installed.
+  """
+  root = os.fspath(path)
+  wnids_path = os.path.join(root, 'wnids.txt')
+  if not os.path.isfile(wnids_path):
+    raise DataError(f'{wnids_path}: file not found (expected the '
+                    'tiny-imagenet-200 layout: wnids.txt, train/, val/)')
+  with open(wnids_path) as f:
+    wnids = sorted({line.strip() for line in f if line.strip()})
+  if not wnids:
+    raise DataError(f'{wnids_path}: no class ids')
+  index = {w: i for i, w in enumerate(wnids)}
+  train_paths, train_labels = [], []
+  for wnid in wnids:
+    folder = os.path.join(root, 'train', wnid, 'images')
+    if not os.path.isdir(folder):
+      raise DataError(f'{folder}: folder not found')
+    files = sorted(f for f in os.listdir(folder)
+                   if f.lower().endswith(('.jpeg', '.jpg', '.png')))
+    if not files:
+      raise DataError(f'{folder}: no images')
+    train_paths += [os.path.join(folder, f) for f in files]
+    train_labels += [index[wnid]] * len(files)
+  ann_path = os.path.join(root, 'val', 'val_annotations.txt')
+  if not os.path.isfile(ann_path):
+    raise DataError(f'{ann_path}: file not found')
+  test_paths, test_labels = [], []
+  with open(ann_path) as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      fields = line.rstrip('\n').split('\t')
+      if len(fields) < 2 or fields[1] not in index:
+        raise DataError(f'{ann_path}:{lineno}: expected "<file>\\t<wnid>..." '
+                        f'with a wnid from wnids.txt, got {line.strip()!r}')
+      test_paths.append(os.path.join(root, 'val', 'images', fields[0]))
+      test_labels.append(index[fields[1]])
+  for p in test_paths:
+    if not os.path.isfile(p):
+      raise DataError(f'{p}: file not found (listed in {ann_path})')
+  return make_dataset('tinyimagenet', _read_images(train_paths),
+                      np.asarray(train_labels, np.int64),
+                      _read_images(test_paths),
+                      np.asarray(test_labels, np.int64),
+                      num_classes=len(wnids), where=root,
+                      class_names=tuple(wnids))
+
+
+# -----------------------------------------------------------------------------
+# Dispatcher.
+# -----------------------------------------------------------------------------
+
+
+def _auto_source(name: str, path: Optional[str]) -> str:
+  """Picks a source from the dataset name and the kind of `path`."""
+  if path is None:
+    if name in SAMPLES:
+      return 'sample'
+    if name == 'tinyimagenet':
+      raise ValueError("dataset 'tinyimagenet' needs path= (the "
+                       'tiny-imagenet-200 folder or an NPZ)')
+    return 'tfds'
+  if os.path.isdir(path):
+    if os.path.isfile(os.path.join(path, 'wnids.txt')):
+      return 'folder'
+    return 'idx'
+  if path.endswith('.npz'):
+    return 'npz'
+  raise DataError(f'{path}: cannot infer the source: not a folder or .npz '
+                  f'file (pass source= one of {SOURCES[1:]})')
+
+
+def load_dataset(name: str, source: str = 'auto',
+                 path: Optional[PathLike] = None) -> Dataset:
+  """Loads dataset `name` from `source`.
+
+  Args:
+    name: `'mnist'`, `'fashion_mnist'`, `'kmnist'`, `'cifar10'`,
+      `'cifar100'`, `'tinyimagenet'` (or any TFDS image dataset for
+      `source='tfds'`).
+    source: `'sample'` (bundled real-MNIST sample, MNIST only), `'idx'`
+      (folder of IDX files at `path`), `'npz'` (file at `path`), `'tfds'`
+      (`tfds.data_source`, `path` = TFDS data_dir), `'folder'` (the
+      tiny-imagenet-200 folder at `path`), or `'auto'`: without `path` the
+      bundled sample if there is one else TFDS; with `path` by its kind
+      (folder with `wnids.txt` -> 'folder', other folder -> 'idx', `.npz` ->
+      'npz').
+    path: file or folder for the 'idx', 'npz', 'folder' sources; TFDS
+      data_dir for 'tfds'.
+
+  Returns:
+    The `Dataset`.
+
+  Raises:
+    ValueError: unknown source, or a source that needs `path` without it.
+    DataError: the files are missing or corrupt.
+  """
+  name = canonical_name(name)
+  path = None if path is None else os.fspath(path)
+  if source not in SOURCES:
+    raise ValueError(f'source={source!r}: must be one of {SOURCES}')
+  if source == 'auto':
+    source = _auto_source(name, path)
+  if source in ('idx', 'npz', 'folder') and path is None:
+    raise ValueError(f"source={source!r} needs path= (the "
+                     f"{'file' if source == 'npz' else 'folder'} to read)")
+  if source == 'sample':
+    if name not in SAMPLES:
+      raise ValueError(f"source='sample': no bundled sample for dataset "
+                       f'{name!r} (bundled: {sorted(SAMPLES)})')
+    return load_npz(SAMPLES[name], name=name)
+  if source == 'idx':
+    return load_idx_dir(path, name=name)
+  if source == 'npz':
+    return load_npz(path, name=name)
+  if source == 'folder':
+    if name != 'tinyimagenet':
+      raise ValueError(f"source='folder' reads the tiny-imagenet-200 layout; "
+                       f'not available for dataset {name!r}')
+    return load_tinyimagenet(path)
+  return load_tfds(name, data_dir=path)
