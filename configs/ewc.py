@@ -1,0 +1,17 @@
+"""EWC (Kirkpatrick et al. 2017) on an MNIST stream.
+
+  python -m experiments.train --config=configs/ewc.py:permuted_mnist --workdir=/tmp/ewc
+  python -m experiments.train --config=configs/ewc.py:rotated_mnist \
+      --config.benchmark.path=../shared/data/mnist --workdir=/tmp/ewc
+
+The argument after ':' picks the stream (permuted_mnist, rotated_mnist,
+split_mnist; see configs/common.py); without `benchmark.path` the real-MNIST
+sample bundled with jcl is used.
+"""
+from configs.common import EWC_LAMBDA, base_config
+
+
+def get_config(benchmark: str = 'permuted_mnist'):
+  config = base_config(benchmark)
+  config.algo = dict(name='ewc', ewc_lambda=EWC_LAMBDA[benchmark], fisher='empirical')
+  return config

@@ -1,0 +1,17 @@
+"""Less-Forgetting Learning (Jung et al. 2016) on an MNIST stream.
+
+  python -m experiments.train --config=configs/lfl.py:permuted_mnist --workdir=/tmp/lfl
+  python -m experiments.train --config=configs/lfl.py:rotated_mnist \
+      --config.benchmark.path=../shared/data/mnist --workdir=/tmp/lfl
+
+The argument after ':' picks the stream (permuted_mnist, rotated_mnist,
+split_mnist; see configs/common.py); without `benchmark.path` the real-MNIST
+sample bundled with jcl is used.
+"""
+from configs.common import LFL_LAMBDA, base_config
+
+
+def get_config(benchmark: str = 'permuted_mnist'):
+  config = base_config(benchmark)
+  config.algo = dict(name='lfl', lfl_lambda=LFL_LAMBDA[benchmark])
+  return config

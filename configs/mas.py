@@ -1,0 +1,17 @@
+"""Memory Aware Synapses (Aljundi et al. 2018) on an MNIST stream.
+
+  python -m experiments.train --config=configs/mas.py:permuted_mnist --workdir=/tmp/mas
+  python -m experiments.train --config=configs/mas.py:rotated_mnist \
+      --config.benchmark.path=../shared/data/mnist --workdir=/tmp/mas
+
+The argument after ':' picks the stream (permuted_mnist, rotated_mnist,
+split_mnist; see configs/common.py); without `benchmark.path` the real-MNIST
+sample bundled with jcl is used.
+"""
+from configs.common import MAS_LAMBDA, base_config
+
+
+def get_config(benchmark: str = 'permuted_mnist'):
+  config = base_config(benchmark)
+  config.algo = dict(name='mas', mas_lambda=MAS_LAMBDA[benchmark])
+  return config

@@ -1,0 +1,17 @@
+"""Naive fine-tuning (the lower bound) on an MNIST stream.
+
+  python -m experiments.train --config=configs/naive.py:permuted_mnist --workdir=/tmp/naive
+  python -m experiments.train --config=configs/naive.py:rotated_mnist \
+      --config.benchmark.path=../shared/data/mnist --workdir=/tmp/naive
+
+The argument after ':' picks the stream (permuted_mnist, rotated_mnist,
+split_mnist; see configs/common.py); without `benchmark.path` the real-MNIST
+sample bundled with jcl is used.
+"""
+from configs.common import base_config
+
+
+def get_config(benchmark: str = 'permuted_mnist'):
+  config = base_config(benchmark)
+  config.algo = dict(name='naive')
+  return config

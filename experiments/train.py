@@ -1,0 +1,36 @@
+"""Trains a continual-learning stream from an ml_collections config.
+
+  python -m experiments.train --config=configs/quickstart.py --workdir=/tmp/jcl
+  python -m experiments.train --config=configs/ewc_permuted_mnist.py \
+      --config.algo.ewc_lambda=10 --workdir=/tmp/ewc
+
+Writes `results.json` (config, accuracy matrix, metrics, timings) and
+`metrics.jsonl` into `--workdir`, and prints the accuracy matrix with ACC,
+BWT, FWT and forgetting.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from jcl import experiment
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for results.json and logs.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.info('JAX devices: %s', jax.devices())
+  result = experiment.run(_CONFIG.value, _WORKDIR.value)
+  print(experiment.format_summary(result))
+  if _WORKDIR.value:
+    print(f'results written to {_WORKDIR.value}/results.json')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,56 @@
+"""Default experiment config and benchmark presets (ml_collections).
+
+Config files in `configs/` start from `default_config()` and override a few
+fields, as flax's examples do. Sections:
+
+  seed        int, everything (init, data order, algorithm keys) derives from it
+  benchmark   kwargs of `jcl.data.make_benchmark` plus `name`
+  model       kwargs of `jcl.models.make_model` plus `name` (the head comes
+              from the benchmark's scenario)
+  algo        the algorithm's spec: `name` plus its hyperparameters
+  optimizer   `jcl.specs.OptimizerSpec`
+  train       `jcl.train.TrainConfig` (epochs, batch size, chunk size...)
+  log         loggers, progress bar, how often chunk metrics are written
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def benchmark_preset(name: str) -> ml_collections.ConfigDict:
+  """The benchmark section of the standard MNIST streams.
+
+  `source='auto'` reads `path` (a folder of IDX files, e.g.
+  `../shared/data/mnist`) when one is given, else the real-MNIST sample
+  shipped with jcl.
+  """
+  common = dict(source='auto', path=ml_collections.FieldReference(None, field_type=str),
+                samples_per_task=ml_collections.FieldReference(None, field_type=int),
+                val_fraction=0.0)
+  presets = {
+      'permuted_mnist': dict(name='permuted_mnist', num_tasks=10, scenario='domain'),
+      'rotated_mnist': dict(name='rotated_mnist', num_tasks=20, scenario='domain',
+                            angles='fixed_step', degrees_per_task=9.0),
+      'split_mnist': dict(name='split_mnist', num_tasks=5, scenario='task'),
+  }
+  if name not in presets:
+    raise ValueError(f'unknown benchmark preset {name!r}; known: {", ".join(sorted(presets))}')
+  return ml_collections.ConfigDict({**presets[name], **common})
+
+
+def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.benchmark = benchmark_preset(benchmark)
+  config.model = ml_collections.ConfigDict(dict(name='mlp', widths=(100, 100), dropout=0.0))
+  config.algo = ml_collections.ConfigDict(dict(name='naive'))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd', learning_rate=0.05, momentum=0.0, weight_decay=0.0, lr_decay=1.0, min_lr=0.0,
+      reinit_per_task=True, grad_clip_norm=ml_collections.FieldReference(None, field_type=float)))
+  config.train = ml_collections.ConfigDict(dict(
+      epochs=1, batch_size=10, chunk_steps=100, drop_last=False, eval_batch_size=1000,
+      eval_split='test', end_task_batch_size=256,
+      importance_samples=ml_collections.FieldReference(None, field_type=int)))
+  config.log = ml_collections.ConfigDict(dict(loggers=('console', 'jsonl'), progress=True,
+                                              every_chunks=10))
+  return config

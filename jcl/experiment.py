@@ -1,0 +1,146 @@
+"""Builds a whole run from an ml_collections config and runs it.
+
+A config has the sections `benchmark`, `model`, `algo`, `optimizer`, `train`
+and `log` plus a `seed` (see `configs/quickstart.py`). `run(config, workdir)`
+is what `experiments/train.py` calls; tests call it directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from jcl import algorithms
+from jcl import callbacks as callbacks_lib
+from jcl import loggers as loggers_lib
+from jcl import metrics as metrics_lib
+from jcl import models
+from jcl import specs
+from jcl import train as train_lib
+from jcl import train_state as ts_lib
+from jcl.data import benchmarks as benchmarks_lib
+
+
+def _to_dict(section: Any) -> dict[str, Any]:
+  if section is None:
+    return {}
+  if hasattr(section, 'to_dict'):
+    section = section.to_dict()
+  return {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(section).items()}
+
+
+def build_benchmark(config) -> benchmarks_lib.Benchmark:
+  kwargs = _to_dict(config.benchmark)
+  name = kwargs.pop('name')
+  kwargs.setdefault('seed', config.seed)
+  return benchmarks_lib.make_benchmark(name, **kwargs)
+
+
+def build_model(model_config: Mapping[str, Any], benchmark: benchmarks_lib.Benchmark):
+  """The model of `model_config`, with the output head the benchmark's scenario needs."""
+  kwargs = _to_dict(model_config)
+  name = kwargs.pop('name')
+  task_classes = None
+  if benchmark.scenario == 'task' and benchmark.num_heads == 1:
+    task_classes = tuple(tuple(int(c) for c in cls) for cls in benchmark.task_classes)
+  return models.make_model(name, num_classes=benchmark.num_classes,
+                           num_heads=benchmark.num_heads, task_classes=task_classes, **kwargs)
+
+
+def build(config) -> dict[str, Any]:
+  """Benchmark, algorithm, initial train state and loop config of `config`."""
+  spec = specs.spec_from_config(_to_dict(config.algo))
+  optimizer = specs.OptimizerSpec(**_to_dict(config.optimizer))
+  train_config = train_lib.TrainConfig(seed=config.seed, **_to_dict(config.train))
+  benchmark = build_benchmark(config)
+  model = build_model(config.model, benchmark)
+  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
+                                    benchmark.num_classes)
+  return dict(spec=spec, algorithm=algorithms.build(spec), benchmark=benchmark, model=model,
+              train_state=state, train_config=train_config, algo_rng=algo_rng)
+
+
+def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.FitResult:
+  """Runs `config`; with `workdir`, writes `results.json` and the logs there.
+
+  `results.json` holds the config, the accuracy matrix `R[i][j]` (task i after
+  training task j, fractions), the summary metrics and the timings. If the
+  run stops on a non-finite loss, what was measured so far is still written
+  (with `"error"`), then the error is raised.
+  """
+  t_start = time.perf_counter()
+  parts = build(config)
+  log = _to_dict(config.get('log', {}))
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+  logger = loggers_lib.make_loggers(
+      [n for n in log.get('loggers', ('console',)) if workdir or n != 'jsonl'], workdir)
+  cbs = [callbacks_lib.LoggingCallback(logger, every_chunks=log.get('every_chunks', 10)),
+         callbacks_lib.ProgressCallback(enabled=log.get('progress', True)), *extra_callbacks]
+  try:
+    result = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
+                           parts['train_config'], callbacks=cbs, rng=parts['algo_rng'])
+  except train_lib.NonFiniteLossError as err:
+    if workdir:
+      ctx = err.context
+      write_results(workdir, config, {
+          'error': str(err),
+          'accuracy_matrix': train_lib._nan_to_none(ctx.accuracy_matrix.tolist()),
+          'history': ctx.history})
+    raise
+  finally:
+    logger.close()
+  result.timings['wall_seconds'] = time.perf_counter() - t_start
+  if workdir:
+    write_results(workdir, config, {
+        **result.to_json(), 'benchmark': parts['benchmark'].name,
+        'scenario': parts['benchmark'].scenario, 'algorithm': parts['spec'].to_dict()})
+  return result
+
+
+def write_results(workdir: str, config, payload: Mapping[str, Any]) -> str:
+  """Atomically writes `workdir/results.json` (a crash never leaves half a file)."""
+  path = os.path.join(workdir, 'results.json')
+  document = {
+      'config': json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort')
+      else dict(config),
+      'environment': {'jax': jax.__version__, 'backend': jax.default_backend(),
+                      'python': platform.python_version()},
+      **payload,
+  }
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(document, f, indent=1, default=_json_default)
+  os.replace(tmp, path)
+  return path
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if dataclasses.is_dataclass(value):
+    return dataclasses.asdict(value)
+  return str(value)
+
+
+def format_summary(result: train_lib.FitResult) -> str:
+  """The accuracy matrix and headline metrics, in percent, for the console."""
+  s = result.summary
+  lines = ['accuracy matrix R[i, j] (%, task i after training task j):',
+           metrics_lib.format_matrix(result.accuracy_matrix)]
+  parts = [f'{k.upper()} {100 * s[k]:+.2f}' if k in ('bwt', 'fwt') else f'{k} {100 * s[k]:.2f}'
+           for k in ('acc', 'bwt', 'fwt', 'forgetting') if k in s]
+  lines.append(' | '.join(parts))
+  t = result.timings
+  lines.append(f"train {t['train_seconds']:.1f}s ({t['train_samples_per_second']:.0f} samples/s), "
+               f"eval {t['eval_seconds']:.1f}s")
+  return '\n'.join(lines)

@@ -1,0 +1,269 @@
+"""`fit`: runs a continual-learning stream with scanned, jit-compiled chunks.
+
+Per task: `begin_task`, epochs of fixed-shape chunks `[K, B, ...]` each run as
+one `lax.scan` over `algorithm.step` (host Python runs only between chunks),
+`end_task` on the task's training set, then evaluation of *every* task (seen
+or not, so forward transfer can be measured), filling column k of the
+accuracy matrix `R[i, k]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcl import callbacks as callbacks_lib
+from jcl import evaluation
+from jcl import metrics as metrics_lib
+from jcl.algorithms.base import Algorithm
+from jcl.data import stream
+from jcl.data.benchmarks import Benchmark, TaskSplit, joint_task
+from jcl.train_state import TrainState
+from jcl.types import Batch
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+def run_chunk_fn(step):
+  """`(train_state, algo_state, chunk) -> (train_state, algo_state, metrics, valid)`.
+
+  Scans `step` over the K batches of `chunk`; all-padding batches (mask all 0)
+  leave the states untouched. `metrics` is stacked `[K]`, `valid` `[K]` bool.
+  """
+
+  def run(train_state, algo_state, chunk: Batch):
+
+    def body(carry, batch):
+      ts, st = carry
+
+      def skip(_):
+        metric_shapes = jax.eval_shape(step, ts, batch, st)[2]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+        return ts, st, zeros
+
+      valid = jnp.sum(batch.mask) > 0
+      ts, st, metrics = jax.lax.cond(valid, lambda _: step(ts, batch, st), skip, None)
+      return (ts, st), (metrics, valid)
+
+    (train_state, algo_state), (metrics, valid) = jax.lax.scan(body, (train_state, algo_state), chunk)
+    return train_state, algo_state, metrics, valid
+
+  return run
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """How `fit` walks the stream.
+
+  Attributes:
+    epochs: epochs per task (1 = single pass, online CL).
+    batch_size: training batch size B.
+    chunk_steps: batches per scanned chunk K (host Python runs once per chunk).
+    drop_last: drop the last partial batch instead of padding it.
+    eval_batch_size: evaluation batch size.
+    eval_split: 'test' or 'val' (validation held out from the training set).
+    end_task_batch_size: batch size of the task data handed to `end_task`.
+    importance_samples: at most this many samples of the task go to
+      `end_task` (e.g. for the Fisher), chosen with the seed; None = all.
+    seed: data order (epochs are shuffled with `(seed, task, epoch)`).
+  """
+  epochs: int = 1
+  batch_size: int = 10
+  chunk_steps: int = 100
+  drop_last: bool = False
+  eval_batch_size: int = 1000
+  eval_split: str = 'test'
+  end_task_batch_size: int = 256
+  importance_samples: int | None = None
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ('epochs', 'batch_size', 'chunk_steps', 'eval_batch_size', 'end_task_batch_size'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'train: invalid {name!r}: must be an integer >= 1, got {value!r}')
+    if self.eval_split not in ('test', 'val'):
+      raise ValueError(f"train: invalid 'eval_split': must be 'test' or 'val', got {self.eval_split!r}")
+    if self.importance_samples is not None and self.importance_samples < 1:
+      raise ValueError(f"train: invalid 'importance_samples': must be None or >= 1")
+
+
+@dataclasses.dataclass
+class FitResult:
+  train_state: TrainState
+  algo_state: Any
+  accuracy_matrix: np.ndarray    # R[i, j]: accuracy on task i after training task j (fractions)
+  initial_accuracy: np.ndarray   # [T] accuracy of the untrained model
+  summary: dict[str, float]      # ACC, BWT, FWT, forgetting, ... (fractions)
+  history: list[dict[str, Any]]  # per-chunk mean metrics
+  timings: dict[str, float]
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+        'accuracy_matrix': _nan_to_none(self.accuracy_matrix.tolist()),
+        'initial_accuracy': self.initial_accuracy.tolist(),
+        'summary': self.summary,
+        'timings': self.timings,
+        'history': self.history,
+    }
+
+
+def _nan_to_none(rows):
+  return [[None if (isinstance(v, float) and math.isnan(v)) else v for v in r] for r in rows]
+
+
+def training_split(benchmark: Benchmark, task_id: int, cumulative: bool) -> TaskSplit:
+  """The data task `task_id` trains on: its own, or tasks 0..k for Joint."""
+  return joint_task(benchmark, task_id) if cumulative else benchmark.tasks[task_id].train
+
+
+def subsample(split: TaskSplit, max_samples: int | None, rng: np.random.Generator) -> TaskSplit:
+  if max_samples is None or len(split) <= max_samples:
+    return split
+  idx = np.sort(rng.choice(len(split), max_samples, replace=False))
+  return TaskSplit(x=split.x[idx], y=split.y[idx], t=split.t[idx])
+
+
+def task_data(split: TaskSplit, batch_size: int) -> Batch:
+  """A whole split as one padded chunk `[K, B, ...]` (for `end_task`)."""
+  steps = stream.num_batches(len(split), batch_size, drop_last=False)
+  (chunk,) = stream.eval_chunks(split, batch_size=batch_size, chunk_steps=steps)
+  return Batch(*map(jnp.asarray, chunk))
+
+
+def class_mask_for(benchmark: Benchmark, task_id: int) -> np.ndarray:
+  """Output units usable while training task `task_id` and evaluating after it:
+  the classes seen so far in class-incremental learning, all units otherwise."""
+  if benchmark.scenario == 'class':
+    return np.asarray(benchmark.seen_classes_mask(task_id), bool)
+  return np.ones((benchmark.num_classes,), bool)
+
+
+def evaluate_all(train_state: TrainState, benchmark: Benchmark, config: TrainConfig) -> np.ndarray:
+  splits = [task.val if config.eval_split == 'val' else task.test for task in benchmark.tasks]
+  if any(s is None for s in splits):
+    raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
+  return evaluation.evaluate_tasks(train_state, splits, batch_size=config.eval_batch_size)
+
+
+def _mean_metrics(metrics: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
+  n = max(int(valid.sum()), 1)
+  return {k: float(np.sum(np.where(valid, v, 0.0)) / n) for k, v in metrics.items()}
+
+
+def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
+        config: TrainConfig | None = None, *, algo_state: Any = None,
+        callbacks: Sequence[callbacks_lib.Callback] = (), rng: jax.Array | None = None,
+        cumulative_data: bool | None = None) -> FitResult:
+  """Trains `algorithm` on every task of `benchmark` in order.
+
+  Args:
+    algorithm: a `jcl.algorithms.Algorithm`.
+    train_state: the initial `TrainState` (model, optimizer, keys).
+    benchmark: a `jcl.data.Benchmark`.
+    config: the loop's `TrainConfig`.
+    algo_state: the algorithm's initial state (default `algorithm.init`).
+    callbacks: hooks called at fit/task/epoch/chunk boundaries.
+    rng: key for `algorithm.init` (default: derived from `config.seed`).
+    cumulative_data: train task k on tasks 0..k (default: the spec's
+      `cumulative_data`, True for Joint).
+
+  Returns:
+    A `FitResult` with the final states and the accuracy matrix.
+
+  Raises:
+    NonFiniteLossError: a chunk produced a NaN/inf loss (the metrics and
+      accuracy matrix gathered so far are in the exception's `context`).
+  """
+  config = config or TrainConfig()
+  if cumulative_data is None:
+    cumulative_data = bool(getattr(algorithm.spec, 'cumulative_data', False))
+  importance_samples = getattr(algorithm.spec, 'importance_samples', None) or config.importance_samples
+  if rng is None:
+    rng = jax.random.PRNGKey(config.seed)
+  if algo_state is None:
+    algo_state = algorithm.init(train_state, rng)
+
+  num_tasks = benchmark.num_tasks
+  run_chunk = jax.jit(run_chunk_fn(algorithm.step))
+  end_task = jax.jit(algorithm.end_task)
+
+  t0 = time.perf_counter()
+  initial = evaluate_all(train_state, benchmark, config)
+  ctx = callbacks_lib.FitContext(
+      train_state=train_state, algo_state=algo_state, num_tasks=num_tasks,
+      accuracy_matrix=np.full((num_tasks, num_tasks), np.nan), initial_accuracy=initial,
+      epochs=config.epochs)
+  ctx.eval_seconds += time.perf_counter() - t0
+  for cb in callbacks:
+    cb.on_fit_begin(ctx)
+
+  for task_id in range(num_tasks):
+    split = training_split(benchmark, task_id, cumulative_data)
+    ctx.task, ctx.chunks_per_epoch = task_id, stream.num_chunks(
+        len(split), config.batch_size, config.chunk_steps, drop_last=config.drop_last)
+    ts = ctx.train_state.replace(class_mask=jnp.asarray(class_mask_for(benchmark, task_id)))
+    ctx.train_state, ctx.algo_state = algorithm.begin_task(ts, ctx.algo_state, task_id)
+    for cb in callbacks:
+      cb.on_task_begin(ctx)
+
+    for epoch in range(config.epochs):
+      ctx.epoch = epoch
+      for cb in callbacks:
+        cb.on_epoch_begin(ctx)
+      order_rng = np.random.default_rng([config.seed, task_id, epoch])
+      chunks = stream.epoch_chunks(split, batch_size=config.batch_size, chunk_steps=config.chunk_steps,
+                                   rng=order_rng, drop_last=config.drop_last)
+      for chunk_id, chunk in enumerate(chunks):
+        t0 = time.perf_counter()
+        ctx.train_state, ctx.algo_state, metrics, valid = run_chunk(
+            ctx.train_state, ctx.algo_state, Batch(*map(jnp.asarray, chunk)))
+        metrics, valid = jax.device_get((metrics, valid))
+        ctx.train_seconds += time.perf_counter() - t0
+        ctx.chunk = chunk_id
+        ctx.samples_seen += int(np.sum(chunk.mask))
+        ctx.chunk_metrics = _mean_metrics(metrics, valid)
+        ctx.history.append({'task': task_id, 'epoch': epoch, 'chunk': chunk_id,
+                            'step': int(ctx.train_state.step), **ctx.chunk_metrics})
+        if not all(math.isfinite(v) for v in ctx.chunk_metrics.values()):
+          bad = {k: v for k, v in ctx.chunk_metrics.items() if not math.isfinite(v)}
+          err = NonFiniteLossError(
+              f'non-finite training metrics {bad} in task {task_id}, epoch {epoch}, chunk {chunk_id} '
+              f'(step {int(ctx.train_state.step)}); lower the learning rate or check the data')
+          err.context = ctx
+          raise err
+        for cb in callbacks:
+          cb.on_chunk_end(ctx)
+      for cb in callbacks:
+        cb.on_epoch_end(ctx)
+
+    t0 = time.perf_counter()
+    data = task_data(subsample(benchmark.tasks[task_id].train, importance_samples,
+                               np.random.default_rng([config.seed, task_id, 1 << 20])),
+                     config.end_task_batch_size)
+    ctx.train_state, ctx.algo_state = end_task(ctx.train_state, ctx.algo_state, data)
+    jax.block_until_ready(ctx.algo_state)
+    ctx.train_seconds += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ctx.accuracy_matrix[:, task_id] = evaluate_all(ctx.train_state, benchmark, config)
+    ctx.eval_seconds += time.perf_counter() - t0
+    for cb in callbacks:
+      cb.on_task_end(ctx)
+
+  for cb in callbacks:
+    cb.on_fit_end(ctx)
+  summary = metrics_lib.summarize(ctx.accuracy_matrix, b=initial)
+  timings = {'train_seconds': ctx.train_seconds, 'eval_seconds': ctx.eval_seconds,
+             'total_seconds': time.perf_counter() - ctx.start_time,
+             'samples_seen': ctx.samples_seen,
+             'train_samples_per_second': ctx.samples_seen / max(ctx.train_seconds, 1e-9)}
+  return FitResult(ctx.train_state, ctx.algo_state, ctx.accuracy_matrix, initial, summary,
+                   ctx.history, timings)
