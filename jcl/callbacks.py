@@ -63,8 +63,8 @@ class LoggingCallback(Callback):
   def on_task_end(self, ctx):
     trained = ctx.accuracy_matrix[:, :ctx.task + 1]
     summary = metrics_lib.summarize(trained, b=ctx.initial_accuracy)
-    self.logger.write_table(f'accuracy_matrix after task {ctx.task}', ctx.accuracy_matrix,
-                            step=ctx.task)
+    self.logger.write_table(f'accuracy matrix after task {ctx.task}', ctx.accuracy_matrix,
+                            step=int(ctx.train_state.step))
     self.logger.write_scalars(int(ctx.train_state.step), {
         'task': ctx.task, **{f'eval/{k}': v for k, v in summary.items()}})
     self.logger.flush()

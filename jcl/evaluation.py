@@ -1,8 +1,6 @@
 """Accuracy of a model on every task, with fixed-shape scanned eval chunks."""
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +10,7 @@ from jcl.algorithms import base
 from jcl.types import Batch
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def count_correct(train_state: ts_lib.TrainState, chunk: Batch) -> tuple[jax.Array, jax.Array]:
   """`(correct, count)` over a chunk `[K, B, ...]` in evaluation mode.
 
