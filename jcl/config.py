@@ -32,10 +32,17 @@ def benchmark_preset(name: str) -> ml_collections.ConfigDict:
       'rotated_mnist': dict(name='rotated_mnist', num_tasks=20, scenario='domain',
                             angles='fixed_step', degrees_per_task=9.0),
       'split_mnist': dict(name='split_mnist', num_tasks=5, scenario='task'),
+      # Class-incremental Split MNIST ("Seq-MNIST" of DER / Mammoth).
+      'split_mnist_class': dict(name='split_mnist', num_tasks=5, scenario='class'),
+      # GEM's "MNIST permutations": 20 tasks of 1000 samples, single pass.
+      'permuted_mnist_online': dict(name='permuted_mnist', num_tasks=20, scenario='domain'),
   }
   if name not in presets:
     raise ValueError(f'unknown benchmark preset {name!r}; known: {", ".join(sorted(presets))}')
-  return ml_collections.ConfigDict({**presets[name], **common})
+  config = ml_collections.ConfigDict({**presets[name], **common})
+  if name == 'permuted_mnist_online':
+    config.samples_per_task = 1000
+  return config
 
 
 def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDict:

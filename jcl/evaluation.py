@@ -11,37 +11,47 @@ from jcl.types import Batch
 
 
 @jax.jit
-def count_correct(train_state: ts_lib.TrainState, chunk: Batch) -> tuple[jax.Array, jax.Array]:
-  """`(correct, count)` over a chunk `[K, B, ...]` in evaluation mode.
+def count_correct(train_state: ts_lib.TrainState, chunk: Batch,
+                  task_classes: jax.Array | None = None) -> jax.Array:
+  """Correct predictions and sample count over a chunk `[K, B, ...]`, eval mode.
 
   Predictions are the argmax over the output units allowed by the state's
   `class_mask` (class-incremental learning predicts among seen classes).
+  With `task_classes` (`[T, C]` bool), a second count predicts among the
+  classes of each sample's task only: task-incremental accuracy of a
+  class-incremental model, as Mammoth reports it.
+
+  Returns:
+    `[3]`: correct, correct given the task (0 without `task_classes`), count.
   """
 
   def body(carry, batch):
     logits, _ = ts_lib.apply_model(train_state, train_state.params, batch.x, batch.t, train=False)
-    logits = base.masked_logits(logits, train_state.class_mask)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch.y) * batch.mask)
-    return (carry[0] + correct, carry[1] + jnp.sum(batch.mask)), None
+    hit = lambda l: jnp.sum((jnp.argmax(l, -1) == batch.y) * batch.mask)
+    correct = hit(base.masked_logits(logits, train_state.class_mask))
+    correct_given_task = (hit(base.masked_logits(logits, task_classes[batch.t]))
+                          if task_classes is not None else 0.0)
+    return carry + jnp.stack([correct, correct_given_task, jnp.sum(batch.mask)]), None
 
-  zero = jnp.zeros((), jnp.float32)
-  return jax.lax.scan(body, (zero, zero), chunk)[0]
+  return jax.lax.scan(body, jnp.zeros((3,), jnp.float32), chunk)[0]
 
 
 def split_accuracy(train_state: ts_lib.TrainState, split, *, batch_size: int = 1000,
-                   chunk_steps: int = 10) -> float:
-  """Accuracy (a fraction) on a `TaskSplit`."""
+                   chunk_steps: int = 10, task_classes=None) -> tuple[float, float]:
+  """`(accuracy, accuracy given the task)` (fractions) on a `TaskSplit`."""
   from jcl.data import stream  # local: keeps this module importable without the data layer
-  correct = total = 0.0
+  totals = np.zeros(3)
   for chunk in stream.eval_chunks(split, batch_size=batch_size, chunk_steps=chunk_steps):
-    c, n = count_correct(train_state, Batch(*map(jnp.asarray, chunk)))
-    correct += float(c)
-    total += float(n)
-  if total == 0:
+    totals += np.asarray(count_correct(train_state, Batch(*map(jnp.asarray, chunk)), task_classes))
+  if totals[2] == 0:
     raise ValueError('cannot evaluate on an empty split')
-  return correct / total
+  return totals[0] / totals[2], totals[1] / totals[2]
 
 
-def evaluate_tasks(train_state: ts_lib.TrainState, splits, **kwargs) -> np.ndarray:
-  """Accuracy on each split, `[len(splits)]`."""
-  return np.array([split_accuracy(train_state, s, **kwargs) for s in splits])
+def evaluate_tasks(train_state: ts_lib.TrainState, splits, *, task_classes=None,
+                   **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+  """Accuracy on each split `[len(splits)]`, and with `task_classes` the
+  task-incremental accuracy on each (else None)."""
+  pairs = np.array([split_accuracy(train_state, s, task_classes=task_classes, **kwargs)
+                    for s in splits])
+  return pairs[:, 0], (pairs[:, 1] if task_classes is not None else None)

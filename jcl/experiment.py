@@ -59,11 +59,16 @@ def build(config) -> dict[str, Any]:
   optimizer = specs.OptimizerSpec(**_to_dict(config.optimizer))
   train_config = train_lib.TrainConfig(seed=config.seed, **_to_dict(config.train))
   benchmark = build_benchmark(config)
+  if benchmark.scenario not in spec.scenarios:
+    raise ValueError(f'{spec.name} does not apply to {benchmark.scenario}-incremental learning; '
+                     f'it supports: {", ".join(spec.scenarios)}')
   model = build_model(config.model, benchmark)
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
                                     benchmark.num_classes)
-  return dict(spec=spec, algorithm=algorithms.build(spec), benchmark=benchmark, model=model,
+  context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
+                               benchmark.num_tasks)
+  return dict(spec=spec, algorithm=algorithms.build(spec, context), benchmark=benchmark, model=model,
               train_state=state, train_config=train_config, algo_rng=algo_rng)
 
 

@@ -31,6 +31,8 @@ class AlgorithmSpec:
   name: ClassVar[str] = ''
   # Does the training stream of task k hold the data of tasks 0..k (Joint)?
   cumulative_data: ClassVar[bool] = False
+  # The scenarios the method makes sense in ('task', 'domain', 'class').
+  scenarios: ClassVar[tuple[str, ...]] = ('task', 'domain', 'class')
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -161,6 +163,114 @@ class LFLSpec(AlgorithmSpec):
     self._non_negative('lfl_lambda')
 
 
+REPLAY_POLICIES = ('reservoir', 'class_balanced', 'per_task')
+
+
+@dataclasses.dataclass(frozen=True)
+class ERSpec(AlgorithmSpec):
+  """Experience Replay (Chaudhry et al. 2019, "On tiny episodic memories").
+
+  Every step trains on the current batch concatenated with `replay_batch_size`
+  samples drawn from a buffer of `memory_size`, then offers the current batch
+  to the buffer (reservoir sampling by default).
+  """
+  name: ClassVar[str] = 'er'
+  memory_size: int = 200
+  replay_batch_size: int = 10
+  policy: str = 'reservoir'
+
+  def validate(self):
+    _check_replay(self)
+
+
+def _check_replay(spec) -> None:
+  for field in ('memory_size', 'replay_batch_size'):
+    value = getattr(spec, field)
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, spec.name, field,
+           f'must be an integer >= 1, got {value!r}')
+  policy = getattr(spec, 'policy', 'reservoir')
+  _check(policy in REPLAY_POLICIES, spec.name, 'policy',
+         f'must be one of {REPLAY_POLICIES}, got {policy!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class DERSpec(AlgorithmSpec):
+  """Dark Experience Replay (Buzzega et al. 2020), eq. 4.
+
+  `loss = CE(current) + alpha * ||f(x') - z'||^2` on buffer samples `(x', z')`
+  whose logits `z'` were stored when they entered the (reservoir) buffer.
+  Defaults: the paper's Seq-MNIST setting with a buffer of 200.
+  """
+  name: ClassVar[str] = 'der'
+  memory_size: int = 200
+  replay_batch_size: int = 10
+  alpha: float = 0.2
+
+  def validate(self):
+    _check_replay(self)
+    self._non_negative('alpha')
+
+
+@dataclasses.dataclass(frozen=True)
+class DERPPSpec(AlgorithmSpec):
+  """DER++ (Buzzega et al. 2020), eq. 6: DER plus `beta * CE(f(x''), y'')` on a
+  second buffer sample with its stored labels."""
+  name: ClassVar[str] = 'derpp'
+  memory_size: int = 200
+  replay_batch_size: int = 10
+  alpha: float = 0.2
+  beta: float = 1.0
+
+  def validate(self):
+    _check_replay(self)
+    self._non_negative('alpha', 'beta')
+
+
+@dataclasses.dataclass(frozen=True)
+class AGEMSpec(AlgorithmSpec):
+  """Averaged GEM (Chaudhry et al. 2019, "Efficient lifelong learning with A-GEM").
+
+  The gradient is projected (eq. 11) when it conflicts with the gradient
+  `g_ref` of `memory_batch_size` samples of the episodic memory of previous
+  tasks (`memory_per_task` samples per task).
+  """
+  name: ClassVar[str] = 'agem'
+  memory_per_task: int = 250
+  memory_batch_size: int = 256
+
+  def validate(self):
+    for field in ('memory_per_task', 'memory_batch_size'):
+      value = getattr(self, field)
+      _check(isinstance(value, int) and value >= 1, self.name, field,
+             f'must be an integer >= 1, got {value!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class GEMSpec(AlgorithmSpec):
+  """Gradient Episodic Memory (Lopez-Paz & Ranzato 2017).
+
+  One constraint `<g, g_k> >= 0` per previous task k (gradient on its
+  episodic memory of `memory_per_task` samples); a violating gradient is
+  replaced by the closest one satisfying them all, through the dual QP
+  (eq. 10-12) solved inside JAX. `margin` is the lower bound on the dual
+  variables (`memory_strength` in the authors' code, 0.5 there; 0 is the
+  paper's QP). `solver_iterations` bounds the active-set steps of the exact
+  dual solver (None: `3 T + 10`, ample for T previous tasks).
+  """
+  name: ClassVar[str] = 'gem'
+  memory_per_task: int = 256
+  margin: float = 0.5
+  solver_iterations: int | None = None
+
+  def validate(self):
+    _check(isinstance(self.memory_per_task, int) and self.memory_per_task >= 1, self.name,
+           'memory_per_task', f'must be an integer >= 1, got {self.memory_per_task!r}')
+    self._non_negative('margin')
+    _check(self.solver_iterations is None or (
+        isinstance(self.solver_iterations, int) and self.solver_iterations >= 1), self.name,
+           'solver_iterations', f'must be None or an integer >= 1, got {self.solver_iterations!r}')
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """The training regime every algorithm gets.
@@ -211,7 +321,8 @@ class OptimizerSpec:
 
 
 SPECS: dict[str, type[AlgorithmSpec]] = {
-    cls.name: cls for cls in (NaiveSpec, JointSpec, EWCSpec, SISpec, MASSpec, LFLSpec)
+    cls.name: cls for cls in (NaiveSpec, JointSpec, EWCSpec, SISpec, MASSpec, LFLSpec, ERSpec,
+                              DERSpec, DERPPSpec, AGEMSpec, GEMSpec)
 }
 
 

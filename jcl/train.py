@@ -104,9 +104,16 @@ class FitResult:
   summary: dict[str, float]      # ACC, BWT, FWT, forgetting, ... (fractions)
   history: list[dict[str, Any]]  # per-chunk mean metrics
   timings: dict[str, float]
+  # Class-incremental runs: the same matrix with predictions restricted to
+  # each sample's task classes (task-incremental accuracy); else None.
+  task_il_accuracy_matrix: np.ndarray | None = None
 
   def to_json(self) -> dict[str, Any]:
+    extra = {}
+    if self.task_il_accuracy_matrix is not None:
+      extra['task_il_accuracy_matrix'] = _nan_to_none(self.task_il_accuracy_matrix.tolist())
     return {
+        **extra,
         'accuracy_matrix': _nan_to_none(self.accuracy_matrix.tolist()),
         'initial_accuracy': self.initial_accuracy.tolist(),
         'summary': self.summary,
@@ -146,11 +153,15 @@ def class_mask_for(benchmark: Benchmark, task_id: int) -> np.ndarray:
   return np.ones((benchmark.num_classes,), bool)
 
 
-def evaluate_all(train_state: TrainState, benchmark: Benchmark, config: TrainConfig) -> np.ndarray:
+def evaluate_all(train_state: TrainState, benchmark: Benchmark, config: TrainConfig):
+  """Accuracy on every task `[T]`; for class-incremental streams also the
+  task-incremental accuracy (prediction among the sample's task classes)."""
   splits = [task.val if config.eval_split == 'val' else task.test for task in benchmark.tasks]
   if any(s is None for s in splits):
     raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
-  return evaluation.evaluate_tasks(train_state, splits, batch_size=config.eval_batch_size)
+  table = jnp.asarray(benchmark.class_mask_table()) if benchmark.scenario == 'class' else None
+  return evaluation.evaluate_tasks(train_state, splits, task_classes=table,
+                                   batch_size=config.eval_batch_size)
 
 
 def _mean_metrics(metrics: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
@@ -196,7 +207,8 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
   end_task = jax.jit(algorithm.end_task)
 
   t0 = time.perf_counter()
-  initial = evaluate_all(train_state, benchmark, config)
+  initial, _ = evaluate_all(train_state, benchmark, config)
+  task_il = np.full((num_tasks, num_tasks), np.nan) if benchmark.scenario == 'class' else None
   ctx = callbacks_lib.FitContext(
       train_state=train_state, algo_state=algo_state, num_tasks=num_tasks,
       accuracy_matrix=np.full((num_tasks, num_tasks), np.nan), initial_accuracy=initial,
@@ -253,7 +265,9 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     ctx.train_seconds += time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ctx.accuracy_matrix[:, task_id] = evaluate_all(ctx.train_state, benchmark, config)
+    ctx.accuracy_matrix[:, task_id], given_task = evaluate_all(ctx.train_state, benchmark, config)
+    if task_il is not None:
+      task_il[:, task_id] = given_task
     ctx.eval_seconds += time.perf_counter() - t0
     for cb in callbacks:
       cb.on_task_end(ctx)
@@ -261,9 +275,11 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
   for cb in callbacks:
     cb.on_fit_end(ctx)
   summary = metrics_lib.summarize(ctx.accuracy_matrix, b=initial)
+  if task_il is not None:
+    summary['task_il_acc'] = metrics_lib.average_accuracy(task_il)
   timings = {'train_seconds': ctx.train_seconds, 'eval_seconds': ctx.eval_seconds,
              'total_seconds': time.perf_counter() - ctx.start_time,
              'samples_seen': ctx.samples_seen,
              'train_samples_per_second': ctx.samples_seen / max(ctx.train_seconds, 1e-9)}
   return FitResult(ctx.train_state, ctx.algo_state, ctx.accuracy_matrix, initial, summary,
-                   ctx.history, timings)
+                   ctx.history, timings, task_il)

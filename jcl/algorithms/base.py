@@ -42,6 +42,19 @@ class Algorithm(NamedTuple):
   spec: Any = None
 
 
+class Context(NamedTuple):
+  """What an algorithm may need to know of the stream to size its state.
+
+  Attributes:
+    input_shape: one example's shape, e.g. `(28, 28, 1)`.
+    num_classes: width of the model output.
+    num_tasks: tasks in the stream (per-task memories are sized by it).
+  """
+  input_shape: tuple[int, ...]
+  num_classes: int
+  num_tasks: int
+
+
 class EmptyState(NamedTuple):
   """The `algo_state` of an algorithm that keeps none."""
 
@@ -77,17 +90,17 @@ def task_loss(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *
 
   Returns:
     `(loss, aux)` with aux a dict of `logits [B, C]` (masked by the state's
-    `class_mask`), `model_state` (updated BatchNorm statistics) and, with
-    `return_features`, `features [B, F]`.
+    `class_mask`), `raw_logits` (unmasked), `model_state` (updated BatchNorm
+    statistics) and, with `return_features`, `features [B, F]`.
   """
   outputs, model_state = ts_lib.apply_model(
       state, params, batch.x, batch.t, train=True, rng=rng, return_features=return_features)
   logits, features = outputs if return_features else (outputs, None)
-  logits = masked_logits(logits, state.class_mask)
-  aux = {'logits': logits, 'model_state': model_state}
+  aux = {'logits': masked_logits(logits, state.class_mask), 'raw_logits': logits,
+         'model_state': model_state}
   if return_features:
     aux['features'] = features
-  return cross_entropy(logits, batch.y, batch.mask), aux
+  return cross_entropy(aux['logits'], batch.y, batch.mask), aux
 
 
 # `(params, train_state, batch, rng) -> (loss, aux)`; aux may hold `logits`,
@@ -98,6 +111,11 @@ LossFn = Callable[[PyTree, TrainState, Batch, jax.Array], tuple[jax.Array, dict]
 def apply_update(state: TrainState, grads: PyTree, model_state: PyTree) -> TrainState:
   """One optimizer step with `grads`, keeping the new model state."""
   return state.apply_gradients(grads, model_state=model_state)
+
+
+def concat_batches(*batches: Batch) -> Batch:
+  """Concatenates batches along the sample axis."""
+  return Batch(*[jnp.concatenate(parts, axis=0) for parts in zip(*batches)])
 
 
 def tree_dot(a: PyTree, b: PyTree) -> jax.Array:

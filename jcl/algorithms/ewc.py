@@ -49,7 +49,9 @@ def fisher_diagonal(train_state: ts_lib.TrainState, data: Batch, kind: str = 'em
                               train_state.params, data)
 
 
-def make(spec: specs.EWCSpec | None = None) -> base.Algorithm:
+def make(spec: specs.EWCSpec | None = None,
+         context: base.Context | None = None) -> base.Algorithm:
+  del context  # nothing of the stream is needed
   spec = spec or specs.EWCSpec()
   mode = 'online' if spec.online else 'sum'
 

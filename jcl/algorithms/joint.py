@@ -10,5 +10,7 @@ from jcl import specs
 from jcl.algorithms import base
 
 
-def make(spec: specs.JointSpec | None = None) -> base.Algorithm:
+def make(spec: specs.JointSpec | None = None,
+         context: base.Context | None = None) -> base.Algorithm:
+  del context  # nothing of the stream is needed
   return base.make(spec or specs.JointSpec(), base.sgd_step())

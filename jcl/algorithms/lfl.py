@@ -42,7 +42,9 @@ def old_features(train_state: ts_lib.TrainState, state: LFLState, batch) -> jax.
   return jax.lax.stop_gradient(features)
 
 
-def make(spec: specs.LFLSpec | None = None) -> base.Algorithm:
+def make(spec: specs.LFLSpec | None = None,
+         context: base.Context | None = None) -> base.Algorithm:
+  del context  # nothing of the stream is needed
   spec = spec or specs.LFLSpec()
 
   def init(train_state, rng):

@@ -36,7 +36,9 @@ def mas_importance(train_state: ts_lib.TrainState, data: Batch):
       train_state.params, data)
 
 
-def make(spec: specs.MASSpec | None = None) -> base.Algorithm:
+def make(spec: specs.MASSpec | None = None,
+         context: base.Context | None = None) -> base.Algorithm:
+  del context  # nothing of the stream is needed
   spec = spec or specs.MASSpec()
 
   def init(train_state, rng):

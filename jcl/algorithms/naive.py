@@ -5,5 +5,7 @@ from jcl import specs
 from jcl.algorithms import base
 
 
-def make(spec: specs.NaiveSpec | None = None) -> base.Algorithm:
+def make(spec: specs.NaiveSpec | None = None,
+         context: base.Context | None = None) -> base.Algorithm:
+  del context  # nothing of the stream is needed
   return base.make(spec or specs.NaiveSpec(), base.sgd_step())

@@ -37,8 +37,10 @@ def si_importance(path_integral: PyTree, start: PyTree, end: PyTree, xi: float) 
   return jax.tree.map(lambda w, a, b: w / (jnp.square(b - a) + xi), path_integral, start, end)
 
 
-def make(spec: specs.SISpec | None = None, loss_fn: base.LossFn = base.task_loss) -> base.Algorithm:
+def make(spec: specs.SISpec | None = None, loss_fn: base.LossFn = base.task_loss,
+         context: base.Context | None = None) -> base.Algorithm:
   """SI from its spec; `loss_fn` is the task loss whose path integral is tracked."""
+  del context  # nothing of the stream is needed
   spec = spec or specs.SISpec()
 
   def init(train_state, rng):

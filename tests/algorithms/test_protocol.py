@@ -8,14 +8,19 @@ from jcl import algorithms
 from jcl import specs
 from jcl import train as train_lib
 
-from tests.algorithms.conftest import random_batch, random_chunk, tiny_state
+from tests.algorithms.conftest import INPUT_DIM, NUM_CLASSES, random_batch, random_chunk, tiny_state
+
+CONTEXT = algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks=2)
+SMALL = {'er': dict(memory_size=8, replay_batch_size=4), 'der': dict(memory_size=8, replay_batch_size=4),
+         'derpp': dict(memory_size=8, replay_batch_size=4),
+         'agem': dict(memory_per_task=4, memory_batch_size=4), 'gem': dict(memory_per_task=4)}
 
 NAMES = sorted(algorithms.BUILDERS)
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_step_jit_scan_vmap(name):
-  algo = algorithms.build(specs.make_spec(name))
+  algo = algorithms.build(specs.make_spec(name, **SMALL.get(name, {})), CONTEXT)
   state = tiny_state()
   algo_state = algo.init(state, jax.random.PRNGKey(0))
   state, algo_state = algo.begin_task(state, algo_state, 0)
