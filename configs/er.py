@@ -1,0 +1,14 @@
+"""Experience Replay (Chaudhry et al. 2019), reservoir buffer.
+
+  python -m experiments.train --config=configs/er.py:split_mnist_class \
+      --config.benchmark.path=../shared/data/mnist --workdir=/tmp/er
+  python -m experiments.train --config=configs/er.py:split_mnist_class,500 ...   # buffer 500
+
+The argument is 'STREAM[,MEMORY_SIZE]' (streams in configs/replay.py).
+"""
+from configs.replay import replay_config
+
+
+def get_config(arg: str = 'split_mnist_class,200'):
+  benchmark, _, memory = arg.partition(',')
+  return replay_config('er', benchmark, int(memory or 200))
