@@ -56,7 +56,7 @@ def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDi
       reinit_per_task=True, grad_clip_norm=ml_collections.FieldReference(None, field_type=float)))
   config.train = ml_collections.ConfigDict(dict(
       epochs=1, batch_size=10, chunk_steps=100, drop_last=False, eval_batch_size=1000,
-      eval_split='test', end_task_batch_size=256,
+      eval_split='test', end_task_batch_size=256, mask_unseen_classes=True,
       importance_samples=ml_collections.FieldReference(None, field_type=int)))
   config.log = ml_collections.ConfigDict(dict(loggers=('console', 'jsonl'), progress=True,
                                               every_chunks=10))

@@ -73,6 +73,10 @@ class TrainConfig:
     importance_samples: at most this many samples of the task go to
       `end_task` (e.g. for the Fisher), chosen with the seed; None = all.
     seed: data order (epochs are shuffled with `(seed, task, epoch)`).
+    mask_unseen_classes: class-incremental training masks the output units
+      of classes not seen yet (the common protocol); False trains on all
+      units, as Mammoth and the DER paper do. Prediction always chooses
+      among the classes seen so far.
   """
   epochs: int = 1
   batch_size: int = 10
@@ -83,6 +87,7 @@ class TrainConfig:
   end_task_batch_size: int = 256
   importance_samples: int | None = None
   seed: int = 0
+  mask_unseen_classes: bool = True
 
   def __post_init__(self):
     for name in ('epochs', 'batch_size', 'chunk_steps', 'eval_batch_size', 'end_task_batch_size'):
@@ -145,17 +150,22 @@ def task_data(split: TaskSplit, batch_size: int) -> Batch:
   return Batch(*map(jnp.asarray, chunk))
 
 
-def class_mask_for(benchmark: Benchmark, task_id: int) -> np.ndarray:
-  """Output units usable while training task `task_id` and evaluating after it:
-  the classes seen so far in class-incremental learning, all units otherwise."""
-  if benchmark.scenario == 'class':
-    return np.asarray(benchmark.seen_classes_mask(task_id), bool)
-  return np.ones((benchmark.num_classes,), bool)
+def class_mask_for(benchmark: Benchmark, task_id: int, *, training: bool = False,
+                   config: TrainConfig | None = None) -> jax.Array:
+  """Output units usable after training task `task_id`: the classes seen so far
+  in class-incremental learning, all units otherwise. In training, all
+  units too unless `config.mask_unseen_classes`."""
+  masked = benchmark.scenario == 'class' and (
+      not training or config is None or config.mask_unseen_classes)
+  if masked:
+    return jnp.asarray(benchmark.seen_classes_mask(task_id), bool)
+  return jnp.ones((benchmark.num_classes,), bool)
 
 
 def evaluate_all(train_state: TrainState, benchmark: Benchmark, config: TrainConfig):
   """Accuracy on every task `[T]`; for class-incremental streams also the
-  task-incremental accuracy (prediction among the sample's task classes)."""
+  task-incremental accuracy (prediction among the sample's task classes).
+  Predictions choose among the units of the state's `class_mask`."""
   splits = [task.val if config.eval_split == 'val' else task.test for task in benchmark.tasks]
   if any(s is None for s in splits):
     raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
@@ -221,7 +231,8 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     split = training_split(benchmark, task_id, cumulative_data)
     ctx.task, ctx.chunks_per_epoch = task_id, stream.num_chunks(
         len(split), config.batch_size, config.chunk_steps, drop_last=config.drop_last)
-    ts = ctx.train_state.replace(class_mask=jnp.asarray(class_mask_for(benchmark, task_id)))
+    ts = ctx.train_state.replace(
+        class_mask=class_mask_for(benchmark, task_id, training=True, config=config))
     ctx.train_state, ctx.algo_state = algorithm.begin_task(ts, ctx.algo_state, task_id)
     for cb in callbacks:
       cb.on_task_begin(ctx)
@@ -265,7 +276,8 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     ctx.train_seconds += time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ctx.accuracy_matrix[:, task_id], given_task = evaluate_all(ctx.train_state, benchmark, config)
+    ctx.accuracy_matrix[:, task_id], given_task = evaluate_all(
+        ctx.train_state.replace(class_mask=class_mask_for(benchmark, task_id)), benchmark, config)
     if task_il is not None:
       task_il[:, task_id] = given_task
     ctx.eval_seconds += time.perf_counter() - t0

@@ -50,7 +50,7 @@ def test_replay_ends_far_above_naive_class_incremental(method):
   result = run(method, 'split_mnist_class,200')
   print(method, result.summary)
   assert result.summary['acc'] > naive + 0.45
-  assert result.summary['acc'] > 0.70
+  assert result.summary['acc'] > 0.76  # published 80.4 / 84.6 / 85.6; seen here 80.4 / 82.0 / 82.1
 
 
 ONLINE = {'benchmark.num_tasks': 10}
