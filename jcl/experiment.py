@@ -85,8 +85,10 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
   log = _to_dict(config.get('log', {}))
   if workdir:
     os.makedirs(workdir, exist_ok=True)
+  # Without a workdir, the loggers that write files are left out.
   logger = loggers_lib.make_loggers(
-      [n for n in log.get('loggers', ('console',)) if workdir or n != 'jsonl'], workdir)
+      [n for n in log.get('loggers', ('console',)) if workdir or n in ('console', 'wandb')],
+      workdir)
   cbs = [callbacks_lib.LoggingCallback(logger, every_chunks=log.get('every_chunks', 10)),
          callbacks_lib.ProgressCallback(enabled=log.get('progress', True)), *extra_callbacks]
   try:

@@ -13,11 +13,21 @@ Typical use::
   logger.write_table('accuracy_matrix', R, step=task)
   logger.close()
 
-Extension point: more backends (TensorBoard, W&B, ...) implement the `Logger`
-protocol and are made available to `make_loggers` with `register_logger`.
+Extension point: more backends implement the `Logger` protocol and are made
+available to `make_loggers` with `register_logger`. Built in, besides
+'console' and 'jsonl':
+
+* 'csv': `CsvLogger` (standard library only).
+* 'tensorboard': `TensorBoardLogger` (tensorboardX; no TensorFlow).
+* 'wandb': `WandbLogger` (Weights & Biases; offline by default).
+* 'comet': `CometLogger` (comet_ml).
+
+Third-party packages are imported lazily, when such a logger is built; install
+them with `pip install 'jcl[loggers]'`.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -35,6 +45,10 @@ __all__ = [
     'ConsoleLogger',
     'JsonlLogger',
     'MultiLogger',
+    'CsvLogger',
+    'TensorBoardLogger',
+    'WandbLogger',
+    'CometLogger',
     'ProgressBar',
     'register_logger',
     'available_loggers',
@@ -271,6 +285,368 @@ class MultiLogger(_ContextManagerMixin):
 
 
 # ---------------------------------------------------------------------------
+# Helpers for the optional backends.
+# ---------------------------------------------------------------------------
+
+
+def _import_optional(module: str, logger_name: str):
+  """Imports an optional dependency, or raises a helpful ImportError."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ImportError(
+        f'{logger_name} needs the {module!r} package, which is not installed. '
+        f"Install the logger extras with: pip install 'jcl[loggers]' "
+        f'(or: pip install {module}).') from e
+
+
+def _scalar_value(v: Any) -> Union[int, float, Any]:
+  """Converts a scalar (Python / NumPy / JAX, 0-d array) to `int` or `float`.
+
+  NaN and infinities are kept as floats; non-numeric values are returned as
+  converted by `_to_python`.
+  """
+  if hasattr(v, '__array__') and not isinstance(v, np.generic):
+    array = np.asarray(v)
+    if array.ndim == 0:
+      v = array.item()
+  if isinstance(v, (bool, np.bool_)):
+    return int(bool(v))
+  if isinstance(v, (int, np.integer)):
+    return int(v)
+  if isinstance(v, (float, np.floating)):
+    return float(v)
+  return _to_python(v)
+
+
+def _table_rows(table: Table) -> tuple[list[str], list[list[Any]]]:
+  """Turns a table into `(columns, rows)` of Python values (NaN -> None).
+
+  * A mapping gives columns `['key', 'value']`, one row per item.
+  * A 2-D array (e.g. the `[T_eval, T_trained]` accuracy matrix) gives columns
+    `['task', 'after 0', 'after 1', ...]` and rows `['task i', R[i, 0], ...]`
+    with values in percent (x100), as `metrics.format_matrix` prints them.
+  * A 1-D array gives columns `['0', '1', ...]` and one row.
+  * Anything else gives a single column 'value', one row per element.
+  """
+  if isinstance(table, Mapping):
+    return ['key', 'value'], [[str(k), _to_python(v)]
+                              for k, v in table.items()]
+  try:
+    array = np.asarray(table, dtype=np.float64)
+  except (TypeError, ValueError):
+    array = None
+  if array is not None and array.ndim == 2:
+    columns = ['task'] + [f'after {j}' for j in range(array.shape[1])]
+    rows = [[f'task {i}'] + _to_python(100.0 * array[i])
+            for i in range(array.shape[0])]
+    return columns, rows
+  if array is not None and array.ndim <= 1:
+    values = _to_python(np.atleast_1d(array))
+    return [str(j) for j in range(len(values))], [values]
+  return ['value'], [[_to_python(row)] for row in table]
+
+
+def _format_cell(v: Any) -> str:
+  if v is None:
+    return ''
+  if isinstance(v, float):
+    return f'{v:.1f}' if abs(v) >= 1 or v == 0 else f'{v:.4g}'
+  return str(v)
+
+
+def _markdown_table(table: Table) -> str:
+  """Formats a table as a Markdown table (matrices in percent, NaN blank)."""
+  columns, rows = _table_rows(table)
+  lines = ['| ' + ' | '.join(columns) + ' |',
+           '|' + '|'.join('---' for _ in columns) + '|']
+  for row in rows:
+    lines.append('| ' + ' | '.join(_format_cell(v) for v in row) + ' |')
+  return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
+# CSV.
+# ---------------------------------------------------------------------------
+
+
+class CsvLogger(_ContextManagerMixin):
+  """Writes scalars to `workdir/metrics.csv`, one row per `write_scalars`.
+
+  Columns are `step`, `time`, then every scalar name in the order first seen
+  (the union of all keys so far). Scalars missing from a row, NaN and None are
+  written as empty cells; infinities as `inf` / `-inf`. When a call brings a
+  new key, the whole file is rewritten once with the extended header (the old
+  rows get empty cells in the new columns), so the file is always a single
+  valid CSV readable with `csv.DictReader`. Rewrites only happen when the key
+  set grows, which in practice is a handful of times per run.
+
+  An existing `metrics.csv` is continued (its header and rows kept), like
+  `JsonlLogger`. Tables are not representable in this flat format and are
+  written to `workdir/tables.jsonl` (one JSON object per table, as in
+  `JsonlLogger`).
+  """
+
+  FILENAME = 'metrics.csv'
+  TABLES_FILENAME = 'tables.jsonl'
+  RESERVED = ('step', 'time')
+
+  def __init__(self, workdir: PathLike):
+    self.workdir = os.fspath(workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self.path = os.path.join(self.workdir, self.FILENAME)
+    self.tables_path = os.path.join(self.workdir, self.TABLES_FILENAME)
+    self.fieldnames: list[str] = list(self.RESERVED)
+    if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+      with open(self.path, newline='', encoding='utf-8') as f:
+        header = next(csv.reader(f), None)
+      if header:
+        self.fieldnames = list(header)
+    self._file = None
+    self._writer = None
+    self._tables_file = None
+    self._closed = False
+
+  @staticmethod
+  def _cell(v: Any) -> Any:
+    v = _scalar_value(v)
+    if v is None:
+      return ''
+    if isinstance(v, float):
+      if math.isnan(v):
+        return ''
+      return repr(v)  # Round-trips exactly; 'inf' / '-inf' for infinities.
+    return v
+
+  def _open(self) -> None:
+    new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+    self._file = open(self.path, 'a', newline='', encoding='utf-8')
+    self._writer = csv.DictWriter(self._file, fieldnames=self.fieldnames,
+                                  restval='')
+    if new:
+      self._writer.writeheader()
+
+  def _extend_header(self, new_keys: Sequence[str]) -> None:
+    """Rewrites the file with `new_keys` appended to the header."""
+    if self._file is not None:
+      self._file.close()
+      self._file = self._writer = None
+    rows = []
+    if os.path.exists(self.path):
+      with open(self.path, newline='', encoding='utf-8') as f:
+        rows = list(csv.DictReader(f))
+    self.fieldnames = self.fieldnames + list(new_keys)
+    tmp_path = self.path + '.tmp'
+    with open(tmp_path, 'w', newline='', encoding='utf-8') as f:
+      writer = csv.DictWriter(f, fieldnames=self.fieldnames, restval='')
+      writer.writeheader()
+      writer.writerows(rows)
+    os.replace(tmp_path, self.path)  # Atomic: never a half-written file.
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._closed:
+      raise ValueError(f'CsvLogger({self.workdir!r}) is closed.')
+    reserved = set(self.RESERVED) & set(scalars)
+    if reserved:
+      raise ValueError(f'Scalar names {sorted(reserved)} are reserved by '
+                       'CsvLogger.')
+    known = set(self.fieldnames)
+    new_keys = [str(k) for k in scalars if str(k) not in known]
+    if new_keys:
+      self._extend_header(new_keys)
+    if self._file is None:
+      self._open()
+    row = {'step': int(step), 'time': repr(time.time())}
+    row.update({str(k): self._cell(v) for k, v in scalars.items()})
+    self._writer.writerow(row)
+
+  def write_table(self, name: str, table: Table,
+                  step: Optional[int] = None) -> None:
+    if self._closed:
+      raise ValueError(f'CsvLogger({self.workdir!r}) is closed.')
+    if self._tables_file is None:
+      self._tables_file = open(self.tables_path, 'a', encoding='utf-8')
+    record = {'name': name, 'step': None if step is None else int(step),
+              'time': time.time(), 'table': table}
+    self._tables_file.write(
+        json.dumps(_to_python(record), allow_nan=False) + '\n')
+
+  def flush(self) -> None:
+    for f in (self._file, self._tables_file):
+      if f is not None:
+        f.flush()
+
+  def close(self) -> None:
+    for f in (self._file, self._tables_file):
+      if f is not None:
+        f.close()
+    self._file = self._writer = self._tables_file = None
+    self._closed = True
+
+
+# ---------------------------------------------------------------------------
+# TensorBoard (tensorboardX: no TensorFlow needed).
+# ---------------------------------------------------------------------------
+
+
+class TensorBoardLogger(_ContextManagerMixin):
+  """Writes TensorBoard event files under `workdir/tensorboard`.
+
+  Uses tensorboardX's `SummaryWriter` (no TensorFlow). Scalars go through
+  `add_scalar(name, value, step)` (non-numeric values are skipped); tables
+  through `add_text(name, markdown, step)`, a Markdown table (accuracy matrices
+  in percent, NaN cells blank) that TensorBoard's Text tab renders. View with
+  `tensorboard --logdir workdir/tensorboard`.
+  """
+
+  SUBDIR = 'tensorboard'
+
+  def __init__(self, workdir: PathLike, flush_secs: int = 30, **writer_kwargs):
+    tensorboardx = _import_optional('tensorboardX', 'TensorBoardLogger')
+    self.logdir = os.path.join(os.fspath(workdir), self.SUBDIR)
+    os.makedirs(self.logdir, exist_ok=True)
+    self._writer = tensorboardx.SummaryWriter(
+        logdir=self.logdir, flush_secs=flush_secs, **writer_kwargs)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    for k, v in scalars.items():
+      v = _scalar_value(v)
+      if isinstance(v, (int, float)):
+        self._writer.add_scalar(str(k), float(v), int(step))
+
+  def write_table(self, name: str, table: Table,
+                  step: Optional[int] = None) -> None:
+    self._writer.add_text(name, _markdown_table(table),
+                          None if step is None else int(step))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+# ---------------------------------------------------------------------------
+# Weights & Biases.
+# ---------------------------------------------------------------------------
+
+
+class WandbLogger(_ContextManagerMixin):
+  """Logs to Weights & Biases; offline (no network) unless told otherwise.
+
+  The run is created with `wandb.init(dir=workdir, project=project,
+  mode=mode or $WANDB_MODE or 'offline', config=config)`; offline runs land in
+  `workdir/wandb/offline-run-*` and can be uploaded later with `wandb sync`.
+
+  * Scalars: `run.log(scalars, step=step)`. W&B needs non-decreasing steps;
+    it drops (with a warning) data logged at an earlier step.
+  * Tables: a `wandb.Table` (accuracy matrices in percent, NaN as None). W&B
+    steps are training steps while a table's `step` is often a task index, so
+    a table is attached to the latest scalar step (never going back in time),
+    and its own `step`, if given, is logged alongside as `'{name}/step'`.
+  * `close()` finishes the run.
+
+  Attributes:
+    run: the `wandb` run object.
+  """
+
+  def __init__(self, workdir: Optional[PathLike] = None, project: str = 'jcl',
+               mode: Optional[str] = None,
+               config: Optional[Mapping[str, Any]] = None, **init_kwargs):
+    self._wandb = _import_optional('wandb', 'WandbLogger')
+    self.workdir = None if workdir is None else os.fspath(workdir)
+    if self.workdir is not None:
+      os.makedirs(self.workdir, exist_ok=True)
+    self.mode = mode or os.environ.get('WANDB_MODE', 'offline')
+    self.run = self._wandb.init(
+        dir=self.workdir, project=project, mode=self.mode,
+        config=None if config is None else _to_python(dict(config)),
+        **init_kwargs)
+    self._last_step: Optional[int] = None
+    self._closed = False
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    step = int(step)
+    self.run.log({str(k): _scalar_value(v) for k, v in scalars.items()},
+                 step=step)
+    self._last_step = step if self._last_step is None else max(
+        self._last_step, step)
+
+  def write_table(self, name: str, table: Table,
+                  step: Optional[int] = None) -> None:
+    columns, rows = _table_rows(table)
+    data: dict[str, Any] = {
+        name: self._wandb.Table(columns=columns, data=rows)}
+    if step is not None:
+      data[f'{name}/step'] = int(step)
+    if self._last_step is None:
+      self.run.log(data)
+    else:
+      self.run.log(data, step=self._last_step)
+
+  def flush(self) -> None:
+    pass  # wandb streams data in the background; `close` finishes the run.
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self.run.finish()
+
+
+# ---------------------------------------------------------------------------
+# Comet.
+# ---------------------------------------------------------------------------
+
+
+class CometLogger(_ContextManagerMixin):
+  """Logs to Comet (`comet_ml`), imported only when this logger is built.
+
+  Online by default (needs `COMET_API_KEY`); with `offline=True` an
+  `OfflineExperiment` writes its archive under `workdir/comet`. Scalars go
+  through `log_metrics(scalars, step=step)`; tables through `log_table` as a
+  CSV (`{name}.csv`, matrices in percent); `close()` ends the experiment.
+  """
+
+  def __init__(self, workdir: Optional[PathLike] = None,
+               project_name: Optional[str] = 'jcl', offline: bool = False,
+               **experiment_kwargs):
+    comet_ml = _import_optional('comet_ml', 'CometLogger')
+    if offline:
+      if workdir is None:
+        raise ValueError('An offline CometLogger needs a workdir.')
+      directory = os.path.join(os.fspath(workdir), 'comet')
+      os.makedirs(directory, exist_ok=True)
+      self.experiment = comet_ml.OfflineExperiment(
+          project_name=project_name, offline_directory=directory,
+          **experiment_kwargs)
+    else:
+      self.experiment = comet_ml.Experiment(project_name=project_name,
+                                            **experiment_kwargs)
+    self._closed = False
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    self.experiment.log_metrics(
+        {str(k): _scalar_value(v) for k, v in scalars.items()},
+        step=int(step))
+
+  def write_table(self, name: str, table: Table,
+                  step: Optional[int] = None) -> None:
+    columns, rows = _table_rows(table)
+    self.experiment.log_table(f'{name}.csv', tabular_data=rows,
+                              headers=columns,
+                              **({} if step is None else {'step': int(step)}))
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self.experiment.end()
+
+
+# ---------------------------------------------------------------------------
 # Registry: the extension point for more backends.
 # ---------------------------------------------------------------------------
 
@@ -308,8 +684,21 @@ def _make_jsonl(workdir: Optional[PathLike]) -> Logger:
   return JsonlLogger(workdir)
 
 
+def _needs_workdir(name: str, cls):
+  def factory(workdir: Optional[PathLike]) -> Logger:
+    if workdir is None:
+      raise ValueError(f'The {name!r} logger needs a workdir.')
+    return cls(workdir)
+  return factory
+
+
 register_logger('console', lambda workdir: ConsoleLogger())
 register_logger('jsonl', _make_jsonl)
+register_logger('csv', _needs_workdir('csv', CsvLogger))
+register_logger('tensorboard', _needs_workdir('tensorboard',
+                                              TensorBoardLogger))
+register_logger('wandb', lambda workdir: WandbLogger(workdir))
+register_logger('comet', lambda workdir: CometLogger(workdir))
 
 
 def make_loggers(names: Union[str, Sequence[str]],
@@ -319,13 +708,16 @@ def make_loggers(names: Union[str, Sequence[str]],
   Args:
     names: backend names, e.g. `['console', 'jsonl']`; a single string may be
       comma-separated (`'console,jsonl'`), convenient for command-line flags.
-    workdir: directory for file-based backends ('jsonl').
+    workdir: directory for file-based backends ('jsonl', 'csv',
+      'tensorboard'; 'wandb' puts its run directory there).
 
   Returns:
     A `MultiLogger` over the requested loggers (empty if `names` is empty).
 
   Raises:
     ValueError: for unknown or duplicated names, listing the valid ones.
+    ImportError: when an optional backend's package is missing (the message
+      says to `pip install 'jcl[loggers]'`).
   """
   if isinstance(names, str):
     names = [n.strip() for n in names.split(',') if n.strip()]
@@ -337,7 +729,15 @@ def make_loggers(names: Union[str, Sequence[str]],
   duplicated = sorted({n for n in names if names.count(n) > 1})
   if duplicated:
     raise ValueError(f'Logger name(s) {duplicated} given more than once.')
-  return MultiLogger([_FACTORIES[n](workdir) for n in names])
+  built: list[Logger] = []
+  try:
+    for n in names:
+      built.append(_FACTORIES[n](workdir))
+  except BaseException:
+    for logger in built:  # Do not leak open files / runs on failure.
+      logger.close()
+    raise
+  return MultiLogger(built)
 
 
 # ---------------------------------------------------------------------------

@@ -46,8 +46,7 @@ def make(spec: specs.AGEMSpec | None = None, context: base.Context | None = None
     memory, _ = buffer_lib.sample(state.buffer, train_state.step_rng(SAMPLE_SALT),
                                   spec.memory_batch_size,
                                   task_mask=previous_tasks(train_state, context.num_tasks))
-    ref_grads = jax.grad(lambda p: base.task_loss(p, train_state, memory, train_state.step_rng())[0])(
-        train_state.params)
+    ref_grads = base.gradient(train_state, memory)
     projected = projection.tree_agem_project(grads, ref_grads)
     metrics['projected'] = (base.tree_dot(grads, ref_grads) < 0).astype(jnp.float32)
     new_state = base.apply_update(train_state, projected, aux['model_state'])

@@ -138,6 +138,13 @@ def no_end_task(train_state: TrainState, algo_state: PyTree, task_data: Batch):
   return train_state, algo_state
 
 
+def gradient(train_state: TrainState, batch: Batch) -> PyTree:
+  """Gradient of the task loss on `batch` at the current parameters (e.g. on
+  an episodic memory; the BatchNorm statistics it computes are discarded)."""
+  return jax.grad(lambda p: task_loss(p, train_state, batch, train_state.step_rng())[0])(
+      train_state.params)
+
+
 def loss_and_grads(train_state: TrainState, batch: Batch, algo_state: PyTree,
                    penalty_fn: Callable[[PyTree, PyTree], jax.Array] | None = None,
                    loss_fn: LossFn = task_loss):

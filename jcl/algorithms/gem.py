@@ -27,9 +27,7 @@ def memory_gradients(train_state, buffer, per_task: int, num_tasks: int):
 
   def task_gradient(task_id):
     memory, _ = buffer_lib.task_slots(buffer, task_id, per_task)
-    grads = jax.grad(lambda p: base.task_loss(p, train_state, memory, train_state.step_rng())[0])(
-        train_state.params)
-    return ravel_pytree(grads)[0], jnp.any(memory.mask > 0)
+    return ravel_pytree(base.gradient(train_state, memory))[0], jnp.any(memory.mask > 0)
 
   return jax.vmap(task_gradient)(jnp.arange(num_tasks))
 
