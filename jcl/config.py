@@ -10,7 +10,9 @@ fields, as flax's examples do. Sections:
   algo        the algorithm's spec: `name` plus its hyperparameters
   optimizer   `jcl.specs.OptimizerSpec`
   train       `jcl.train.TrainConfig` (epochs, batch size, chunk size...)
-  log         loggers, progress bar, how often chunk metrics are written
+  log         loggers ('console', 'jsonl', 'csv', 'tensorboard', 'wandb',
+              'comet'), progress bar, how often chunk metrics are written,
+              PNG plots of the accuracy matrix at the end
 """
 from __future__ import annotations
 
@@ -59,5 +61,5 @@ def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDi
       eval_split='test', end_task_batch_size=256, mask_unseen_classes=True,
       importance_samples=ml_collections.FieldReference(None, field_type=int)))
   config.log = ml_collections.ConfigDict(dict(loggers=('console', 'jsonl'), progress=True,
-                                              every_chunks=10))
+                                              every_chunks=10, plots=True))
   return config

@@ -85,10 +85,11 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
   log = _to_dict(config.get('log', {}))
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-  # Without a workdir, the loggers that write files are left out.
+  # `--config.log.loggers=console,tensorboard` arrives as one comma-joined
+  # entry. Without a workdir, the loggers that write files are left out.
+  names = [n.strip() for entry in log.get('loggers', ('console',)) for n in entry.split(',')]
   logger = loggers_lib.make_loggers(
-      [n for n in log.get('loggers', ('console',)) if workdir or n in ('console', 'wandb')],
-      workdir)
+      [n for n in names if n and (workdir or n in ('console', 'wandb'))], workdir)
   cbs = [callbacks_lib.LoggingCallback(logger, every_chunks=log.get('every_chunks', 10)),
          callbacks_lib.ProgressCallback(enabled=log.get('progress', True)), *extra_callbacks]
   try:
@@ -109,7 +110,20 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
     write_results(workdir, config, {
         **result.to_json(), 'benchmark': parts['benchmark'].name,
         'scenario': parts['benchmark'].scenario, 'algorithm': parts['spec'].to_dict()})
+    if log.get('plots', True):
+      draw_plots(workdir)
   return result
+
+
+def draw_plots(workdir: str) -> list[str]:
+  """The accuracy-matrix heatmap and per-task curves as PNGs in `workdir`
+  (skipped, with a message, when matplotlib is not installed)."""
+  from jcl import plots
+  try:
+    return plots.plot_results(workdir)
+  except ImportError as err:
+    print(f'plots skipped: {err}')
+    return []
 
 
 def write_results(workdir: str, config, payload: Mapping[str, Any]) -> str:

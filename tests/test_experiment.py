@@ -37,6 +37,8 @@ def test_run_writes_results_and_is_deterministic(tmp_path):
   assert set(results['summary']) >= {'acc', 'bwt', 'fwt', 'forgetting'}
   assert results['config']['algo']['name'] == 'ewc'
   assert results['timings']['samples_seen'] == 3 * 600
+  assert (tmp_path / 'a' / 'accuracy_matrix.png').stat().st_size > 1000
+  assert (tmp_path / 'a' / 'task_accuracy.png').stat().st_size > 1000
   lines = (tmp_path / 'a' / 'metrics.jsonl').read_text().splitlines()
   assert any('eval/acc' in json.loads(line) for line in lines)
   other_seed = small_config('ewc', ewc_lambda=10.0)
@@ -55,13 +57,15 @@ def test_binary_runs_with_overrides(tmp_path):
       [sys.executable, '-m', 'experiments.train', '--config=configs/quickstart.py',
        f'--workdir={tmp_path}', '--config.benchmark.num_tasks=2',
        '--config.benchmark.samples_per_task=300', '--config.train.epochs=1',
-       '--config.algo.ewc_lambda=5', '--config.log.progress=False'],
+       '--config.algo.ewc_lambda=5', '--config.log.progress=False',
+       '--config.log.loggers=console,jsonl,csv'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'accuracy matrix' in out.stdout and 'acc ' in out.stdout
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['algorithm']['ewc_lambda'] == 5.0
   assert results['config']['benchmark']['samples_per_task'] == 300
+  assert (tmp_path / 'metrics.csv').exists() and (tmp_path / 'metrics.jsonl').exists()
 
 
 @pytest.mark.parametrize('override, message', [

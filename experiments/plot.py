@@ -1,0 +1,45 @@
+"""Redraws the plots of finished runs from their `results.json`.
+
+  python -m experiments.plot /tmp/ewc
+  python -m experiments.plot /tmp/ewc /tmp/er --compare=/tmp/compare.png
+
+Writes `accuracy_matrix.png`, `task_accuracy.png` (and
+`task_il_accuracy_matrix.png` for runs with task-IL evaluation) into each
+WORKDIR; with several WORKDIRs, also the comparison of their average accuracy
+over seen tasks (by default `compare.png` in the first WORKDIR's parent).
+Needs matplotlib (`pip install "jcl[plots]"`).
+"""
+import os
+from typing import Sequence
+
+from absl import app
+from absl import flags
+
+from jcl import plots
+
+_COMPARE = flags.DEFINE_string(
+    'compare', None, 'PNG for the comparison of the runs (default with several WORKDIRs: '
+    'compare.png next to the first WORKDIR).')
+_LABELS = flags.DEFINE_list('labels', None, 'Legend labels for --compare, one per WORKDIR.')
+
+
+def main(argv: Sequence[str]) -> None:
+  workdirs = list(argv[1:])
+  if not workdirs:
+    raise app.UsageError('usage: python -m experiments.plot WORKDIR [WORKDIR ...] '
+                         '[--compare=out.png]')
+  try:
+    for workdir in workdirs:
+      for path in plots.plot_results(workdir):
+        print(path)
+    compare = _COMPARE.value
+    if compare is None and len(workdirs) > 1:
+      compare = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), 'compare.png')
+    if compare:
+      print(plots.compare_runs(workdirs, compare, labels=_LABELS.value))
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(str(e)) from e
+
+
+if __name__ == '__main__':
+  app.run(main)
