@@ -10,6 +10,7 @@ fields, as flax's examples do. Sections:
   algo        the algorithm's spec: `name` plus its hyperparameters
   optimizer   `jcl.specs.OptimizerSpec`
   train       `jcl.train.TrainConfig` (epochs, batch size, chunk size...)
+  checkpoint  Orbax checkpoints and resumption (enabled, every_chunks, max_to_keep)
   log         loggers ('console', 'jsonl', 'csv', 'tensorboard', 'wandb',
               'comet'), progress bar, how often chunk metrics are written,
               PNG plots of the accuracy matrix at the end
@@ -62,4 +63,7 @@ def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDi
       importance_samples=ml_collections.FieldReference(None, field_type=int)))
   config.log = ml_collections.ConfigDict(dict(loggers=('console', 'jsonl'), progress=True,
                                               every_chunks=10, plots=True))
+  # Orbax checkpoints in WORKDIR/checkpoints: after every task, and every
+  # `every_chunks` chunks (0 = task boundaries only); a rerun resumes.
+  config.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_chunks=0, max_to_keep=3))
   return config

@@ -78,7 +78,10 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
   `results.json` holds the config, the accuracy matrix `R[i][j]` (task i after
   training task j, fractions), the summary metrics and the timings. If the
   run stops on a non-finite loss, what was measured so far is still written
-  (with `"error"`), then the error is raised.
+  (with `"error"`), then the error is raised. With a workdir, checkpoints go
+  to `workdir/checkpoints` (after each task and every
+  `config.checkpoint.every_chunks` chunks) and a run started again in the
+  same workdir resumes from the newest one, to the same final numbers.
   """
   t_start = time.perf_counter()
   parts = build(config)
@@ -92,9 +95,18 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
       [n for n in names if n and (workdir or n in ('console', 'wandb'))], workdir)
   cbs = [callbacks_lib.LoggingCallback(logger, every_chunks=log.get('every_chunks', 10)),
          callbacks_lib.ProgressCallback(enabled=log.get('progress', True)), *extra_callbacks]
+  ckpt = _to_dict(config.get('checkpoint', {}))
+  checkpointer = None
+  if workdir and ckpt.get('enabled', True):
+    from jcl import checkpoint  # Orbax
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                           max_to_keep=ckpt.get('max_to_keep', 3))
   try:
     result = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
-                           parts['train_config'], callbacks=cbs, rng=parts['algo_rng'])
+                           parts['train_config'], callbacks=cbs, rng=parts['algo_rng'],
+                           checkpointer=checkpointer,
+                           checkpoint_every_chunks=ckpt.get('every_chunks', 0),
+                           run_record={'config': _config_json(config)})
   except train_lib.NonFiniteLossError as err:
     if workdir:
       ctx = err.context
@@ -105,6 +117,8 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
     raise
   finally:
     logger.close()
+    if checkpointer is not None:
+      checkpointer.close()
   result.timings['wall_seconds'] = time.perf_counter() - t_start
   if workdir:
     write_results(workdir, config, {
@@ -126,12 +140,17 @@ def draw_plots(workdir: str) -> list[str]:
     return []
 
 
+def _config_json(config) -> Any:
+  if hasattr(config, 'to_json_best_effort'):
+    return json.loads(config.to_json_best_effort())
+  return json.loads(json.dumps(dict(config), default=_json_default))
+
+
 def write_results(workdir: str, config, payload: Mapping[str, Any]) -> str:
   """Atomically writes `workdir/results.json` (a crash never leaves half a file)."""
   path = os.path.join(workdir, 'results.json')
   document = {
-      'config': json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort')
-      else dict(config),
+      'config': _config_json(config),
       'environment': {'jax': jax.__version__, 'backend': jax.default_backend(),
                       'python': platform.python_version()},
       **payload,

@@ -129,13 +129,13 @@ def plot_accuracy_matrix(R: ArrayLike, path: str, title: Optional[str] = None) -
   image = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, vmin=0.0, vmax=100.0, aspect='auto')
   colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
   colorbar.set_label('accuracy (%)')
-  if size <= 25:
-    fontsize = 9 if size <= 10 else (7 if size <= 15 else 5)
+  if size <= 30:   # beyond, the cells are too small for text
+    fontsize, fmt = (9, '{:.1f}') if size <= 10 else (8, '{:.0f}') if size <= 20 else (6, '{:.0f}')
     for i in range(n_rows):
       for j in range(n_cols):
         v = M[i, j]
         if math.isfinite(v):
-          ax.text(j, i, f'{v:.1f}', ha='center', va='center', fontsize=fontsize,
+          ax.text(j, i, fmt.format(v), ha='center', va='center', fontsize=fontsize,
                   color='black' if v > 60.0 else 'white')
   step = max(1, size // 20)
   ax.set_xticks(range(0, n_cols, step))

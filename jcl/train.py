@@ -127,6 +127,10 @@ class FitResult:
     }
 
 
+def _none_to_nan(rows) -> np.ndarray:
+  return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+
+
 def _nan_to_none(rows):
   return [[None if (isinstance(v, float) and math.isnan(v)) else v for v in r] for r in rows]
 
@@ -182,7 +186,8 @@ def _mean_metrics(metrics: dict[str, np.ndarray], valid: np.ndarray) -> dict[str
 def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
         config: TrainConfig | None = None, *, algo_state: Any = None,
         callbacks: Sequence[callbacks_lib.Callback] = (), rng: jax.Array | None = None,
-        cumulative_data: bool | None = None) -> FitResult:
+        cumulative_data: bool | None = None, checkpointer=None,
+        checkpoint_every_chunks: int = 0, run_record: dict[str, Any] | None = None) -> FitResult:
   """Trains `algorithm` on every task of `benchmark` in order.
 
   Args:
@@ -195,6 +200,11 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     rng: key for `algorithm.init` (default: derived from `config.seed`).
     cumulative_data: train task k on tasks 0..k (default: the spec's
       `cumulative_data`, True for Joint).
+    checkpointer: a `jcl.checkpoint.Checkpointer`. When it holds a
+      checkpoint, `fit` resumes from the newest readable one exactly where
+      it stopped; it saves after every task (trained, consolidated and
+      evaluated) and every `checkpoint_every_chunks` chunks (0: tasks only).
+    run_record: JSON-able facts stored in each checkpoint (e.g. the config).
 
   Returns:
     A `FitResult` with the final states and the accuracy matrix.
@@ -224,27 +234,60 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
       accuracy_matrix=np.full((num_tasks, num_tasks), np.nan), initial_accuracy=initial,
       epochs=config.epochs)
   ctx.eval_seconds += time.perf_counter() - t0
+
+  # Where to start: the beginning, or the position of the newest checkpoint.
+  start = {'task': 0, 'epoch': 0, 'next_chunk': 0, 'phase': 'task_done_before'}
+  if checkpointer is not None:
+    restored = checkpointer.restore_latest((ctx.train_state, ctx.algo_state))
+    if restored is not None:
+      _, (ctx.train_state, ctx.algo_state), record = restored
+      if run_record is not None and record.get('run') and record['run'] != run_record:
+        raise ValueError(f'the checkpoints in {checkpointer.directory} were written by a different '
+                         'run configuration; resume with the same config or use a fresh workdir')
+      start = record['position']
+      ctx.accuracy_matrix = _none_to_nan(record['accuracy_matrix'])
+      if task_il is not None:
+        task_il = _none_to_nan(record['task_il_accuracy_matrix'])
+      ctx.initial_accuracy = initial = np.asarray(record['initial_accuracy'])
+      ctx.history = list(record['history'])
+      ctx.samples_seen = record['samples_seen']
+
+  def save(phase: str, task: int, epoch: int = 0, next_chunk: int = 0):
+    checkpointer.save((ctx.train_state, ctx.algo_state), {
+        'position': {'task': task, 'epoch': epoch, 'next_chunk': next_chunk, 'phase': phase},
+        'accuracy_matrix': _nan_to_none(ctx.accuracy_matrix.tolist()),
+        'task_il_accuracy_matrix': None if task_il is None else _nan_to_none(task_il.tolist()),
+        'initial_accuracy': np.asarray(ctx.initial_accuracy).tolist(),
+        'history': ctx.history, 'samples_seen': ctx.samples_seen, 'run': run_record or {}})
+
+  first_task = start['task'] + (1 if start['phase'] == 'task_done' else 0)
+  resume_mid_task = start['phase'] == 'train'
   for cb in callbacks:
     cb.on_fit_begin(ctx)
 
-  for task_id in range(num_tasks):
+  for task_id in range(first_task, num_tasks):
     split = training_split(benchmark, task_id, cumulative_data)
     ctx.task, ctx.chunks_per_epoch = task_id, stream.num_chunks(
         len(split), config.batch_size, config.chunk_steps, drop_last=config.drop_last)
-    ts = ctx.train_state.replace(
-        class_mask=class_mask_for(benchmark, task_id, training=True, config=config))
-    ctx.train_state, ctx.algo_state = algorithm.begin_task(ts, ctx.algo_state, task_id)
+    resuming = resume_mid_task and task_id == start['task']
+    if not resuming:  # a resumed state has had its begin_task already
+      ts = ctx.train_state.replace(
+          class_mask=class_mask_for(benchmark, task_id, training=True, config=config))
+      ctx.train_state, ctx.algo_state = algorithm.begin_task(ts, ctx.algo_state, task_id)
     for cb in callbacks:
       cb.on_task_begin(ctx)
 
-    for epoch in range(config.epochs):
+    for epoch in range(start['epoch'] if resuming else 0, config.epochs):
       ctx.epoch = epoch
       for cb in callbacks:
         cb.on_epoch_begin(ctx)
       order_rng = np.random.default_rng([config.seed, task_id, epoch])
       chunks = stream.epoch_chunks(split, batch_size=config.batch_size, chunk_steps=config.chunk_steps,
                                    rng=order_rng, drop_last=config.drop_last)
+      skip = start['next_chunk'] if (resuming and epoch == start['epoch']) else 0
       for chunk_id, chunk in enumerate(chunks):
+        if chunk_id < skip:
+          continue  # trained before the interruption
         t0 = time.perf_counter()
         ctx.train_state, ctx.algo_state, metrics, valid = run_chunk(
             ctx.train_state, ctx.algo_state, Batch(*map(jnp.asarray, chunk)))
@@ -264,6 +307,9 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
           raise err
         for cb in callbacks:
           cb.on_chunk_end(ctx)
+        if checkpointer is not None and checkpoint_every_chunks and (
+            (chunk_id + 1) % checkpoint_every_chunks == 0):
+          save('train', task_id, epoch, chunk_id + 1)
       for cb in callbacks:
         cb.on_epoch_end(ctx)
 
@@ -281,6 +327,8 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     if task_il is not None:
       task_il[:, task_id] = given_task
     ctx.eval_seconds += time.perf_counter() - t0
+    if checkpointer is not None:
+      save('task_done', task_id)
     for cb in callbacks:
       cb.on_task_end(ctx)
 
