@@ -226,17 +226,14 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
   run_chunk = jax.jit(run_chunk_fn(algorithm.step))
   end_task = jax.jit(algorithm.end_task)
 
-  t0 = time.perf_counter()
-  initial, _ = evaluate_all(train_state, benchmark, config)
   task_il = np.full((num_tasks, num_tasks), np.nan) if benchmark.scenario == 'class' else None
   ctx = callbacks_lib.FitContext(
       train_state=train_state, algo_state=algo_state, num_tasks=num_tasks,
-      accuracy_matrix=np.full((num_tasks, num_tasks), np.nan), initial_accuracy=initial,
+      accuracy_matrix=np.full((num_tasks, num_tasks), np.nan), initial_accuracy=None,
       epochs=config.epochs)
-  ctx.eval_seconds += time.perf_counter() - t0
 
   # Where to start: the beginning, or the position of the newest checkpoint.
-  start = {'task': 0, 'epoch': 0, 'next_chunk': 0, 'phase': 'task_done_before'}
+  start = {'task': 0, 'epoch': 0, 'next_chunk': 0, 'phase': 'start'}
   if checkpointer is not None:
     restored = checkpointer.restore_latest((ctx.train_state, ctx.algo_state))
     if restored is not None:
@@ -248,9 +245,14 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
       ctx.accuracy_matrix = _none_to_nan(record['accuracy_matrix'])
       if task_il is not None:
         task_il = _none_to_nan(record['task_il_accuracy_matrix'])
-      ctx.initial_accuracy = initial = np.asarray(record['initial_accuracy'])
+      ctx.initial_accuracy = np.asarray(record['initial_accuracy'])
       ctx.history = list(record['history'])
       ctx.samples_seen = record['samples_seen']
+  if ctx.initial_accuracy is None:  # the untrained model, for FWT (a resumed run has it)
+    t0 = time.perf_counter()
+    ctx.initial_accuracy, _ = evaluate_all(train_state, benchmark, config)
+    ctx.eval_seconds += time.perf_counter() - t0
+  initial = ctx.initial_accuracy
 
   def save(phase: str, task: int, epoch: int = 0, next_chunk: int = 0):
     checkpointer.save((ctx.train_state, ctx.algo_state), {

@@ -84,14 +84,14 @@ def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array
   return jnp.sum(correct * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def task_loss(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *,
-              return_features: bool = False):
-  """Cross-entropy of the model on `batch`, in training mode.
+def forward(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *,
+            return_features: bool = False) -> dict:
+  """The model on `batch` in training mode.
 
   Returns:
-    `(loss, aux)` with aux a dict of `logits [B, C]` (masked by the state's
-    `class_mask`), `raw_logits` (unmasked), `model_state` (updated BatchNorm
-    statistics) and, with `return_features`, `features [B, F]`.
+    a dict of `logits [B, C]` (masked by the state's `class_mask`),
+    `raw_logits` (unmasked), `model_state` (updated BatchNorm statistics)
+    and, with `return_features`, `features [B, F]`.
   """
   outputs, model_state = ts_lib.apply_model(
       state, params, batch.x, batch.t, train=True, rng=rng, return_features=return_features)
@@ -100,6 +100,14 @@ def task_loss(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *
          'model_state': model_state}
   if return_features:
     aux['features'] = features
+  return aux
+
+
+def task_loss(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *,
+              return_features: bool = False):
+  """Cross-entropy of the model on `batch`, in training mode: `(loss, aux)`
+  with aux the outputs of `forward`."""
+  aux = forward(params, state, batch, rng, return_features=return_features)
   return cross_entropy(aux['logits'], batch.y, batch.mask), aux
 
 

@@ -40,8 +40,7 @@ def make_der(spec: specs.DERSpec | specs.DERPPSpec, context: base.Context | None
     return ReplayState(init_buffer(spec, context, logits_dim=context.num_classes))
 
   def loss_fn(params, train_state, batch, rng, distill_logits):
-    loss_all, aux = base.task_loss(params, train_state, batch, rng)
-    del loss_all
+    aux = base.forward(params, train_state, batch, rng)
     n = batch.mask.shape[0] - (2 * size if beta else size)
     cur = slice(0, n)
     ce = base.cross_entropy(aux['logits'][cur], batch.y[cur], batch.mask[cur])
