@@ -62,12 +62,14 @@ def build(config) -> dict[str, Any]:
   if benchmark.scenario not in spec.scenarios:
     raise ValueError(f'{spec.name} does not apply to {benchmark.scenario}-incremental learning; '
                      f'it supports: {", ".join(spec.scenarios)}')
-  model = build_model(config.model, benchmark)
+  context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
+                               benchmark.num_tasks)
+  model_config, optimizer, train_config = algorithms.adapt_regime(
+      spec, _to_dict(config.model), optimizer, train_config)
+  model = algorithms.adapt_model(spec, build_model(model_config, benchmark), context)
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
                                     benchmark.num_classes)
-  context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
-                               benchmark.num_tasks)
   return dict(spec=spec, algorithm=algorithms.build(spec, context), benchmark=benchmark, model=model,
               train_state=state, train_config=train_config, algo_rng=algo_rng)
 

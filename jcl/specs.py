@@ -272,6 +272,171 @@ class GEMSpec(AlgorithmSpec):
 
 
 @dataclasses.dataclass(frozen=True)
+class LaMAMLSpec(AlgorithmSpec):
+  """La-MAML: look-ahead meta-learning (Gupta, Yadav & Paull 2020), Alg. 1-2.
+
+  Per glance of each incoming batch: `k` single-sample inner SGD steps on
+  the current batch with per-parameter learning rates `relu(alpha)` (eq. 4),
+  then the meta-loss on current + replayed samples at the looked-ahead
+  weights; the learning rates take an SGD step of `alpha_lr` on its gradient
+  first, then the weights `theta -= relu(alpha) * g_meta` (asynchronous,
+  eq. 11) or an optimizer step (`sync_update`). Variants:
+  C-MAML = `sync_update=True, learn_lr=False`; Sync-La-MAML =
+  `sync_update=True, learn_lr=True`.
+
+  Attributes:
+    memory_size: reservoir buffer size.
+    replay_batch_size: replayed samples added to each meta-batch.
+    glances: meta-updates per incoming batch (samples enter the buffer once,
+      on the first glance).
+    alpha_init: initial value of every learning rate.
+    alpha_lr: learning rate of the learning rates (eta in the paper).
+    learn_lr: update the learning rates (False: they stay at `alpha_init`).
+    sync_update: weights take a step of the run's optimizer on the
+      meta-gradient instead of `relu(alpha) * g`.
+    second_order: differentiate through the inner updates (True) or treat
+      the inner gradients as constants (first order, the authors' default).
+    grad_clip_norm: clip the meta-gradients' global norm, separately for the
+      weights and the learning rates (None: no clipping).
+    inner_grad_clip: clamp each inner-gradient element to +-this (None: no
+      clamp; the authors' code computes the clamp and discards it).
+  """
+  name: ClassVar[str] = 'lamaml'
+  scenarios: ClassVar[tuple[str, ...]] = ('task', 'domain', 'class')
+  memory_size: int = 200
+  replay_batch_size: int = 10
+  glances: int = 5
+  alpha_init: float = 0.15
+  alpha_lr: float = 0.3
+  learn_lr: bool = True
+  sync_update: bool = False
+  second_order: bool = False
+  grad_clip_norm: float | None = 2.0
+  inner_grad_clip: float | None = None
+
+  def validate(self):
+    _check_replay(self)
+    _check(isinstance(self.glances, int) and self.glances >= 1, self.name, 'glances',
+           f'must be an integer >= 1, got {self.glances!r}')
+    self._non_negative('alpha_init', 'alpha_lr')
+    for field in ('grad_clip_norm', 'inner_grad_clip'):
+      value = getattr(self, field)
+      _check(value is None or (_finite(value) and value > 0), self.name, field,
+             f'must be None or > 0, got {value!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class MCSGDSpec(AlgorithmSpec):
+  """Mode-Connectivity SGD (Mirzadeh et al. 2021, "Linear mode connectivity
+  in multitask and continual learning"), Sec. 4.
+
+  Each task trains continually from the previous MC-SGD solution `w_prev`
+  to `w_task`; then, from `w_prev + lmc_init_position * (w_task - w_prev)`,
+  `lmc_epochs` passes follow the gradient of the loss summed over
+  `lmc_line_samples + 1` evenly spaced points on the segments to `w_prev`
+  and to `w_task` (previous tasks' episodic memory on the first, a subset of
+  the current task on the second).
+  """
+  name: ClassVar[str] = 'mcsgd'
+  memory_per_task: int = 100
+  lmc_lr: float = 0.05
+  lmc_momentum: float = 0.8
+  lmc_batch_size: int = 64
+  lmc_init_position: float = 0.1
+  lmc_line_samples: int = 10
+  lmc_epochs: int = 1
+
+  def validate(self):
+    for field in ('memory_per_task', 'lmc_batch_size', 'lmc_line_samples', 'lmc_epochs'):
+      value = getattr(self, field)
+      _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, self.name,
+             field, f'must be an integer >= 1, got {value!r}')
+    self._positive('lmc_lr')
+    self._in_unit_interval('lmc_init_position')
+    _check(_finite(self.lmc_momentum) and 0 <= self.lmc_momentum < 1, self.name, 'lmc_momentum',
+           f'must be in [0, 1), got {self.lmc_momentum!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class StableSGDSpec(AlgorithmSpec):
+  """Stable SGD (Mirzadeh et al. 2020, "Understanding the role of training
+  regimes in continual learning"): Naive training under a regime of dropout,
+  a per-task learning-rate decay and small batches (Sec. 4).
+
+  Attributes:
+    dropout: dropout rate of the model's hidden layers.
+    lr_decay: the learning rate of task k is `lr * lr_decay**k`.
+    min_lr: floor of the decayed learning rate.
+    batch_size: training batch size.
+  """
+  name: ClassVar[str] = 'stable_sgd'
+  dropout: float = 0.25
+  lr_decay: float = 0.8
+  min_lr: float = 0.0
+  batch_size: int = 10
+
+  def validate(self):
+    _check(_finite(self.dropout) and 0 <= self.dropout < 1, self.name, 'dropout',
+           f'must be in [0, 1), got {self.dropout!r}')
+    _check(_finite(self.lr_decay) and 0 < self.lr_decay <= 1, self.name, 'lr_decay',
+           f'must be in (0, 1], got {self.lr_decay!r}')
+    self._non_negative('min_lr')
+    _check(isinstance(self.batch_size, int) and self.batch_size >= 1, self.name, 'batch_size',
+           f'must be an integer >= 1, got {self.batch_size!r}')
+
+
+KCL_KERNELS = ('rff', 'rbf', 'linear')
+
+
+@dataclasses.dataclass(frozen=True)
+class KCLSpec(AlgorithmSpec):
+  """Kernel Continual Learning (Derakhshani et al. 2021).
+
+  A task-specific kernel ridge-regression classifier on the shared feature
+  extractor's features (eq. 4-5), fitted on a coreset of `core_size` samples
+  per task kept for inference; with `kernel='rff'` the kernel comes from
+  `num_random_features` variational random Fourier features whose posterior
+  is inferred from the task's data, trained with the ELBO (eq. 10): the
+  ridge loss on the rest of the batch plus `tau` times the KL to the
+  coreset-conditioned prior.
+  """
+  name: ClassVar[str] = 'kcl'
+  scenarios: ClassVar[tuple[str, ...]] = ('task',)
+  kernel: str = 'rff'
+  core_size: int = 20
+  num_random_features: int = 2048
+  ridge_lambda: float = 0.1
+  tau: float = 0.01
+
+  def validate(self):
+    _check(self.kernel in KCL_KERNELS, self.name, 'kernel',
+           f'must be one of {KCL_KERNELS}, got {self.kernel!r}')
+    for field in ('core_size', 'num_random_features'):
+      value = getattr(self, field)
+      _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, self.name,
+             field, f'must be an integer >= 1, got {value!r}')
+    self._positive('ridge_lambda')
+    self._non_negative('tau')
+
+
+@dataclasses.dataclass(frozen=True)
+class PNNSpec(AlgorithmSpec):
+  """Progressive Neural Networks (Rusu et al. 2016), eq. 1-2.
+
+  One column per task; column k takes lateral inputs from the hidden layers
+  of the frozen columns 0..k-1 (through `adapter='linear'` or the paper's
+  non-linear 'mlp' adapters). Earlier columns never change.
+  """
+  name: ClassVar[str] = 'pnn'
+  scenarios: ClassVar[tuple[str, ...]] = ('task',)
+  adapter: str = 'linear'
+
+  def validate(self):
+    _check(self.adapter in ('linear', 'mlp'), self.name, 'adapter',
+           f"must be 'linear' or 'mlp', got {self.adapter!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """The training regime every algorithm gets.
 
@@ -322,7 +487,8 @@ class OptimizerSpec:
 
 SPECS: dict[str, type[AlgorithmSpec]] = {
     cls.name: cls for cls in (NaiveSpec, JointSpec, EWCSpec, SISpec, MASSpec, LFLSpec, ERSpec,
-                              DERSpec, DERPPSpec, AGEMSpec, GEMSpec)
+                              DERSpec, DERPPSpec, AGEMSpec, GEMSpec, LaMAMLSpec, MCSGDSpec,
+                              StableSGDSpec, KCLSpec, PNNSpec)
 }
 
 

@@ -13,9 +13,12 @@ from tests.algorithms.conftest import INPUT_DIM, NUM_CLASSES, random_batch, rand
 CONTEXT = algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks=2)
 SMALL = {'er': dict(memory_size=8, replay_batch_size=4), 'der': dict(memory_size=8, replay_batch_size=4),
          'derpp': dict(memory_size=8, replay_batch_size=4),
-         'agem': dict(memory_per_task=4, memory_batch_size=4), 'gem': dict(memory_per_task=4)}
+         'agem': dict(memory_per_task=4, memory_batch_size=4), 'gem': dict(memory_per_task=4),
+         'lamaml': dict(memory_size=8, replay_batch_size=4, glances=2),
+         'mcsgd': dict(memory_per_task=4, lmc_batch_size=4, lmc_line_samples=2),
+         'kcl': dict(core_size=4, num_random_features=16)}
 
-NAMES = sorted(algorithms.BUILDERS)
+NAMES = algorithms.names()
 
 
 @pytest.mark.parametrize('name', NAMES)
