@@ -55,3 +55,26 @@ def evaluate_tasks(train_state: ts_lib.TrainState, splits, *, task_classes=None,
   pairs = np.array([split_accuracy(train_state, s, task_classes=task_classes, **kwargs)
                     for s in splits])
   return pairs[:, 0], (pairs[:, 1] if task_classes is not None else None)
+
+
+def class_mask_for(benchmark, task_id: int, *, training: bool = False,
+                   mask_unseen_classes: bool = True) -> jax.Array:
+  """Output units usable after training task `task_id`: the classes seen so far
+  in class-incremental learning, all units otherwise. In training, all
+  units too unless `mask_unseen_classes`."""
+  if benchmark.scenario == 'class' and (not training or mask_unseen_classes):
+    return jnp.asarray(benchmark.seen_classes_mask(task_id), bool)
+  return jnp.ones((benchmark.num_classes,), bool)
+
+
+def evaluate_benchmark(train_state: ts_lib.TrainState, benchmark, split: str = 'test',
+                       batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
+  """Accuracy on every task of `benchmark` `[T]` (its 'test' or 'val' split);
+  for class-incremental streams also the task-incremental accuracy
+  (prediction among the sample's task classes). Predictions choose among the
+  units of the state's `class_mask`."""
+  splits = [task.val if split == 'val' else task.test for task in benchmark.tasks]
+  if any(s is None for s in splits):
+    raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
+  table = jnp.asarray(benchmark.class_mask_table()) if benchmark.scenario == 'class' else None
+  return evaluate_tasks(train_state, splits, task_classes=table, batch_size=batch_size)

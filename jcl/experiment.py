@@ -98,17 +98,18 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
   cbs = [callbacks_lib.LoggingCallback(logger, every_chunks=log.get('every_chunks', 10)),
          callbacks_lib.ProgressCallback(enabled=log.get('progress', True)), *extra_callbacks]
   ckpt = _to_dict(config.get('checkpoint', {}))
-  checkpointer = None
+  checkpointer = checkpoint_cb = None
   if workdir and ckpt.get('enabled', True):
     from jcl import checkpoint  # Orbax
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                            max_to_keep=ckpt.get('max_to_keep', 3))
+    checkpoint_cb = callbacks_lib.CheckpointCallback(
+        checkpointer, every_chunks=ckpt.get('every_chunks', 0),
+        run_record={'config': _config_json(config)})
   try:
     result = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
                            parts['train_config'], callbacks=cbs, rng=parts['algo_rng'],
-                           checkpointer=checkpointer,
-                           checkpoint_every_chunks=ckpt.get('every_chunks', 0),
-                           run_record={'config': _config_json(config)})
+                           checkpoint=checkpoint_cb)
   except train_lib.NonFiniteLossError as err:
     if workdir:
       ctx = err.context

@@ -127,12 +127,8 @@ class FitResult:
     }
 
 
-def _none_to_nan(rows) -> np.ndarray:
-  return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
-
-
-def _nan_to_none(rows):
-  return [[None if (isinstance(v, float) and math.isnan(v)) else v for v in r] for r in rows]
+_none_to_nan = callbacks_lib.none_to_nan
+_nan_to_none = callbacks_lib.nan_to_none
 
 
 def training_split(benchmark: Benchmark, task_id: int, cumulative: bool) -> TaskSplit:
@@ -156,26 +152,18 @@ def task_data(split: TaskSplit, batch_size: int) -> Batch:
 
 def class_mask_for(benchmark: Benchmark, task_id: int, *, training: bool = False,
                    config: TrainConfig | None = None) -> jax.Array:
-  """Output units usable after training task `task_id`: the classes seen so far
-  in class-incremental learning, all units otherwise. In training, all
-  units too unless `config.mask_unseen_classes`."""
-  masked = benchmark.scenario == 'class' and (
-      not training or config is None or config.mask_unseen_classes)
-  if masked:
-    return jnp.asarray(benchmark.seen_classes_mask(task_id), bool)
-  return jnp.ones((benchmark.num_classes,), bool)
+  """Output units usable after training task `task_id` (see
+  `jcl.evaluation.class_mask_for`); in training, `config.mask_unseen_classes`
+  decides whether unseen classes are masked."""
+  return evaluation.class_mask_for(
+      benchmark, task_id, training=training,
+      mask_unseen_classes=config is None or config.mask_unseen_classes)
 
 
 def evaluate_all(train_state: TrainState, benchmark: Benchmark, config: TrainConfig):
-  """Accuracy on every task `[T]`; for class-incremental streams also the
-  task-incremental accuracy (prediction among the sample's task classes).
-  Predictions choose among the units of the state's `class_mask`."""
-  splits = [task.val if config.eval_split == 'val' else task.test for task in benchmark.tasks]
-  if any(s is None for s in splits):
-    raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
-  table = jnp.asarray(benchmark.class_mask_table()) if benchmark.scenario == 'class' else None
-  return evaluation.evaluate_tasks(train_state, splits, task_classes=table,
-                                   batch_size=config.eval_batch_size)
+  """Accuracy on every task `[T]` and, class-incremental, the task-IL accuracy."""
+  return evaluation.evaluate_benchmark(train_state, benchmark, config.eval_split,
+                                       config.eval_batch_size)
 
 
 def _mean_metrics(metrics: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
@@ -186,8 +174,8 @@ def _mean_metrics(metrics: dict[str, np.ndarray], valid: np.ndarray) -> dict[str
 def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
         config: TrainConfig | None = None, *, algo_state: Any = None,
         callbacks: Sequence[callbacks_lib.Callback] = (), rng: jax.Array | None = None,
-        cumulative_data: bool | None = None, checkpointer=None,
-        checkpoint_every_chunks: int = 0, run_record: dict[str, Any] | None = None) -> FitResult:
+        cumulative_data: bool | None = None, evaluate: bool = True,
+        checkpoint: callbacks_lib.CheckpointCallback | None = None) -> FitResult:
   """Trains `algorithm` on every task of `benchmark` in order.
 
   Args:
@@ -196,15 +184,15 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     benchmark: a `jcl.data.Benchmark`.
     config: the loop's `TrainConfig`.
     algo_state: the algorithm's initial state (default `algorithm.init`).
-    callbacks: hooks called at fit/task/epoch/chunk boundaries.
+    callbacks: hooks called at fit/task/epoch/chunk boundaries, in order,
+      after the evaluation and before the checkpoint.
     rng: key for `algorithm.init` (default: derived from `config.seed`).
     cumulative_data: train task k on tasks 0..k (default: the spec's
       `cumulative_data`, True for Joint).
-    checkpointer: a `jcl.checkpoint.Checkpointer`. When it holds a
+    evaluate: fill the accuracy matrix (an `EvaluationCallback` first).
+    checkpoint: a `CheckpointCallback`, run last. When its directory holds a
       checkpoint, `fit` resumes from the newest readable one exactly where
-      it stopped; it saves after every task (trained, consolidated and
-      evaluated) and every `checkpoint_every_chunks` chunks (0: tasks only).
-    run_record: JSON-able facts stored in each checkpoint (e.g. the config).
+      it stopped.
 
   Returns:
     A `FitResult` with the final states and the accuracy matrix.
@@ -221,47 +209,23 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     rng = jax.random.PRNGKey(config.seed)
   if algo_state is None:
     algo_state = algorithm.init(train_state, rng)
+  callbacks = [*([callbacks_lib.EvaluationCallback()] if evaluate else []), *callbacks,
+               *([checkpoint] if checkpoint is not None else [])]
 
   num_tasks = benchmark.num_tasks
   run_chunk = jax.jit(run_chunk_fn(algorithm.step))
   end_task = jax.jit(algorithm.end_task)
-
-  task_il = np.full((num_tasks, num_tasks), np.nan) if benchmark.scenario == 'class' else None
   ctx = callbacks_lib.FitContext(
       train_state=train_state, algo_state=algo_state, num_tasks=num_tasks,
       accuracy_matrix=np.full((num_tasks, num_tasks), np.nan), initial_accuracy=None,
-      epochs=config.epochs)
+      epochs=config.epochs, benchmark=benchmark, config=config,
+      task_il_matrix=np.full((num_tasks, num_tasks), np.nan) if benchmark.scenario == 'class' else None)
 
-  # Where to start: the beginning, or the position of the newest checkpoint.
-  start = {'task': 0, 'epoch': 0, 'next_chunk': 0, 'phase': 'start'}
-  if checkpointer is not None:
-    restored = checkpointer.restore_latest((ctx.train_state, ctx.algo_state))
-    if restored is not None:
-      _, (ctx.train_state, ctx.algo_state), record = restored
-      if run_record is not None and record.get('run') and record['run'] != run_record:
-        raise ValueError(f'the checkpoints in {checkpointer.directory} were written by a different '
-                         'run configuration; resume with the same config or use a fresh workdir')
-      start = record['position']
-      ctx.accuracy_matrix = _none_to_nan(record['accuracy_matrix'])
-      if task_il is not None:
-        task_il = _none_to_nan(record['task_il_accuracy_matrix'])
-      ctx.initial_accuracy = np.asarray(record['initial_accuracy'])
-      ctx.history = list(record['history'])
-      ctx.samples_seen = record['samples_seen']
-  if ctx.initial_accuracy is None:  # the untrained model, for FWT (a resumed run has it)
-    t0 = time.perf_counter()
-    ctx.initial_accuracy, _ = evaluate_all(train_state, benchmark, config)
-    ctx.eval_seconds += time.perf_counter() - t0
-  initial = ctx.initial_accuracy
-
-  def save(phase: str, task: int, epoch: int = 0, next_chunk: int = 0):
-    checkpointer.save((ctx.train_state, ctx.algo_state), {
-        'position': {'task': task, 'epoch': epoch, 'next_chunk': next_chunk, 'phase': phase},
-        'accuracy_matrix': _nan_to_none(ctx.accuracy_matrix.tolist()),
-        'task_il_accuracy_matrix': None if task_il is None else _nan_to_none(task_il.tolist()),
-        'initial_accuracy': np.asarray(ctx.initial_accuracy).tolist(),
-        'history': ctx.history, 'samples_seen': ctx.samples_seen, 'run': run_record or {}})
-
+  # Where to start: the beginning, or where a restored checkpoint stopped.
+  for cb in callbacks:
+    if hasattr(cb, 'restore') and cb.restore(ctx):
+      break
+  start = ctx.resume_position or {'task': 0, 'epoch': 0, 'next_chunk': 0, 'phase': 'start'}
   first_task = start['task'] + (1 if start['phase'] == 'task_done' else 0)
   resume_mid_task = start['phase'] == 'train'
   for cb in callbacks:
@@ -271,6 +235,7 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     split = training_split(benchmark, task_id, cumulative_data)
     ctx.task, ctx.chunks_per_epoch = task_id, stream.num_chunks(
         len(split), config.batch_size, config.chunk_steps, drop_last=config.drop_last)
+    ctx.stop_task = False
     resuming = resume_mid_task and task_id == start['task']
     if not resuming:  # a resumed state has had its begin_task already
       ts = ctx.train_state.replace(
@@ -280,6 +245,8 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
       cb.on_task_begin(ctx)
 
     for epoch in range(start['epoch'] if resuming else 0, config.epochs):
+      if ctx.stop_task:
+        break
       ctx.epoch = epoch
       for cb in callbacks:
         cb.on_epoch_begin(ctx)
@@ -309,9 +276,8 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
           raise err
         for cb in callbacks:
           cb.on_chunk_end(ctx)
-        if checkpointer is not None and checkpoint_every_chunks and (
-            (chunk_id + 1) % checkpoint_every_chunks == 0):
-          save('train', task_id, epoch, chunk_id + 1)
+        if ctx.stop_task:
+          break
       for cb in callbacks:
         cb.on_epoch_end(ctx)
 
@@ -322,26 +288,20 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     ctx.train_state, ctx.algo_state = end_task(ctx.train_state, ctx.algo_state, data)
     jax.block_until_ready(ctx.algo_state)
     ctx.train_seconds += time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    ctx.accuracy_matrix[:, task_id], given_task = evaluate_all(
-        ctx.train_state.replace(class_mask=class_mask_for(benchmark, task_id)), benchmark, config)
-    if task_il is not None:
-      task_il[:, task_id] = given_task
-    ctx.eval_seconds += time.perf_counter() - t0
-    if checkpointer is not None:
-      save('task_done', task_id)
     for cb in callbacks:
       cb.on_task_end(ctx)
+    if ctx.stop_fit:
+      break
 
   for cb in callbacks:
     cb.on_fit_end(ctx)
-  summary = metrics_lib.summarize(ctx.accuracy_matrix, b=initial)
-  if task_il is not None:
-    summary['task_il_acc'] = metrics_lib.average_accuracy(task_il)
+  summary = metrics_lib.summarize(ctx.accuracy_matrix, b=ctx.initial_accuracy) if evaluate else {}
+  if evaluate and ctx.task_il_matrix is not None:
+    summary['task_il_acc'] = metrics_lib.average_accuracy(ctx.task_il_matrix)
   timings = {'train_seconds': ctx.train_seconds, 'eval_seconds': ctx.eval_seconds,
              'total_seconds': time.perf_counter() - ctx.start_time,
              'samples_seen': ctx.samples_seen,
              'train_samples_per_second': ctx.samples_seen / max(ctx.train_seconds, 1e-9)}
-  return FitResult(ctx.train_state, ctx.algo_state, ctx.accuracy_matrix, initial, summary,
-                   ctx.history, timings, task_il)
+  initial = ctx.initial_accuracy if ctx.initial_accuracy is not None else np.full(num_tasks, np.nan)
+  return FitResult(ctx.train_state, ctx.algo_state, ctx.accuracy_matrix, np.asarray(initial),
+                   summary, ctx.history, timings, ctx.task_il_matrix)

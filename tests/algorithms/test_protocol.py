@@ -8,7 +8,7 @@ from jcl import algorithms
 from jcl import specs
 from jcl import train as train_lib
 
-from tests.algorithms.conftest import INPUT_DIM, NUM_CLASSES, random_batch, random_chunk, tiny_state
+from tests.algorithms.conftest import INPUT_DIM, MODEL, NUM_CLASSES, random_batch, random_chunk, tiny_state
 
 CONTEXT = algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks=2)
 SMALL = {'er': dict(memory_size=8, replay_batch_size=4), 'der': dict(memory_size=8, replay_batch_size=4),
@@ -23,8 +23,10 @@ NAMES = algorithms.names()
 
 @pytest.mark.parametrize('name', NAMES)
 def test_step_jit_scan_vmap(name):
-  algo = algorithms.build(specs.make_spec(name, **SMALL.get(name, {})), CONTEXT)
-  state = tiny_state()
+  spec = specs.make_spec(name, **SMALL.get(name, {}))
+  algo = algorithms.build(spec, CONTEXT)
+  model = algorithms.adapt_model(spec, MODEL, CONTEXT)  # the model the algorithm trains
+  state = tiny_state(model=model)
   algo_state = algo.init(state, jax.random.PRNGKey(0))
   state, algo_state = algo.begin_task(state, algo_state, 0)
   batch = random_batch()
@@ -47,7 +49,7 @@ def test_step_jit_scan_vmap(name):
   assert valid.tolist() == [True, True, True, False] and int(s_run.step) == 3
 
   # vmap over a leading seed axis of (train_state, algo_state).
-  states = [tiny_state(seed=k) for k in range(3)]
+  states = [tiny_state(seed=k, model=model) for k in range(3)]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   algo_states = jax.vmap(algo.init)(stacked, jax.random.split(jax.random.PRNGKey(0), 3))
   vs, va, vm = jax.jit(jax.vmap(algo.step, in_axes=(0, None, 0)))(stacked, batch, algo_states)
