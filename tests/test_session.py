@@ -123,3 +123,15 @@ def test_interrupted_session_must_be_finished_first(tmp_path, digits):
     session.update(str(state), tasks(digits, [1]), other)
   result = session.update(str(state), tasks(digits, [1]))
   assert result.accuracy_matrix.shape == (2, 2)
+
+
+def test_a_new_task_from_tfds(tmp_path, digits):
+  """Task 0 from an NPZ file, task 1 from a TFDS dataset (mocked: no download)."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  state = tmp_path / 'state'
+  session.update(str(state), tasks(digits, [0]), small_config())
+  with tfds.testing.mock_data(num_examples=200):
+    result = session.update(str(state), ['tfds:mnist'])
+  assert result.accuracy_matrix.shape == (2, 2)
+  with open(state / 'session.json') as f:
+    assert json.load(f)['tasks'] == [*tasks(digits, [0]), 'tfds:mnist']
