@@ -11,6 +11,8 @@ fields, as flax's examples do. Sections:
   optimizer   `jcl.specs.OptimizerSpec`
   train       `jcl.train.TrainConfig` (epochs, batch size, chunk size...)
   checkpoint  Orbax checkpoints and resumption (enabled, every_chunks, max_to_keep)
+  num_seeds, grid, replicas
+              several seeds / a hyperparameter grid as one program (jcl.replicas)
   log         loggers ('console', 'jsonl', 'csv', 'tensorboard', 'wandb',
               'comet'), progress bar, how often chunk metrics are written,
               PNG plots of the accuracy matrix at the end
@@ -66,4 +68,13 @@ def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDi
   # Orbax checkpoints in WORKDIR/checkpoints: after every task, and every
   # `every_chunks` chunks (0 = task boundaries only); a rerun resumes.
   config.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_chunks=0, max_to_keep=3))
+  # Replicas (jcl.replicas): several seeds and/or a grid over scalar
+  # hyperparameters trained as one program, e.g. `--config.num_seeds=5` or
+  # `--config.grid='optimizer.learning_rate=0.01,0.1;algo.ewc_lambda=1,10'`.
+  # mode: 'auto' (vmap on accelerators, one compiled program run replica
+  # after replica on CPU), 'vmap' or 'sequential'.
+  config.num_seeds = 1
+  config.grid = ''
+  config.replicas = ml_collections.ConfigDict(dict(mode='auto', batch_shards=1, rank_by='acc',
+                                                   distributed=False))
   return config

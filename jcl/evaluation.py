@@ -41,6 +41,8 @@ def split_accuracy(train_state: ts_lib.TrainState, split, *, batch_size: int = 1
   """`(accuracy, accuracy given the task)` (fractions) on a `TaskSplit`."""
   from jcl.data import stream  # local: keeps this module importable without the data layer
   totals = np.zeros(3)
+  # No more scanned batches than the split fills (no all-padding batches).
+  chunk_steps = max(1, min(chunk_steps, stream.num_batches(len(split), batch_size, drop_last=False)))
   for chunk in stream.eval_chunks(split, batch_size=batch_size, chunk_steps=chunk_steps):
     totals += np.asarray(count_correct(train_state, Batch(*map(jnp.asarray, chunk)), task_classes))
   if totals[2] == 0:
