@@ -332,10 +332,22 @@ class MCSGDSpec(AlgorithmSpec):
 
   Each task trains continually from the previous MC-SGD solution `w_prev`
   to `w_task`; then, from `w_prev + lmc_init_position * (w_task - w_prev)`,
-  `lmc_epochs` passes follow the gradient of the loss summed over
-  `lmc_line_samples + 1` evenly spaced points on the segments to `w_prev`
-  and to `w_task` (previous tasks' episodic memory on the first, a subset of
-  the current task on the second).
+  `lmc_epochs` passes of SGD(`lmc_lr`, `lmc_momentum`) on batches of
+  `lmc_batch_size` follow the gradient of the loss averaged over the
+  `lmc_line_samples` points `tau = 1/n .. 1` of each segment `w_end + tau
+  (w - w_end)` to `w_prev` and to `w_task` (the authors' grid of n + 1 points
+  without its fixed end `tau = 0`, whose loss does not depend on w); the
+  previous tasks' episodic memory on the first segment, the current task's
+  `memory_per_task` memory samples on the second (jcl/algorithms/mcsgd.py).
+
+  Attributes:
+    memory_per_task: episodic-memory samples kept per task.
+    lmc_lr: learning rate of the mode-connectivity phase.
+    lmc_momentum: its SGD momentum.
+    lmc_batch_size: samples per segment in each of its steps.
+    lmc_init_position: where on the segment `w_prev -> w_task` it starts.
+    lmc_line_samples: points evaluated (vmapped) on each segment.
+    lmc_epochs: passes over the larger of the two segments' data.
   """
   name: ClassVar[str] = 'mcsgd'
   memory_per_task: int = 100
@@ -396,9 +408,20 @@ class KCLSpec(AlgorithmSpec):
   extractor's features (eq. 4-5), fitted on a coreset of `core_size` samples
   per task kept for inference; with `kernel='rff'` the kernel comes from
   `num_random_features` variational random Fourier features whose posterior
-  is inferred from the task's data, trained with the ELBO (eq. 10): the
-  ridge loss on the rest of the batch plus `tau` times the KL to the
-  coreset-conditioned prior.
+  is inferred from the coreset, trained with the ELBO (eq. 10): the
+  cross-entropy of the batch under the coreset classifier plus `tau` times
+  KL(posterior from the coreset || prior from the batch), as in the
+  authors' code (jcl/algorithms/kcl.py).
+
+  Attributes:
+    kernel: 'rff' (variational random Fourier features), 'rbf' (Gaussian,
+      unit bandwidth on the normalised features) or 'linear'.
+    core_size: coreset slots per task, shared equally by the task's classes
+      (the authors' MNIST convention; 20 per class = 20 * classes).
+    num_random_features: D, the number of random bases (rff only).
+    ridge_lambda: initial ridge of every task's classifier; the ridge is
+      learnt per task as `|l_t| + 0.01`, as in the authors' code.
+    tau: weight of the KL term (rff only).
   """
   name: ClassVar[str] = 'kcl'
   scenarios: ClassVar[tuple[str, ...]] = ('task',)
