@@ -14,7 +14,15 @@ Regime (the paper's Rotated MNIST setting, as Sequel's
 batch 64, SGD lr 0.1 momentum 0.8 with a fresh optimizer and lr x0.8 per
 task, one epoch per task; 100 memory samples per task, line phase lr 0.05,
 momentum 0.8, batch 64, start 0.1 along w_prev -> w_task, 10 points per
-segment, one epoch. Paper: average accuracy 82.3 (Naive SGD 46.3).
+segment, one epoch. Paper: average accuracy 82.3 (Naive SGD 46.3, in the
+plastic regime of configs/stable_sgd.py:rotated_mnist,plastic). The memory
+of 100 per task follows Sequel; the authors' hyperparameter searches
+(config/*.json) used 200 or 1000 memories in all, i.e. 10 or 50 per task.
+
+Measured (real MNIST, CPU, 2 shared cores): ACC 83.65 +- 0.67 (sample std)
+over seeds 0-4 (83.65, 82.84, 84.43, 83.17, 84.18), forgetting 4.2-5.7;
+',naive' 54.8 (seed 0, forgetting 43.9). About 4-12 minutes a run on the
+loaded machine (20 x 938 steps, 20 evaluations of all 20 test sets).
 
 Data protocol, from the authors' code (core/data_utils.py of
 imirzadeh/CL-LinearModeConnectivity; the paper text is not in
