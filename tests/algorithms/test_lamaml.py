@@ -1,7 +1,9 @@
 """Property tests of La-MAML, C-MAML and Sync-La-MAML (Gupta et al. 2020).
 
 The three variants share one jitted step each (built once, below) and every
-step sees batches of `B` samples, so the file compiles each function once.
+step sees batches of `B` samples, so the file compiles each function once,
+with XLA's cheap compilation (these tiny programs run a few times:
+compiling them dominates).
 """
 import functools
 
@@ -32,7 +34,9 @@ SPECS = {
                              alpha_lr=0.1, learn_lr=True, sync_update=True, grad_clip_norm=CLIP,
                              inner_grad_clip=0.05),
 }
-_meta_gradients = jax.jit(lamaml.meta_gradients, static_argnames=('spec', 'wrt_alpha'))
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+_meta_gradients = jit(lamaml.meta_gradients, static_argnames=('spec', 'wrt_alpha'))
 
 
 def meta_gradients(params, alpha, state, inner, meta, spec):
@@ -45,7 +49,7 @@ def meta_gradients(params, alpha, state, inner, meta, spec):
 @functools.lru_cache(maxsize=None)
 def algorithm(name):
   algo = lamaml.make(SPECS[name], CONTEXT)
-  return algo, jax.jit(algo.step)
+  return algo, jit(algo.step)
 
 
 def start(name, seed=0):
@@ -82,7 +86,7 @@ def test_second_order_gradient_matches_finite_differences_and_first_order_differ
     inner = jax.tree.map(to64, random_batch(seed=1, size=4))
     meta = jax.tree.map(to64, random_batch(seed=2, size=7))
 
-    @jax.jit
+    @jit
     def both(p, a):
       """The meta-loss and its second- and first-order gradients (one compilation)."""
       (loss, _), second = lamaml.meta_gradients(p, a, state, inner, meta, None,
@@ -125,7 +129,7 @@ def test_first_order_meta_gradient_is_the_authors_loop():
     logits = state.apply_fn({'params': p}, batch.x, batch.t)
     return base.cross_entropy(logits, batch.y, batch.mask)
 
-  @jax.jit
+  @jit
   @functools.partial(jax.value_and_grad, argnums=(0, 1))
   def reference(p, a):
     fast, total = p, 0.0
@@ -269,8 +273,8 @@ def test_memory_batch_is_drawn_with_replacement_from_the_stored_samples():
   x, valid = np.zeros((8, INPUT_DIM), np.float32), np.zeros(8, bool)
   x[[1, 4, 6], 0], valid[[1, 4, 6]] = [1.0, 4.0, 6.0], True
   stored = empty._replace(x=x, valid=valid)
-  sample = jax.jit(jax.vmap(lamaml.sample_with_replacement, in_axes=(None, 0, None)),
-                   static_argnums=2)
+  sample = jit(jax.vmap(lamaml.sample_with_replacement, in_axes=(None, 0, None)),
+               static_argnums=2)
   keys = jax.random.split(jax.random.PRNGKey(2), 400)
   assert float(jnp.sum(sample(empty, keys, 5).mask)) == 0
   drawn = sample(stored, keys, 5)

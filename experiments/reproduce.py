@@ -1,0 +1,204 @@
+"""Reproduces a config's published number over seeds, and checks it.
+
+  python -m experiments.reproduce --config=configs/lamaml.py:lamaml --seeds=5 \
+      --data_dir=../shared/data/mnist --check --workdir=/tmp/lamaml_repro
+
+Runs the config once per seed (seeds `first_seed .. first_seed + seeds - 1`,
+one after another in one process), prints each seed's metric, BTI and
+wall-clock, then the mean ± sample std (ddof=1) next to the config's
+`expected` entry:
+
+  config.expected = dict(metric='acc', value=77.42, std=0.65, tolerance=2.0,
+                         source='...', reference=dict(value=..., std=..., note=...))
+
+`metric` is a key of the run's summary (`acc`, `bwt`, `forgetting`, ...),
+reported in percent like `value`. With `--check` the script exits with
+status 1 when `|mean - value| > tolerance` (a result too high fails as well as
+one too low). `--expected` / `--tolerance` override the config's entry.
+
+Compiled programs are reused across seeds through JAX's persistent
+compilation cache (a temporary folder removed at exit, unless
+`--compilation_cache_dir` names one), so only the first seed pays for XLA
+compilation. `--workdir` gets `reproduce.json` (per-seed results, summary,
+check) and each seed's `results.json` in `seed_N/` (no checkpoints or plots:
+the runs are timed).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.',
+                                          lock_config=True)
+_SEEDS = flags.DEFINE_integer('seeds', 5, 'Number of seeds.')
+_FIRST_SEED = flags.DEFINE_integer('first_seed', 0, 'The first seed.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, "Folder of the dataset's IDX files "
+                                '(sets benchmark.source=idx and benchmark.path).')
+_CHECK = flags.DEFINE_bool('check', False, 'Exit with status 1 when the mean misses the '
+                           'expected value by more than the tolerance.')
+_EXPECTED = flags.DEFINE_float('expected', None, "Override config.expected.value.")
+_TOLERANCE = flags.DEFINE_float('tolerance', None, 'Override config.expected.tolerance.')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Where to write reproduce.json and per-seed results.')
+_CACHE = flags.DEFINE_string('compilation_cache_dir', None, 'Persistent JAX compilation cache '
+                             '(default: a temporary folder for this process).')
+
+
+def paper_bti(accuracy_matrix: np.ndarray) -> float:
+  """BTI as GEM's / La-MAML's `metrics.py`: mean over all T tasks of
+  `R[i, T-1] - R[i, i]` (the last task adds 0), a fraction."""
+  r = np.asarray(accuracy_matrix)
+  return float(np.mean(r[:, -1] - np.diag(r)))
+
+
+def seed_record(seed: int, result, metric: str, wall_seconds: float,
+                cpu_seconds: float = math.nan) -> dict[str, Any]:
+  """One seed's numbers, in percent and seconds (`cpu_seconds`: this
+  process's CPU time, a steadier figure than wall-clock on a shared machine)."""
+  return {
+      'seed': seed,
+      metric: 100 * result.summary[metric],
+      'bti': 100 * paper_bti(result.accuracy_matrix),
+      'bwt': 100 * result.summary.get('bwt', math.nan),
+      'learning_accuracy': 100 * result.summary.get('learning_accuracy', math.nan),
+      'train_seconds': result.timings['train_seconds'],
+      'eval_seconds': result.timings['eval_seconds'],
+      'wall_seconds': wall_seconds,
+      'cpu_seconds': cpu_seconds,
+      'accuracy_matrix': np.asarray(result.accuracy_matrix).tolist(),
+  }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def check(mean: float, expected: float, tolerance: float) -> bool:
+  """True when `|mean - expected| <= tolerance`."""
+  return abs(mean - expected) <= tolerance
+
+
+def expected_entry(config, value: float | None = None,
+                   tolerance: float | None = None) -> dict[str, Any]:
+  """`config.expected` as a dict, with overrides; needs `value` and `tolerance`."""
+  entry = dict(config.expected) if 'expected' in config else {}
+  entry = {k: (dict(v) if hasattr(v, 'items') else v) for k, v in entry.items()}
+  if value is not None:
+    entry['value'] = value
+  if tolerance is not None:
+    entry['tolerance'] = tolerance
+  entry.setdefault('metric', 'acc')
+  for key, flag in (('value', 'expected'), ('tolerance', 'tolerance')):
+    if entry.get(key) is None:
+      raise ValueError(f'no expected {key}: set config.expected.{key} or --{flag}')
+  return entry
+
+
+def run_seeds(config, seeds: Sequence[int], metric: str = 'acc', workdir: str | None = None,
+              log=print) -> list[dict[str, Any]]:
+  """Runs `config` once per seed (in this process) and returns the seeds' records."""
+  from jcl import experiment  # after the compilation cache is configured
+  records = []
+  for seed in seeds:
+    config.seed = seed
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    result = experiment.run(config, os.path.join(workdir, f'seed_{seed}') if workdir else None)
+    record = seed_record(seed, result, metric, time.perf_counter() - t0, time.process_time() - cpu0)
+    records.append(record)
+    log(f"seed {seed}: {metric} {record[metric]:.2f}  BTI {record['bti']:+.2f}  "
+        f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s  "
+        f"total {record['wall_seconds']:.1f}s (CPU {record['cpu_seconds']:.1f}s)")
+  return records
+
+
+def summarize(records: Sequence[dict[str, Any]], expected: dict[str, Any]) -> dict[str, Any]:
+  """Mean ± std of every per-seed number and the check against `expected`."""
+  metric = expected['metric']
+  summary = {}
+  for key in (metric, 'bti', 'bwt', 'learning_accuracy', 'train_seconds', 'eval_seconds',
+              'wall_seconds', 'cpu_seconds'):
+    summary[key] = dict(zip(('mean', 'std'), mean_std([r[key] for r in records])))
+  mean = summary[metric]['mean']
+  summary['check'] = {'expected': expected['value'], 'tolerance': expected['tolerance'],
+                      'difference': mean - expected['value'],
+                      'passed': check(mean, expected['value'], expected['tolerance'])}
+  return summary
+
+
+def format_report(summary: dict[str, Any], expected: dict[str, Any], num_seeds: int) -> str:
+  """The summary next to the expected value, the reference, BTI and timings."""
+  metric = expected['metric']
+  m, c = summary[metric], summary['check']
+  paper = f"{expected['value']:.2f}" + (f" ± {expected['std']:.2f}" if expected.get('std') else '')
+  source = expected.get('source', 'config.expected')
+  lines = [f"{metric}: {m['mean']:.2f} ± {m['std']:.2f} over {num_seeds} seeds  |  "
+           f"expected {paper} ({source}), tolerance {c['tolerance']:.2f}: "
+           f"difference {c['difference']:+.2f} -> {'PASS' if c['passed'] else 'FAIL'}"]
+  reference = expected.get('reference')
+  if reference:
+    lines.append(f"reference: {reference.get('value', math.nan):.2f} ± "
+                 f"{reference.get('std', math.nan):.2f} ({reference.get('note', '')})")
+  b = summary['bti']
+  lines.append(f"BTI {b['mean']:+.2f} ± {b['std']:.2f}" +
+               (f"  (expected {expected['bti']:+.2f})" if expected.get('bti') is not None else ''))
+  t = {k: summary[k]['mean'] for k in ('train_seconds', 'eval_seconds', 'wall_seconds',
+                                        'cpu_seconds')}
+  lines.append(f"per run: train {t['train_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s, "
+               f"total {t['wall_seconds']:.1f}s, CPU {t['cpu_seconds']:.1f}s "
+               f"(mean over seeds; the first seed compiles)")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  expected = expected_entry(config, _EXPECTED.value, _TOLERANCE.value)
+  if _DATA_DIR.value:
+    config.benchmark.source = 'idx'
+    config.benchmark.path = _DATA_DIR.value
+  config.log.progress = False
+  config.log.loggers = ()           # the per-seed lines below are the log
+  config.log.plots = False          # timed runs: no checkpoints, no figures
+  config.checkpoint.enabled = False
+  with contextlib.ExitStack() as stack:
+    cache = _CACHE.value or stack.enter_context(
+        tempfile.TemporaryDirectory(prefix='jcl_jax_cache_'))
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+    seeds = list(range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value))
+    records = run_seeds(config, seeds, expected['metric'], _WORKDIR.value)
+  summary = summarize(records, expected)
+  print(format_report(summary, expected, len(seeds)))
+  if _WORKDIR.value:
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    path = os.path.join(_WORKDIR.value, 'reproduce.json')
+    with open(path, 'w') as f:
+      json.dump({'config': json.loads(config.to_json_best_effort()), 'expected': expected,
+                 'seeds': records, 'summary': summary,
+                 'environment': {'jax': jax.__version__, 'backend': jax.default_backend(),
+                                 'python': sys.version.split()[0]}}, f, indent=1)
+    print(f'written to {path}')
+  if _CHECK.value and not summary['check']['passed']:
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
