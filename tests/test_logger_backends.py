@@ -6,6 +6,7 @@ import json
 import math
 import os
 import struct
+import time
 import sys
 
 import numpy as np
@@ -214,8 +215,15 @@ class TestWandbLogger:
     assert glob.glob(os.path.join(run_dirs[0], 'files', 'media', 'table',
                                   'accuracy_matrix_*.table.json'))
 
-    history = _wandb_history(wandb_file)
-    by_step = {h['_step']: h for h in history}
+    # wandb-core writes the transaction log from its own process; on a loaded
+    # machine the last records can land just after `finish` returns.
+    deadline = time.monotonic() + 30
+    while True:
+      history = _wandb_history(wandb_file)
+      by_step = {h['_step']: h for h in history}
+      if sorted(by_step) == [1, 2, 3] or time.monotonic() > deadline:
+        break
+      time.sleep(0.5)
     assert sorted(by_step) == [1, 2, 3]
     assert by_step[1]['loss'] == 0.5 and by_step[1]['acc'] == 0.25
     assert by_step[2]['loss'] == 0.25 and by_step[2]['acc'] == 0.75
