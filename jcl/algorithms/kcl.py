@@ -99,19 +99,7 @@ PyTree = Any
 # Kernels and kernel ridge regression (eq. 4-5).
 
 
-import os
-_NORM = os.environ.get('KCL_NORM', 'l2')
-
-
 def normalize_features(h: jax.Array) -> jax.Array:
-  if _NORM == 'minmax':
-    low, high = jnp.min(h, -1, keepdims=True), jnp.max(h, -1, keepdims=True)
-    spread = high - low
-    return (h - low) / jnp.where(spread > 1e-12, spread, 1.0)
-  return _l2(h)
-
-
-def _l2(h: jax.Array) -> jax.Array:
   """Rows of `h` `[N, F]` scaled to unit L2 norm; (near-)zero rows, e.g. empty
   coreset slots, are left as they are, with finite gradients."""
   norm_sq = jnp.sum(h * h, axis=-1, keepdims=True)
