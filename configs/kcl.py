@@ -26,16 +26,29 @@ defaults); D = 2048 random features. The authors' published MNIST scripts
 run their non-variational `main_rbf` with dropout 0.5 and gamma 0.5; those
 are used here (their rff MNIST command is not published). The paper's
 reported averages (20 tasks, as cited in Sequel's notes and our brief, not
-re-checked against the PDF): Permuted MNIST 85.5, Rotated MNIST 81.8; no
-`expected` is set since this stream setup differs (see README / report).
+re-checked against the PDF): Permuted MNIST 85.5, Rotated MNIST 81.8.
+
+Per-task decay: the Stable SGD regime's gamma for each stream (0.8 on
+Permuted MNIST, 0.5 elsewhere). Measured here (seed 0, real MNIST, full
+training sets, ACC %, task-IL):
+
+  split_mnist      rff 96.0 (forgetting 3.8), rbf 97.6 (1.8)
+  permuted_mnist   first 10 of the 20 tasks: gamma 0.8 -> 81.6, gamma 0.5 -> 74.8
+                   (20 tasks of 5k samples, gamma 0.5: 66.9)
+
+Forgetting stays near zero on Permuted MNIST (0.1-1.2 points): what is
+short of the paper is each task's own accuracy (86% on the first task,
+falling with the decayed learning rate), not its retention. The paper's
+numbers are not reproduced, so no `expected` entry is set.
 """
 from jcl.config import default_config
 
 STREAMS = ('split_mnist', 'permuted_mnist', 'rotated_mnist')
 CORESET_PER_CLASS = 20
 CLASSES_PER_TASK = {'split_mnist': 2, 'permuted_mnist': 10, 'rotated_mnist': 10}
-GAMMA = 0.5       # per-task learning-rate decay of the authors' MNIST scripts
-BASE_LR = 0.1     # their `--lr`; task k (0-based) trains at BASE_LR * GAMMA**(k + 1)
+# Per-task learning-rate decay: Stable SGD's per stream (the regime KCL's code inherits).
+GAMMA = {'split_mnist': 0.5, 'permuted_mnist': 0.8, 'rotated_mnist': 0.5}
+BASE_LR = 0.1     # the authors' `--lr`; task k (0-based) trains at BASE_LR * gamma**(k + 1)
 
 
 def get_config(arg: str = 'split_mnist'):
@@ -52,9 +65,9 @@ def get_config(arg: str = 'split_mnist'):
   config.model.widths = (256, 256)
   config.model.dropout = 0.5
   config.optimizer.name = 'sgd'
-  config.optimizer.learning_rate = BASE_LR * GAMMA
+  config.optimizer.learning_rate = BASE_LR * GAMMA[stream]
   config.optimizer.momentum = 0.8
-  config.optimizer.lr_decay = GAMMA
+  config.optimizer.lr_decay = GAMMA[stream]
   config.optimizer.min_lr = 5e-5
   config.optimizer.reinit_per_task = True
   config.train.batch_size = 10
