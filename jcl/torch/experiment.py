@@ -70,7 +70,12 @@ def build(config, device=None) -> dict[str, Any]:
                      f'it supports: {", ".join(spec.scenarios)}')
   context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
                                benchmark.num_tasks)
-  model = build_model(config.model, benchmark, config.seed, device)
+  model_config, optimizer, train_config = algorithms.adapt_regime(
+      spec, _to_dict(config.model), optimizer, train_config)
+  model = algorithms.adapt_model(spec, build_model(model_config, benchmark, config.seed, device),
+                                 context)
+  if device is not None:
+    model = model.to(device)
   state = ts_lib.create_train_state(model, optimizer, num_classes=benchmark.num_classes,
                                     seed=config.seed)
   return dict(spec=spec, algorithm=algorithms.build(spec, context), benchmark=benchmark,
@@ -100,7 +105,7 @@ def run(config, workdir: str | None = None, extra_callbacks=(), device=None) -> 
     if workdir:
       write_results(workdir, config, {
           'error': str(err),
-          'accuracy_matrix': fit_lib._nan_to_none(err.context.accuracy_matrix.tolist()),
+          'accuracy_matrix': callbacks_lib.nan_to_none(err.context.accuracy_matrix.tolist()),
           'history': err.context.history})
     raise
   finally:

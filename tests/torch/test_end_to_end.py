@@ -67,9 +67,8 @@ def test_same_accuracy_matrix_on_both_backends(scenario):
   assert np.diag(torch_result.accuracy_matrix).min() > chance + 0.3
 
 
-def test_train_config_and_fit_result_match_the_jax_loop():
-  jax_fields = [(f.name, f.default) for f in dataclasses.fields(jax_train.TrainConfig)]
-  torch_fields = [(f.name, f.default) for f in dataclasses.fields(torch_fit.TrainConfig)]
-  assert torch_fields == jax_fields
-  assert ([f.name for f in dataclasses.fields(torch_fit.FitResult)] ==
-          [f.name for f in dataclasses.fields(jax_train.FitResult)])
+def test_both_loops_share_one_contract():
+  """One `TrainConfig`, `FitResult` and error class (`jcl.loop`) for both backends."""
+  assert torch_fit.TrainConfig is jax_train.TrainConfig
+  assert torch_fit.FitResult is jax_train.FitResult
+  assert torch_fit.NonFiniteLossError is jax_train.NonFiniteLossError
