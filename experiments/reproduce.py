@@ -3,10 +3,9 @@
   python -m experiments.reproduce --config=configs/lamaml.py:lamaml --seeds=5 \
       --data_dir=../shared/data/mnist --check --workdir=/tmp/lamaml_repro
 
-Runs the config once per seed (seeds `first_seed .. first_seed + seeds - 1`,
-one after another in one process), prints each seed's metric, BTI and
-wall-clock, then the mean ± sample std (ddof=1) next to the config's
-`expected` entry:
+Runs the config once per seed (seeds `first_seed .. first_seed + seeds - 1`)
+in one process, prints each seed's metric, BTI and wall-clock, then the
+mean ± sample std (ddof=1) next to the config's `expected` entry:
 
   config.expected = dict(metric='acc', value=77.42, std=0.65, tolerance=2.0,
                          source='...', reference=dict(value=..., std=..., note=...))
@@ -16,12 +15,25 @@ reported in percent like `value`. With `--check` the script exits with
 status 1 when `|mean - value| > tolerance` (a result too high fails as well as
 one too low). `--expected` / `--tolerance` override the config's entry.
 
+How the seeds run, `--mode`:
+
+* 'auto' (default), 'vmap', 'sequential': the seeds are the replicas of one
+  `jcl.replicas.run` (`config.num_seeds`). 'vmap' trains them as one
+  batched program (a leading seed axis on states and data; on a GPU five
+  seeds cost little more than one); 'sequential' compiles one program and
+  runs it seed after seed, bit-identical to separate runs; 'auto' picks
+  vmap on accelerators and sequential on a single CPU device (see
+  `jcl.replicas`). A seed's wall-clock is its own training and evaluation
+  time plus its share of the set-up (in vmap mode, the program's time / N).
+* 'separate': `jcl.experiment.run` once per seed, each with its own
+  `results.json` in `seed_N/` (for configs `jcl.replicas` cannot batch).
+
 Compiled programs are reused across seeds through JAX's persistent
 compilation cache (a temporary folder removed at exit, unless
 `--compilation_cache_dir` names one), so only the first seed pays for XLA
 compilation. `--workdir` gets `reproduce.json` (per-seed results, summary,
-check) and each seed's `results.json` in `seed_N/` (no checkpoints or plots:
-the runs are timed).
+check) and the runs' `results.json` (no checkpoints or plots: the runs are
+timed).
 """
 from __future__ import annotations
 
@@ -52,6 +64,8 @@ _EXPECTED = flags.DEFINE_float('expected', None, "Override config.expected.value
 _TOLERANCE = flags.DEFINE_float('tolerance', None, 'Override config.expected.tolerance.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where to write reproduce.json and per-seed results.')
+_MODE = flags.DEFINE_enum('mode', 'auto', ['auto', 'vmap', 'sequential', 'separate'],
+                          'How the seeds run (see the module docstring).')
 _CACHE = flags.DEFINE_string('compilation_cache_dir', None, 'Persistent JAX compilation cache '
                              '(default: a temporary folder for this process).')
 
@@ -64,17 +78,20 @@ def paper_bti(accuracy_matrix: np.ndarray) -> float:
 
 
 def seed_record(seed: int, result, metric: str, wall_seconds: float,
-                cpu_seconds: float = math.nan) -> dict[str, Any]:
+                cpu_seconds: float = math.nan, timings: dict[str, float] | None = None
+                ) -> dict[str, Any]:
   """One seed's numbers, in percent and seconds (`cpu_seconds`: this
-  process's CPU time, a steadier figure than wall-clock on a shared machine)."""
+  process's CPU time, a steadier figure than wall-clock on a shared machine;
+  `timings`: the seed's train/eval seconds when not `result.timings`)."""
+  timings = timings or result.timings
   return {
       'seed': seed,
       metric: 100 * result.summary[metric],
       'bti': 100 * paper_bti(result.accuracy_matrix),
       'bwt': 100 * result.summary.get('bwt', math.nan),
       'learning_accuracy': 100 * result.summary.get('learning_accuracy', math.nan),
-      'train_seconds': result.timings['train_seconds'],
-      'eval_seconds': result.timings['eval_seconds'],
+      'train_seconds': timings['train_seconds'],
+      'eval_seconds': timings['eval_seconds'],
       'wall_seconds': wall_seconds,
       'cpu_seconds': cpu_seconds,
       'accuracy_matrix': np.asarray(result.accuracy_matrix).tolist(),
@@ -117,12 +134,38 @@ def run_seeds(config, seeds: Sequence[int], metric: str = 'acc', workdir: str | 
     config.seed = seed
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = experiment.run(config, os.path.join(workdir, f'seed_{seed}') if workdir else None)
-    record = seed_record(seed, result, metric, time.perf_counter() - t0, time.process_time() - cpu0)
-    records.append(record)
-    log(f"seed {seed}: {metric} {record[metric]:.2f}  BTI {record['bti']:+.2f}  "
-        f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s  "
-        f"total {record['wall_seconds']:.1f}s (CPU {record['cpu_seconds']:.1f}s)")
+    records.append(seed_record(seed, result, metric, time.perf_counter() - t0,
+                               time.process_time() - cpu0))
+    log(format_seed(records[-1], metric))
   return records
+
+
+def run_replicas(config, seeds: Sequence[int], metric: str = 'acc', mode: str = 'auto',
+                 workdir: str | None = None, log=print) -> list[dict[str, Any]]:
+  """Runs the seeds (consecutive) as the replicas of one `jcl.replicas.run`
+  and returns the seeds' records; the set-up time is shared among them."""
+  from jcl import replicas  # after the compilation cache is configured
+  if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+    raise ValueError(f'replica modes run consecutive seeds, got {list(seeds)}')
+  config.seed, config.num_seeds, config.grid = seeds[0], len(seeds), ''
+  t0, cpu0 = time.perf_counter(), time.process_time()
+  result = replicas.run(config, workdir, mode=mode)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+  own = [t['train_seconds'] + t['eval_seconds'] for t in result.replica_timings]
+  setup = (wall - sum(own)) / len(seeds)
+  records = []
+  for index, replica in enumerate(result.replicas):
+    records.append(seed_record(replica.seed, result.fit_result(index), metric,
+                               own[index] + setup, cpu / len(seeds),
+                               timings=result.replica_timings[index]))
+    log(format_seed(records[-1], metric) + f'  [{result.mode}]')
+  return records
+
+
+def format_seed(record: dict[str, Any], metric: str) -> str:
+  return (f"seed {record['seed']}: {metric} {record[metric]:.2f}  BTI {record['bti']:+.2f}  "
+          f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s  "
+          f"total {record['wall_seconds']:.1f}s (CPU {record['cpu_seconds']:.1f}s)")
 
 
 def summarize(records: Sequence[dict[str, Any]], expected: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +202,7 @@ def format_report(summary: dict[str, Any], expected: dict[str, Any], num_seeds: 
                                         'cpu_seconds')}
   lines.append(f"per run: train {t['train_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s, "
                f"total {t['wall_seconds']:.1f}s, CPU {t['cpu_seconds']:.1f}s "
-               f"(mean over seeds; the first seed compiles)")
+               f"(mean over seeds; compilation is in the first seed, or shared)")
   return '\n'.join(lines)
 
 
@@ -182,7 +225,10 @@ def main(argv):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
     seeds = list(range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value))
-    records = run_seeds(config, seeds, expected['metric'], _WORKDIR.value)
+    if _MODE.value == 'separate':
+      records = run_seeds(config, seeds, expected['metric'], _WORKDIR.value)
+    else:
+      records = run_replicas(config, seeds, expected['metric'], _MODE.value, _WORKDIR.value)
   summary = summarize(records, expected)
   print(format_report(summary, expected, len(seeds)))
   if _WORKDIR.value:

@@ -389,6 +389,9 @@ class ReplicasResult:
   mode: str
   timings: dict[str, float]
   devices: list[str] = dataclasses.field(default_factory=list)
+  # Per replica, its share of `timings`: its own seconds in sequential mode,
+  # the vmapped program's seconds divided by R in vmap mode.
+  replica_timings: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
   def fit_result(self, index: int) -> train_lib.FitResult:
     """Replica `index` as the `FitResult` of a single run."""
@@ -859,6 +862,8 @@ def run(config, workdir: str | None = None, *, mode: str | None = None,
       lambda *leaves: jnp.stack(leaves), *[t[key] for t in trained])
   train_state, algo_state = stacked('train_state'), stacked('algo_state')
   seconds = {k: sum(t['seconds'][k] for t in trained) for k in trained[0]['seconds']}
+  replica_timings = [{k: v / len(t['errors']) for k, v in t['seconds'].items()}
+                     for t in trained for _ in t['errors']]
   summaries = _summaries(acc, initial, task_il, errors)
   result = ReplicasResult(
       replicas=replicas, accuracy_matrices=acc, initial_accuracy=initial,
@@ -866,7 +871,8 @@ def run(config, workdir: str | None = None, *, mode: str | None = None,
       table=aggregate(replicas, summaries, acc, rank_by), train_state=train_state,
       algo_state=algo_state, mode=mode,
       timings={**seconds, 'wall_seconds': time.perf_counter() - t_start},
-      devices=[str(d) for d in (mesh.devices.flat if isinstance(mesh, Mesh) else jax.devices()[:1])])
+      devices=[str(d) for d in (mesh.devices.flat if isinstance(mesh, Mesh) else jax.devices()[:1])],
+      replica_timings=replica_timings)
   if workdir and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     experiment.write_results(workdir, config, {

@@ -87,12 +87,26 @@ def test_summary_passes_and_fails_against_the_expected_value(tiny_config_path):
     reproduce.expected_entry(config)
 
 
+def test_replica_seeds_equal_separate_runs(tiny_config_path):
+  """The default path (the seeds as replicas of one program, sequential on
+  a CPU) gives each seed the numbers of its own separate run."""
+  separate = reproduce.run_seeds(load(tiny_config_path), [3, 4], log=lambda _: None)
+  replicas = reproduce.run_replicas(load(tiny_config_path), [3, 4], mode='sequential',
+                                    log=lambda _: None)
+  assert [r['seed'] for r in replicas] == [3, 4]
+  for one, many in zip(separate, replicas):
+    assert one['accuracy_matrix'] == many['accuracy_matrix'] and one['acc'] == many['acc']
+    assert many['wall_seconds'] >= many['train_seconds'] > 0
+  with pytest.raises(ValueError, match='consecutive'):
+    reproduce.run_replicas(load(tiny_config_path), [0, 2])
+
+
 def test_cli_runs_the_seeds_and_exits_non_zero_when_the_check_fails(tiny_config_path, tmp_path):
-  """Two seeds of the tiny config, checked against an expected -60 +- 50 that
-  no accuracy can meet."""
+  """Two vmapped seeds of the tiny config, checked against an expected -60 +- 50
+  that no accuracy can meet."""
   run = subprocess.run(
       [sys.executable, '-m', 'experiments.reproduce', f'--config={tiny_config_path}', '--seeds=2',
-       '--check', '--expected=-60', f'--workdir={tmp_path}'],
+       '--mode=vmap', '--check', '--expected=-60', f'--workdir={tmp_path}'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert run.returncode == 1, run.stdout + run.stderr
   assert 'FAIL' in run.stdout and 'seed 1:' in run.stdout
@@ -105,4 +119,5 @@ def test_cli_runs_the_seeds_and_exits_non_zero_when_the_check_fails(tiny_config_
   check = report['summary']['check']
   assert check['passed'] is False and check['expected'] == -60.0 and check['tolerance'] == 50.0
   np.testing.assert_allclose(report['summary']['acc']['mean'], np.mean([s['acc'] for s in seeds]))
-  assert (tmp_path / 'seed_1' / 'results.json').exists()
+  runs = json.loads((tmp_path / 'results.json').read_text())
+  assert runs['mode'] == 'vmap' and [r['seed'] for r in runs['replicas']] == [0, 1]
