@@ -396,6 +396,17 @@ class StableSGDSpec(AlgorithmSpec):
     _check(isinstance(self.batch_size, int) and self.batch_size >= 1, self.name, 'batch_size',
            f'must be an integer >= 1, got {self.batch_size!r}')
 
+  def regime(self, model_config: Mapping[str, Any], optimizer: OptimizerSpec,
+             train_config: Any) -> tuple[dict[str, Any], OptimizerSpec, Any]:
+    """`(model_config, optimizer, train_config)` under this regime: the model's
+    `dropout`, the optimizer's `lr_decay` and `min_lr`, the loop's `batch_size`
+    come from the spec, everything else is kept (`adapt_regime` of both
+    backends; `train_config` is either backend's `TrainConfig` dataclass)."""
+    model_config = {**dict(model_config), 'dropout': self.dropout}
+    optimizer = dataclasses.replace(optimizer, lr_decay=self.lr_decay, min_lr=self.min_lr)
+    train_config = dataclasses.replace(train_config, batch_size=self.batch_size)
+    return model_config, optimizer, train_config
+
 
 KCL_KERNELS = ('rff', 'rbf', 'linear')
 

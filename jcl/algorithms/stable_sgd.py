@@ -17,7 +17,6 @@ by `jcl.models.make_model`.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from jcl import specs
@@ -34,8 +33,6 @@ def adapt_regime(spec: specs.StableSGDSpec, model_config: dict[str, Any],
                  optimizer: specs.OptimizerSpec, train_config: Any):
   """`(model_config, optimizer, train_config)` under Stable SGD's regime: the
   model's `dropout`, the optimizer's `lr_decay` and `min_lr`, the loop's
-  `batch_size` come from `spec`; everything else is kept."""
-  model_config = {**dict(model_config), 'dropout': spec.dropout}
-  optimizer = dataclasses.replace(optimizer, lr_decay=spec.lr_decay, min_lr=spec.min_lr)
-  train_config = dataclasses.replace(train_config, batch_size=spec.batch_size)
-  return model_config, optimizer, train_config
+  `batch_size` come from `spec`; everything else is kept
+  (`specs.StableSGDSpec.regime`, shared with the PyTorch backend)."""
+  return spec.regime(model_config, optimizer, train_config)
