@@ -72,3 +72,33 @@ def test_both_loops_share_one_contract():
   assert torch_fit.TrainConfig is jax_train.TrainConfig
   assert torch_fit.FitResult is jax_train.FitResult
   assert torch_fit.NonFiniteLossError is jax_train.NonFiniteLossError
+
+
+def test_every_jax_algorithm_has_a_torch_port():
+  assert torch_algorithms.names() == algorithms.names()
+
+
+@pytest.mark.parametrize('config_arg', ['pnn.py:split_mnist', 'kcl.py:split_mnist',
+                                        'mcsgd.py:rotated_mnist', 'stable_sgd.py:rotated_mnist'])
+def test_shipped_configs_run_on_the_torch_backend(config_arg, tmp_path):
+  """The configs of the algorithms with a model or regime hook, shrunk to the
+  bundled sample, run through `jcl.torch.experiment.run` (adapt_model /
+  adapt_regime applied) and learn: the final accuracy is far above chance."""
+  import importlib
+  import json
+  from jcl.torch import experiment as torch_experiment
+  module, _, arg = config_arg.partition(':')
+  config = importlib.import_module(f'configs.{module[:-3]}').get_config(arg)
+  config.benchmark.source = 'sample'
+  config.benchmark.num_tasks = 2
+  config.benchmark.samples_per_task = 300
+  config.log.loggers = ()
+  config.log.progress = False
+  config.log.plots = False
+  if 'algo' in config and config.algo.name == 'kcl':
+    config.algo.num_random_features = 64
+  result = torch_experiment.run(config, str(tmp_path))
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written['environment']['backend'] == 'torch' and written['algorithm']['name'] in module
+  chance = 1 / (2 if 'split' in arg else 10)
+  assert result.summary['acc'] > chance + 0.2, result.accuracy_matrix
