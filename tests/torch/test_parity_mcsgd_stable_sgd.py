@@ -44,6 +44,7 @@ from configs import stable_sgd as stable_sgd_config
 from tests.algorithms.test_stable_sgd import REGIME
 from tests.algorithms.test_stable_sgd import built as jax_built
 from tests.algorithms.test_stable_sgd import small_config
+from tests.test_end_to_end_mcsgd import small
 from tests.torch import helpers
 from tests.torch.test_parity import FAST_COMPILE
 from tests.torch.test_parity import INPUT_SHAPE
@@ -225,24 +226,9 @@ def test_stable_sgd_same_weights_under_the_decayed_learning_rates():
 # ----------------------------------------------------------------------------- end to end
 
 
-def small(config):
-  """tests/test_end_to_end_mcsgd.py's stream: 4 tasks rotated by 0, 30, 60, 90
-  degrees, 2000 training images of the bundled real-MNIST sample each."""
-  config.benchmark.source = 'sample'
-  config.benchmark.path = None
-  config.benchmark.num_tasks = 4
-  config.benchmark.degrees_per_task = 30.0
-  config.benchmark.samples_per_task = 2000
-  config.log.loggers = ()
-  config.log.progress = False
-  config.log.plots = False
-  config.checkpoint.enabled = False
-  return config
-
-
 @functools.lru_cache(maxsize=None)
 def run(module, arg):
-  result = torch_experiment.run(small(module.get_config(arg)))
+  result = torch_experiment.run(small(module.get_config(arg)))  # the JAX test's stream
   print(arg, {k: round(100 * v, 1) for k, v in result.summary.items()})
   return result
 
