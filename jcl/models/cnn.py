@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jcl.models import _checks
+from jcl.models import conv
 from jcl.models import heads
 from jcl.models import initializers
 
@@ -68,7 +69,7 @@ class CNN(nn.Module):
       raise ValueError(f'CNN expects [B, H, W, C] inputs, got shape {x.shape}.')
     h = x
     for i, ch in enumerate(self.channels):
-      h = nn.Conv(ch, (3, 3), padding='SAME',
+      h = nn.Conv(ch, (3, 3), padding='SAME', conv_general_dilated=conv.conv_general_dilated,
                   kernel_init=initializers.CONV_KERNEL_INIT,
                   bias_init=initializers.BIAS_INIT, name=f'Conv_{i}')(h)
       h = nn.relu(h)

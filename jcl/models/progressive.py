@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from jcl.models import _checks
+from jcl.models import conv
 from jcl.models import heads
 from jcl.models import initializers
 from jcl.models.cnn import CNN
@@ -66,6 +67,7 @@ def _layer(kind: str, features: int, name: str, *, use_bias: bool = True,
     return nn.Dense(features, use_bias=use_bias, kernel_init=kernel_init,
                     bias_init=initializers.BIAS_INIT, name=name)
   return nn.Conv(features, (kernel_size, kernel_size), padding='SAME', use_bias=use_bias,
+                 conv_general_dilated=conv.conv_general_dilated,
                  kernel_init=kernel_init, bias_init=initializers.BIAS_INIT, name=name)
 
 

@@ -26,13 +26,14 @@ import jax
 import jax.numpy as jnp
 
 from jcl.models import _checks
+from jcl.models import conv
 from jcl.models import heads
 from jcl.models import initializers
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-_Conv = functools.partial(nn.Conv, use_bias=False,
+_Conv = functools.partial(nn.Conv, use_bias=False, conv_general_dilated=conv.conv_general_dilated,
                           kernel_init=initializers.CONV_KERNEL_INIT)
 
 
