@@ -5,8 +5,10 @@ The counterpart of `jcl.experiment` (same config sections, same
 `run(config, workdir)`. The model is built by `jcl.torch.models` with the
 head the benchmark's scenario needs and initialized from `config.seed`
 (flax's distributions, not the JAX run's numbers; convert weights with
-`jcl.torch.convert` to start both from the same ones). Checkpoints are not
-written on this backend.
+`jcl.torch.convert` to start both from the same ones). With a workdir,
+checkpoints (`jcl.torch.checkpoint`, `torch.save` files) go to
+`workdir/checkpoints` as in `jcl.experiment`, and a run started again in the
+same workdir resumes from the newest one, to the same final numbers.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from jcl import metrics as metrics_lib
 from jcl import specs
 from jcl.data import benchmarks as benchmarks_lib
 from jcl.torch import algorithms
+from jcl.torch import checkpoint
 from jcl.torch import fit as fit_lib
 from jcl.torch import models
 from jcl.torch import train_state as ts_lib
@@ -85,22 +88,30 @@ def build(config, device=None) -> dict[str, Any]:
 def run(config, workdir: str | None = None, extra_callbacks=(), device=None) -> fit_lib.FitResult:
   """Runs `config` on PyTorch; with `workdir`, writes `results.json` and the logs
   there (the fields of `jcl.experiment.run`'s, with `environment.backend`
-  'torch')."""
+  'torch'), and checkpoints to `workdir/checkpoints` (after each task and
+  every `config.checkpoint.every_chunks` chunks) from which a rerun in the
+  same workdir resumes."""
   t_start = time.perf_counter()
   parts = build(config, device)
   log = _to_dict(config.get('log', {}))
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    if _to_dict(config.get('checkpoint', {})).get('enabled', False):
-      print('note: the torch backend writes no checkpoints (config.checkpoint is not used)')
   names = [n.strip() for entry in log.get('loggers', ('console',)) for n in entry.split(',')]
   logger = loggers_lib.make_loggers(
       [n for n in names if n and (workdir or n in ('console', 'wandb'))], workdir)
   cbs = [callbacks_lib.LoggingCallback(logger, every_chunks=log.get('every_chunks', 10)),
          callbacks_lib.ProgressCallback(enabled=log.get('progress', True)), *extra_callbacks]
+  ckpt = _to_dict(config.get('checkpoint', {}))
+  checkpointer = checkpoint_cb = None
+  if workdir and ckpt.get('enabled', True):
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                           max_to_keep=ckpt.get('max_to_keep', 3))
+    checkpoint_cb = callbacks_lib.CheckpointCallback(
+        checkpointer, every_chunks=ckpt.get('every_chunks', 0),
+        run_record={'config': _config_json(config)})
   try:
     result = fit_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
-                         parts['train_config'], callbacks=cbs)
+                         parts['train_config'], callbacks=cbs, checkpoint=checkpoint_cb)
   except fit_lib.NonFiniteLossError as err:
     if workdir:
       write_results(workdir, config, {
@@ -110,6 +121,8 @@ def run(config, workdir: str | None = None, extra_callbacks=(), device=None) -> 
     raise
   finally:
     logger.close()
+    if checkpointer is not None:
+      checkpointer.close()
   result.timings['wall_seconds'] = time.perf_counter() - t_start
   if workdir:
     write_results(workdir, config, {

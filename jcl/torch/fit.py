@@ -9,7 +9,10 @@ every task, filling column k of the accuracy matrix. The `FitResult` and its
 JSON are those of the JAX loop, so `results.json` reads the same.
 
 Dropout draws from torch's generator, seeded with `config.seed` for the
-run (the caller's generator state is restored afterwards).
+run (the caller's generator state is restored afterwards). With a
+`checkpoint` (`jcl.callbacks.CheckpointCallback` over a
+`jcl.torch.checkpoint.Checkpointer`) the run resumes from the newest
+checkpoint exactly where it stopped, generator state included.
 """
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ def run_chunk(algorithm: Algorithm, train_state: TrainState, algo_state: Any, ch
 def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
         config: TrainConfig | None = None, *, algo_state: Any = None,
         callbacks: Sequence[callbacks_lib.Callback] = (),
-        cumulative_data: bool | None = None) -> FitResult:
+        cumulative_data: bool | None = None,
+        checkpoint: callbacks_lib.CheckpointCallback | None = None) -> FitResult:
   """Trains `algorithm` on every task of `benchmark` in order (`jcl.train.fit`'s contract).
 
   Args:
@@ -71,8 +75,12 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     benchmark: a `jcl.data.Benchmark`.
     config: the loop's `TrainConfig` (this module's or `jcl.train`'s: the same fields).
     algo_state: the algorithm's initial state (default `algorithm.init`).
-    callbacks: `jcl.callbacks.Callback`s called at fit/task/epoch/chunk boundaries.
+    callbacks: `jcl.callbacks.Callback`s called at fit/task/epoch/chunk boundaries,
+      after the evaluation and before the checkpoint.
     cumulative_data: train task k on tasks 0..k (default: the spec's, True for Joint).
+    checkpoint: a `CheckpointCallback` over a `jcl.torch.checkpoint.Checkpointer`,
+      run last. When its directory holds a checkpoint, `fit` resumes from the
+      newest readable one exactly where it stopped.
 
   Returns:
     A `FitResult` with the final states and the accuracy matrix.
@@ -91,6 +99,7 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     torch.manual_seed(config.seed)
     if algo_state is None:
       algo_state = algorithm.init(train_state)
+    callbacks = [*callbacks, *([checkpoint] if checkpoint is not None else [])]
     return _fit(algorithm, train_state, algo_state, benchmark, config, callbacks,
                 cumulative_data, importance_samples, device)
 
@@ -111,24 +120,39 @@ def _fit(algorithm, train_state, algo_state, benchmark, config, callbacks, cumul
     return evaluation.evaluate_benchmark(state, benchmark, config.eval_split,
                                          config.eval_batch_size)
 
-  t0 = time.perf_counter()
-  ctx.initial_accuracy, _ = evaluate(train_state)  # the untrained model, for FWT
-  ctx.eval_seconds += time.perf_counter() - t0
+  # Where to start: the beginning, or where a restored checkpoint stopped
+  # (its states, generator state and record are back in `ctx`).
+  for cb in callbacks:
+    if hasattr(cb, 'restore') and cb.restore(ctx):
+      break
+  start = ctx.resume_position or {'task': 0, 'epoch': 0, 'next_chunk': 0, 'phase': 'start'}
+  first_task = start['task'] + (1 if start['phase'] == 'task_done' else 0)
+  resume_mid_task = start['phase'] == 'train'
+  if ctx.initial_accuracy is None:  # a resumed run has it already
+    t0 = time.perf_counter()
+    ctx.initial_accuracy, _ = evaluate(ctx.train_state)  # the untrained model, for FWT
+    ctx.eval_seconds += time.perf_counter() - t0
   for cb in callbacks:
     cb.on_fit_begin(ctx)
 
-  for task_id in range(num_tasks):
+  for task_id in range(first_task, num_tasks):
     split = training_split(benchmark, task_id, cumulative_data)
     ctx.task, ctx.chunks_per_epoch = task_id, stream.num_chunks(
         len(split), config.batch_size, config.chunk_steps, drop_last=config.drop_last)
-    ctx.train_state.class_mask = evaluation.class_mask_for(
-        benchmark, task_id, training=True, mask_unseen_classes=config.mask_unseen_classes,
-        device=device)
-    ctx.train_state, ctx.algo_state = algorithm.begin_task(ctx.train_state, ctx.algo_state, task_id)
+    ctx.stop_task = False
+    resuming = resume_mid_task and task_id == start['task']
+    if not resuming:  # a resumed state has had its begin_task already
+      ctx.train_state.class_mask = evaluation.class_mask_for(
+          benchmark, task_id, training=True, mask_unseen_classes=config.mask_unseen_classes,
+          device=device)
+      ctx.train_state, ctx.algo_state = algorithm.begin_task(ctx.train_state, ctx.algo_state,
+                                                             task_id)
     for cb in callbacks:
       cb.on_task_begin(ctx)
 
-    for epoch in range(config.epochs):
+    for epoch in range(start['epoch'] if resuming else 0, config.epochs):
+      if ctx.stop_task:
+        break
       ctx.epoch = epoch
       for cb in callbacks:
         cb.on_epoch_begin(ctx)
@@ -136,7 +160,10 @@ def _fit(algorithm, train_state, algo_state, benchmark, config, callbacks, cumul
       chunks = stream.epoch_chunks(split, batch_size=config.batch_size,
                                    chunk_steps=config.chunk_steps, rng=order_rng,
                                    drop_last=config.drop_last)
+      skip = start['next_chunk'] if (resuming and epoch == start['epoch']) else 0
       for chunk_id, chunk in enumerate(chunks):
+        if chunk_id < skip:
+          continue  # trained before the interruption
         t0 = time.perf_counter()
         ctx.train_state, ctx.algo_state, ctx.chunk_metrics = run_chunk(
             algorithm, ctx.train_state, ctx.algo_state, to_tensors(chunk, device))
@@ -155,6 +182,8 @@ def _fit(algorithm, train_state, algo_state, benchmark, config, callbacks, cumul
           raise err
         for cb in callbacks:
           cb.on_chunk_end(ctx)
+        if ctx.stop_task:
+          break
       for cb in callbacks:
         cb.on_epoch_end(ctx)
 
@@ -169,20 +198,22 @@ def _fit(algorithm, train_state, algo_state, benchmark, config, callbacks, cumul
     eval_state = ctx.train_state.replace(
         class_mask=evaluation.class_mask_for(benchmark, task_id, device=device))
     ctx.accuracy_matrix[:, task_id], given_task = evaluate(eval_state)
-    if task_il is not None:
-      task_il[:, task_id] = given_task
+    if ctx.task_il_matrix is not None:
+      ctx.task_il_matrix[:, task_id] = given_task
     ctx.eval_seconds += time.perf_counter() - t0
     for cb in callbacks:
       cb.on_task_end(ctx)
+    if ctx.stop_fit:
+      break
 
   for cb in callbacks:
     cb.on_fit_end(ctx)
   summary = metrics_lib.summarize(ctx.accuracy_matrix, b=ctx.initial_accuracy)
-  if task_il is not None:
-    summary['task_il_acc'] = metrics_lib.average_accuracy(task_il)
+  if ctx.task_il_matrix is not None:
+    summary['task_il_acc'] = metrics_lib.average_accuracy(ctx.task_il_matrix)
   timings = {'train_seconds': ctx.train_seconds, 'eval_seconds': ctx.eval_seconds,
              'total_seconds': time.perf_counter() - ctx.start_time,
              'samples_seen': ctx.samples_seen,
              'train_samples_per_second': ctx.samples_seen / max(ctx.train_seconds, 1e-9)}
   return FitResult(ctx.train_state, ctx.algo_state, ctx.accuracy_matrix, ctx.initial_accuracy,
-                   summary, ctx.history, timings, task_il)
+                   summary, ctx.history, timings, ctx.task_il_matrix)
