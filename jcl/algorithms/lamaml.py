@@ -172,10 +172,57 @@ def meta_objective(params: PyTree, alpha: PyTree, train_state: ts_lib.TrainState
   return loss_sum / jnp.maximum(jnp.sum(inner.mask), 1.0), {'model_state': model_state}
 
 
+def first_order_meta_gradients(params: PyTree, alpha: PyTree, train_state: ts_lib.TrainState,
+                               inner: Batch, meta: Batch, rng: jax.Array,
+                               spec: specs.LaMAMLSpec, *, wrt_alpha: bool = True):
+  """The first-order gradients of `meta_objective` in one forward scan.
+
+  With the inner gradients `g_j` constant, `theta_i = theta_0 - relu(alpha) *
+  C_i` with `C_i = sum_{j<=i} m_j g_j`, so (n = number of real inner steps)
+
+    d/d theta_0 = 1/n sum_i m_i grad L(theta_i)
+    d/d alpha   = -relu'(alpha) * 1/n sum_i m_i C_i * grad L(theta_i)
+
+  accumulated step by step: the same numbers as reverse mode through the
+  scan, without storing the k fast-weight copies and running a backward loop
+  over them. Returns `((loss, aux), (g_theta, g_alpha))`, `g_alpha` None
+  (and not accumulated) when `wrt_alpha` is False.
+  """
+  inner_grad, meta_loss = _loss_fns(train_state, meta, rng, spec)
+  lrs = relu_tree(alpha)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  def body(carry, sample):
+    fast, cumulative, g_theta, g_alpha, loss_sum, _ = carry
+    grads = inner_grad(fast, sample)
+    if wrt_alpha:
+      cumulative = jax.tree.map(lambda c, g: c + sample.mask * g, cumulative, grads)
+    fast = jax.tree.map(lambda p, lr, g: p - sample.mask * lr * g, fast, lrs, grads)
+    (loss, model_state), meta_grads = jax.value_and_grad(meta_loss, has_aux=True)(fast)
+    g_theta = jax.tree.map(lambda a, g: a + sample.mask * g, g_theta, meta_grads)
+    if wrt_alpha:
+      g_alpha = jax.tree.map(lambda a, c, g: a + sample.mask * c * g, g_alpha, cumulative,
+                             meta_grads)
+    return (fast, cumulative, g_theta, g_alpha, loss_sum + sample.mask * loss, model_state), None
+
+  init = (params, zeros, zeros, zeros, jnp.zeros(()), train_state.model_state)
+  (_, _, g_theta, g_alpha, loss_sum, model_state), _ = jax.lax.scan(body, init, inner)
+  n = jnp.maximum(jnp.sum(inner.mask), 1.0)
+  g_theta = jax.tree.map(lambda g: g / n, g_theta)
+  g_alpha = (jax.tree.map(lambda a, g: -jnp.where(a > 0, g, 0.0) / n, alpha, g_alpha)
+             if wrt_alpha else None)
+  return (loss_sum / n, {'model_state': model_state}), (g_theta, g_alpha)
+
+
 def meta_gradients(params: PyTree, alpha: PyTree, train_state: ts_lib.TrainState, inner: Batch,
                    meta: Batch, rng: jax.Array, spec: specs.LaMAMLSpec, *, wrt_alpha: bool = True):
   """`((loss, aux), (g_theta, g_alpha))` of `meta_objective`; `g_alpha` is
-  None when `wrt_alpha` is False (fixed learning rates need none)."""
+  None when `wrt_alpha` is False (fixed learning rates need none). First
+  order runs `first_order_meta_gradients`; second order differentiates
+  through the inner steps in reverse mode."""
+  if not spec.second_order:
+    return first_order_meta_gradients(params, alpha, train_state, inner, meta, rng, spec,
+                                      wrt_alpha=wrt_alpha)
   argnums = (0, 1) if wrt_alpha else 0
   (loss, aux), grads = jax.value_and_grad(meta_objective, argnums=argnums, has_aux=True)(
       params, alpha, train_state, inner, meta, rng, spec)

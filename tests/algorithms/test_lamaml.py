@@ -115,6 +115,32 @@ def test_second_order_gradient_matches_finite_differences_and_first_order_differ
       assert np.linalg.norm(flat(s) - flat(f)) > 1e-2 * np.linalg.norm(flat(s))
 
 
+def test_one_pass_first_order_gradient_equals_reverse_mode():
+  """`first_order_meta_gradients` (accumulated in the forward scan) equals
+  `jax.grad` of `meta_objective` with the inner gradients held constant,
+  with padding and learning rates that relu cuts to 0 (float64)."""
+  with jax.enable_x64(True):
+    state = tiny_state(seed=5)
+    to64 = lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    state = state.replace(params=jax.tree.map(to64, state.params))
+    rng = np.random.default_rng(5)
+    alpha = jax.tree.map(lambda p: jnp.asarray(rng.uniform(-0.2, 0.6, p.shape)), state.params)
+    inner = jax.tree.map(to64, random_batch(seed=6, size=5))
+    inner = inner._replace(mask=inner.mask.at[2].set(0.0))
+    meta = jax.tree.map(to64, random_batch(seed=7, size=6))
+    spec = specs.LaMAMLSpec(inner_grad_clip=0.3)
+    (loss, _), (g_theta, g_alpha) = jit(lamaml.first_order_meta_gradients,
+                                        static_argnames='spec')(
+        state.params, alpha, state, inner, meta, None, spec=spec)
+    (want_loss, _), (w_theta, w_alpha) = jax.value_and_grad(
+        lamaml.meta_objective, argnums=(0, 1), has_aux=True)(
+            state.params, alpha, state, inner, meta, None, spec)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(flat(g_theta), flat(w_theta), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(flat(g_alpha), flat(w_alpha), rtol=1e-10, atol=1e-12)
+    assert np.abs(flat(g_alpha)).max() > 0 and np.any(flat(g_alpha) == 0)
+
+
 def test_first_order_meta_gradient_is_the_authors_loop():
   """The authors' `observe` for one glance: fast weights updated one sample
   at a time with constant (here clamped) gradients, the meta-loss averaged
