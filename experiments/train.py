@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from jcl import experiment
 from jcl import replicas
+from jcl import runs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.',
                                           lock_config=True)
@@ -33,7 +34,7 @@ def main(argv):
       raise app.UsageError('--backend=torch runs one seed and one config (no num_seeds / grid)')
     from jcl.torch import experiment as torch_experiment
     result = torch_experiment.run(_CONFIG.value, _WORKDIR.value)
-    print(torch_experiment.format_summary(result))
+    print(runs.format_summary(result))
     if _WORKDIR.value:
       print(f'results written to {_WORKDIR.value}/results.json')
     return
@@ -45,7 +46,7 @@ def main(argv):
       print(f'results written to {_WORKDIR.value}/results.json')
     return
   result = experiment.run(_CONFIG.value, _WORKDIR.value)
-  print(experiment.format_summary(result))
+  print(runs.format_summary(result))
   if _WORKDIR.value:
     print(f'results written to {_WORKDIR.value}/results.json')
 

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from jcl import experiment
+from jcl import runs
 from jcl import session
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,7 +30,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   result = session.update(_STATE_DIR.value, _DATA.value, _CONFIG.value)
-  print(experiment.format_summary(result))
+  print(runs.format_summary(result))
   print(f'state written to {_STATE_DIR.value}')
 
 

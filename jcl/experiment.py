@@ -6,45 +6,25 @@ is what `experiments/train.py` calls; tests call it directly.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import platform
 import time
 from typing import Any, Mapping
 
 import jax
-import numpy as np
 
 from jcl import algorithms
-from jcl import callbacks as callbacks_lib
-from jcl import loggers as loggers_lib
-from jcl import metrics as metrics_lib
 from jcl import models
+from jcl import runs
 from jcl import specs
 from jcl import train as train_lib
 from jcl import train_state as ts_lib
 from jcl.data import benchmarks as benchmarks_lib
 
 
-def _to_dict(section: Any) -> dict[str, Any]:
-  if section is None:
-    return {}
-  if hasattr(section, 'to_dict'):
-    section = section.to_dict()
-  return {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(section).items()}
-
-
-def build_benchmark(config) -> benchmarks_lib.Benchmark:
-  kwargs = _to_dict(config.benchmark)
-  name = kwargs.pop('name')
-  kwargs.setdefault('seed', config.seed)
-  return benchmarks_lib.make_benchmark(name, **kwargs)
-
-
 def build_model(model_config: Mapping[str, Any], benchmark: benchmarks_lib.Benchmark):
   """The model of `model_config`, with the output head the benchmark's scenario needs."""
-  kwargs = _to_dict(model_config)
+  kwargs = runs.section_dict(model_config)
   name = kwargs.pop('name')
   task_classes = None
   if benchmark.scenario == 'task' and benchmark.num_heads == 1:
@@ -55,17 +35,17 @@ def build_model(model_config: Mapping[str, Any], benchmark: benchmarks_lib.Bench
 
 def build(config) -> dict[str, Any]:
   """Benchmark, algorithm, initial train state and loop config of `config`."""
-  spec = specs.spec_from_config(_to_dict(config.algo))
-  optimizer = specs.OptimizerSpec(**_to_dict(config.optimizer))
-  train_config = train_lib.TrainConfig(seed=config.seed, **_to_dict(config.train))
-  benchmark = build_benchmark(config)
+  spec = specs.spec_from_config(runs.section_dict(config.algo))
+  optimizer = specs.OptimizerSpec(**runs.section_dict(config.optimizer))
+  train_config = train_lib.TrainConfig(seed=config.seed, **runs.section_dict(config.train))
+  benchmark = runs.build_benchmark(config)
   if benchmark.scenario not in spec.scenarios:
     raise ValueError(f'{spec.name} does not apply to {benchmark.scenario}-incremental learning; '
                      f'it supports: {", ".join(spec.scenarios)}')
   context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
                                benchmark.num_tasks)
   model_config, optimizer, train_config = algorithms.adapt_regime(
-      spec, _to_dict(config.model), optimizer, train_config)
+      spec, runs.section_dict(config.model), optimizer, train_config)
   model = algorithms.adapt_model(spec, build_model(model_config, benchmark), context)
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
@@ -87,25 +67,10 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
   """
   t_start = time.perf_counter()
   parts = build(config)
-  log = _to_dict(config.get('log', {}))
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-  # `--config.log.loggers=console,tensorboard` arrives as one comma-joined
-  # entry. Without a workdir, the loggers that write files are left out.
-  names = [n.strip() for entry in log.get('loggers', ('console',)) for n in entry.split(',')]
-  logger = loggers_lib.make_loggers(
-      [n for n in names if n and (workdir or n in ('console', 'wandb'))], workdir)
-  cbs = [callbacks_lib.LoggingCallback(logger, every_chunks=log.get('every_chunks', 10)),
-         callbacks_lib.ProgressCallback(enabled=log.get('progress', True)), *extra_callbacks]
-  ckpt = _to_dict(config.get('checkpoint', {}))
-  checkpointer = checkpoint_cb = None
-  if workdir and ckpt.get('enabled', True):
-    from jcl import checkpoint  # Orbax
-    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                           max_to_keep=ckpt.get('max_to_keep', 3))
-    checkpoint_cb = callbacks_lib.CheckpointCallback(
-        checkpointer, every_chunks=ckpt.get('every_chunks', 0),
-        run_record={'config': _config_json(config)})
+  logger, cbs = runs.make_callbacks(config, workdir, extra_callbacks)
+  checkpointer, checkpoint_cb = runs.make_checkpointing(config, workdir, _orbax_checkpointer)
   try:
     result = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
                            parts['train_config'], callbacks=cbs, rng=parts['algo_rng'],
@@ -127,63 +92,20 @@ def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.Fit
     write_results(workdir, config, {
         **result.to_json(), 'benchmark': parts['benchmark'].name,
         'scenario': parts['benchmark'].scenario, 'algorithm': parts['spec'].to_dict()})
-    if log.get('plots', True):
-      draw_plots(workdir)
+    if runs.section_dict(config.get('log', {})).get('plots', True):
+      runs.draw_plots(workdir)
   return result
 
 
-def draw_plots(workdir: str) -> list[str]:
-  """The accuracy-matrix heatmap and per-task curves as PNGs in `workdir`
-  (skipped, with a message, when matplotlib is not installed)."""
-  from jcl import plots
-  try:
-    return plots.plot_results(workdir)
-  except ImportError as err:
-    print(f'plots skipped: {err}')
-    return []
-
-
-def _config_json(config) -> Any:
-  if hasattr(config, 'to_json_best_effort'):
-    return json.loads(config.to_json_best_effort())
-  return json.loads(json.dumps(dict(config), default=_json_default))
+def _orbax_checkpointer(directory: str, max_to_keep: int):
+  from jcl import checkpoint  # Orbax, an optional dependency: imported when used
+  return checkpoint.Checkpointer(directory, max_to_keep=max_to_keep)
 
 
 def write_results(workdir: str, config, payload: Mapping[str, Any]) -> str:
-  """Atomically writes `workdir/results.json` (a crash never leaves half a file)."""
-  path = os.path.join(workdir, 'results.json')
-  document = {
-      'config': _config_json(config),
-      'environment': {'jax': jax.__version__, 'backend': jax.default_backend(),
-                      'python': platform.python_version()},
-      **payload,
-  }
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(document, f, indent=1, default=_json_default)
-  os.replace(tmp, path)
-  return path
+  """Atomically writes `workdir/results.json` (`jcl.runs.write_results`) with
+  the JAX environment."""
+  return runs.write_results(workdir, config, payload, {
+      'jax': jax.__version__, 'backend': jax.default_backend(),
+      'python': platform.python_version()})
 
-
-def _json_default(value):
-  if isinstance(value, (np.floating, np.integer)):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  if dataclasses.is_dataclass(value):
-    return dataclasses.asdict(value)
-  return str(value)
-
-
-def format_summary(result: train_lib.FitResult) -> str:
-  """The accuracy matrix and headline metrics, in percent, for the console."""
-  s = result.summary
-  lines = ['accuracy matrix R[i, j] (%, task i after training task j):',
-           metrics_lib.format_matrix(result.accuracy_matrix)]
-  parts = [f'{k.upper()} {100 * s[k]:+.2f}' if k in ('bwt', 'fwt') else f'{k} {100 * s[k]:.2f}'
-           for k in ('acc', 'bwt', 'fwt', 'forgetting') if k in s]
-  lines.append(' | '.join(parts))
-  t = result.timings
-  lines.append(f"train {t['train_seconds']:.1f}s ({t['train_samples_per_second']:.0f} samples/s), "
-               f"eval {t['eval_seconds']:.1f}s")
-  return '\n'.join(lines)

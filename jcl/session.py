@@ -46,6 +46,7 @@ from jcl import callbacks as callbacks_lib
 from jcl import evaluation
 from jcl import experiment
 from jcl import models
+from jcl import runs
 from jcl import specs
 from jcl import train as train_lib
 from jcl import train_state as ts_lib
@@ -225,10 +226,10 @@ def update(state_dir: str, data: Sequence[str], config=None, *,
       raise SessionError(f'{state_dir} holds no session; the first session needs a config')
     if 'session' not in config:
       raise SessionError("the config has no 'session' section (num_classes, max_tasks, scenario)")
-    document = {'config': experiment._config_json(config), 'tasks': [], 'pending': []}
+    document = {'config': runs.config_json(config), 'tasks': [], 'pending': []}
   else:
     stored = ml_collections.ConfigDict(document['config'])
-    if config is not None and experiment._config_json(config) != document['config']:
+    if config is not None and runs.config_json(config) != document['config']:
       raise SessionError(f'{state_dir} was created with a different config; leave --config out '
                          'to continue its stream')
     config = stored
@@ -242,15 +243,15 @@ def update(state_dir: str, data: Sequence[str], config=None, *,
   os.makedirs(state_dir, exist_ok=True)
   _write_session(state_dir, {**document, 'pending': data})
 
-  spec = specs.spec_from_config(experiment._to_dict(config.algo))
+  spec = specs.spec_from_config(runs.section_dict(config.algo))
   if benchmark.scenario not in spec.scenarios:
     raise SessionError(f'{spec.name} does not apply to {benchmark.scenario}-incremental learning')
-  optimizer = specs.OptimizerSpec(**experiment._to_dict(config.optimizer))
-  train_config = train_lib.TrainConfig(seed=config.seed, **experiment._to_dict(config.train))
+  optimizer = specs.OptimizerSpec(**runs.section_dict(config.optimizer))
+  train_config = train_lib.TrainConfig(seed=config.seed, **runs.section_dict(config.train))
   context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
                                int(config.session.max_tasks))
   model_config, optimizer, train_config = algorithms.adapt_regime(
-      spec, experiment._to_dict(config.model), optimizer, train_config)
+      spec, runs.section_dict(config.model), optimizer, train_config)
   model_kwargs = dict(model_config)
   model = algorithms.adapt_model(spec, models.make_model(
       model_kwargs.pop('name'), num_classes=benchmark.num_classes, num_heads=benchmark.num_heads,
@@ -261,7 +262,7 @@ def update(state_dir: str, data: Sequence[str], config=None, *,
   initial, _ = evaluation.evaluate_benchmark(state, benchmark, 'test', train_config.eval_batch_size)
 
   from jcl import checkpoint  # Orbax
-  ckpt = experiment._to_dict(config.get('checkpoint', {}))
+  ckpt = runs.section_dict(config.get('checkpoint', {}))
   checkpointer = checkpoint.Checkpointer(os.path.join(state_dir, 'checkpoints'),
                                          max_to_keep=ckpt.get('max_to_keep', 3))
   checkpoint_cb = _SessionCheckpoint(checkpointer, every_chunks=ckpt.get('every_chunks', 0),

@@ -108,7 +108,7 @@ def test_torch_initialization_is_flax_lecun_normal_and_seeded():
 
 def test_the_torch_backend_imports_no_jax():
   code = ('import sys\n'
-          'import jcl.specs, jcl.data, jcl.metrics, jcl.loop, jcl.callbacks\n'
+          'import jcl.specs, jcl.data, jcl.metrics, jcl.loop, jcl.callbacks, jcl.runs\n'
           'loaded = lambda *names: [m for m in sys.modules if m.split(".")[0] in names]\n'
           'assert not loaded("jax", "flax", "optax", "torch"), loaded("jax", "flax", "optax", "torch")\n'
           'import jcl.torch.fit, jcl.torch.experiment, jcl.torch.algorithms as a\n'
