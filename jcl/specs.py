@@ -25,14 +25,40 @@ def _finite(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+# Algorithm name -> spec class, filled by `@register_spec` as the classes below
+# are defined (and by any spec registered later, e.g. in a test).
+SPECS: dict[str, type[AlgorithmSpec]] = {}
+
+
+def register_spec(cls: type[AlgorithmSpec]) -> type[AlgorithmSpec]:
+  """Adds a spec class to the registry (a class decorator).
+
+  Its implementations are found by name: `jcl.algorithms.<cls.name>` and
+  `jcl.torch.algorithms.<cls.name>`, each with a `make(spec, context=None)`.
+  """
+  if not cls.name:
+    raise ValueError(f'{cls.__name__} has no name')
+  if cls.name in SPECS and SPECS[cls.name] is not cls:
+    raise ValueError(f'an algorithm named {cls.name!r} is already registered')
+  SPECS[cls.name] = cls
+  return cls
+
+
 @dataclasses.dataclass(frozen=True)
 class AlgorithmSpec:
-  """Base class: every spec has a registry `name` and validates itself."""
+  """Base class: every spec has a registry `name` and validates itself.
+
+  The class attributes and `end_task_samples` declare what the training loops
+  of both backends must do for the method (no probing of the spec's fields).
+  """
   name: ClassVar[str] = ''
   # Does the training stream of task k hold the data of tasks 0..k (Joint)?
   cumulative_data: ClassVar[bool] = False
   # The scenarios the method makes sense in ('task', 'domain', 'class').
   scenarios: ClassVar[tuple[str, ...]] = ('task', 'domain', 'class')
+  # Does `end_task` read the finished task's data? The loop builds that data
+  # (a padded copy of the task's training split) only then, else passes None.
+  uses_task_data: ClassVar[bool] = False
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -59,16 +85,23 @@ class AlgorithmSpec:
       value = getattr(self, field)
       _check(_finite(value) and 0 <= value <= 1, self.name, field, f'must be in [0, 1], got {value!r}')
 
+  def end_task_samples(self, default: int | None) -> int | None:
+    """How many of the task's training samples `end_task` gets (None = all);
+    `default` is the loop's (`TrainConfig.importance_samples`)."""
+    return default
+
   def to_dict(self) -> dict[str, Any]:
     return {'name': self.name, **dataclasses.asdict(self)}
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class NaiveSpec(AlgorithmSpec):
   """Fine-tuning: plain SGD on each task in turn (the lower bound)."""
   name: ClassVar[str] = 'naive'
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class JointSpec(AlgorithmSpec):
   """Joint training: task k trains on the union of tasks 0..k (the upper bound)."""
@@ -76,6 +109,7 @@ class JointSpec(AlgorithmSpec):
   cumulative_data: ClassVar[bool] = True
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class EWCSpec(AlgorithmSpec):
   """Elastic Weight Consolidation (Kirkpatrick et al. 2017), and online EWC.
@@ -96,6 +130,7 @@ class EWCSpec(AlgorithmSpec):
       the Fisher (None = all).
   """
   name: ClassVar[str] = 'ewc'
+  uses_task_data: ClassVar[bool] = True  # the Fisher is estimated on it
   ewc_lambda: float = 100.0
   online: bool = False
   gamma: float = 1.0
@@ -111,7 +146,12 @@ class EWCSpec(AlgorithmSpec):
         isinstance(self.importance_samples, int) and self.importance_samples > 0),
            self.name, 'importance_samples', f'must be None or > 0, got {self.importance_samples!r}')
 
+  def end_task_samples(self, default: int | None) -> int | None:
+    """`importance_samples` when set, else the loop's `default`."""
+    return default if self.importance_samples is None else self.importance_samples
 
+
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class SISpec(AlgorithmSpec):
   """Synaptic Intelligence (Zenke, Poole & Ganguli 2017).
@@ -130,6 +170,7 @@ class SISpec(AlgorithmSpec):
     self._positive('xi')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class MASSpec(AlgorithmSpec):
   """Memory Aware Synapses (Aljundi et al. 2018).
@@ -139,6 +180,7 @@ class MASSpec(AlgorithmSpec):
   `mas_lambda * sum Omega (theta - theta*)^2` (eq. 3).
   """
   name: ClassVar[str] = 'mas'
+  uses_task_data: ClassVar[bool] = True  # the importance is estimated on it
   mas_lambda: float = 1.0
   importance_samples: int | None = None
 
@@ -147,7 +189,12 @@ class MASSpec(AlgorithmSpec):
     _check(self.importance_samples is None or self.importance_samples > 0,
            self.name, 'importance_samples', 'must be None or > 0')
 
+  def end_task_samples(self, default: int | None) -> int | None:
+    """`importance_samples` when set, else the loop's `default`."""
+    return default if self.importance_samples is None else self.importance_samples
 
+
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class LFLSpec(AlgorithmSpec):
   """Less-Forgetting Learning (Jung et al. 2016).
@@ -163,9 +210,12 @@ class LFLSpec(AlgorithmSpec):
     self._non_negative('lfl_lambda')
 
 
+# The replay buffer's insertion policies; `buffer.POLICIES` of each backend
+# maps exactly these names to its implementation.
 REPLAY_POLICIES = ('reservoir', 'class_balanced', 'per_task')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class ERSpec(AlgorithmSpec):
   """Experience Replay (Chaudhry et al. 2019, "On tiny episodic memories").
@@ -181,6 +231,8 @@ class ERSpec(AlgorithmSpec):
 
   def validate(self):
     _check_replay(self)
+    _check(self.policy in REPLAY_POLICIES, self.name, 'policy',
+           f'must be one of {REPLAY_POLICIES}, got {self.policy!r}')
 
 
 def _check_replay(spec) -> None:
@@ -188,11 +240,9 @@ def _check_replay(spec) -> None:
     value = getattr(spec, field)
     _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, spec.name, field,
            f'must be an integer >= 1, got {value!r}')
-  policy = getattr(spec, 'policy', 'reservoir')
-  _check(policy in REPLAY_POLICIES, spec.name, 'policy',
-         f'must be one of {REPLAY_POLICIES}, got {policy!r}')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class DERSpec(AlgorithmSpec):
   """Dark Experience Replay (Buzzega et al. 2020), eq. 4.
@@ -211,6 +261,7 @@ class DERSpec(AlgorithmSpec):
     self._non_negative('alpha')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class DERPPSpec(AlgorithmSpec):
   """DER++ (Buzzega et al. 2020), eq. 6: DER plus `beta * CE(f(x''), y'')` on a
@@ -226,6 +277,7 @@ class DERPPSpec(AlgorithmSpec):
     self._non_negative('alpha', 'beta')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class AGEMSpec(AlgorithmSpec):
   """Averaged GEM (Chaudhry et al. 2019, "Efficient lifelong learning with A-GEM").
@@ -245,6 +297,7 @@ class AGEMSpec(AlgorithmSpec):
              f'must be an integer >= 1, got {value!r}')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class GEMSpec(AlgorithmSpec):
   """Gradient Episodic Memory (Lopez-Paz & Ranzato 2017).
@@ -271,6 +324,7 @@ class GEMSpec(AlgorithmSpec):
            'solver_iterations', f'must be None or an integer >= 1, got {self.solver_iterations!r}')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class LaMAMLSpec(AlgorithmSpec):
   """La-MAML: look-ahead meta-learning (Gupta, Yadav & Paull 2020), Alg. 1-2.
@@ -325,6 +379,7 @@ class LaMAMLSpec(AlgorithmSpec):
              f'must be None or > 0, got {value!r}')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class MCSGDSpec(AlgorithmSpec):
   """Mode-Connectivity SGD (Mirzadeh et al. 2021, "Linear mode connectivity
@@ -350,6 +405,7 @@ class MCSGDSpec(AlgorithmSpec):
     lmc_epochs: passes over the larger of the two segments' data.
   """
   name: ClassVar[str] = 'mcsgd'
+  uses_task_data: ClassVar[bool] = True  # the task's memory is drawn from it
   memory_per_task: int = 100
   lmc_lr: float = 0.05
   lmc_momentum: float = 0.8
@@ -369,6 +425,7 @@ class MCSGDSpec(AlgorithmSpec):
            f'must be in [0, 1), got {self.lmc_momentum!r}')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class StableSGDSpec(AlgorithmSpec):
   """Stable SGD (Mirzadeh et al. 2020, "Understanding the role of training
@@ -411,6 +468,7 @@ class StableSGDSpec(AlgorithmSpec):
 KCL_KERNELS = ('rff', 'rbf', 'linear')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class KCLSpec(AlgorithmSpec):
   """Kernel Continual Learning (Derakhshani et al. 2021).
@@ -453,6 +511,7 @@ class KCLSpec(AlgorithmSpec):
     self._non_negative('tau')
 
 
+@register_spec
 @dataclasses.dataclass(frozen=True)
 class PNNSpec(AlgorithmSpec):
   """Progressive Neural Networks (Rusu et al. 2016), eq. 1-2.
@@ -517,23 +576,6 @@ class OptimizerSpec:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
-
-
-SPECS: dict[str, type[AlgorithmSpec]] = {
-    cls.name: cls for cls in (NaiveSpec, JointSpec, EWCSpec, SISpec, MASSpec, LFLSpec, ERSpec,
-                              DERSpec, DERPPSpec, AGEMSpec, GEMSpec, LaMAMLSpec, MCSGDSpec,
-                              StableSGDSpec, KCLSpec, PNNSpec)
-}
-
-
-def register_spec(cls: type[AlgorithmSpec]) -> type[AlgorithmSpec]:
-  """Adds a spec class to the registry (usable as a decorator)."""
-  if not cls.name:
-    raise ValueError(f'{cls.__name__} has no name')
-  if cls.name in SPECS and SPECS[cls.name] is not cls:
-    raise ValueError(f'an algorithm named {cls.name!r} is already registered')
-  SPECS[cls.name] = cls
-  return cls
 
 
 def make_spec(name: str, **hyperparameters: Any) -> AlgorithmSpec:

@@ -22,3 +22,17 @@ class Batch(NamedTuple):
   y: Any
   t: Any
   mask: Any
+
+
+class Context(NamedTuple):
+  """What an algorithm may need to know of the stream to size its state (both
+  backends: `jcl.algorithms.Context` and `jcl.torch.algorithms.Context` are this).
+
+  Attributes:
+    input_shape: one example's shape, e.g. `(28, 28, 1)`.
+    num_classes: width of the model output.
+    num_tasks: tasks in the stream (per-task memories are sized by it).
+  """
+  input_shape: tuple[int, ...]
+  num_classes: int
+  num_tasks: int

@@ -11,13 +11,7 @@ from jcl import experiment
 from jcl import specs
 from jcl.config import default_config
 
-SMALL = {'er': dict(memory_size=20, replay_batch_size=5), 'der': dict(memory_size=20, replay_batch_size=5),
-         'derpp': dict(memory_size=20, replay_batch_size=5),
-         'agem': dict(memory_per_task=10, memory_batch_size=5), 'gem': dict(memory_per_task=10),
-         'ewc': dict(importance_samples=50), 'mas': dict(importance_samples=50),
-         'lamaml': dict(memory_size=20, replay_batch_size=5, glances=2),
-         'mcsgd': dict(memory_per_task=10, lmc_batch_size=10, lmc_line_samples=2),
-         'kcl': dict(core_size=5, num_random_features=32)}
+from tests.small import small_hparams
 
 SCENARIOS = {
     'class': dict(name='split_mnist', scenario='class'),
@@ -31,7 +25,7 @@ def tiny_config(algo: str, scenario: str):
   config = default_config('split_mnist')
   config.benchmark = dict(SCENARIOS[scenario], num_tasks=2, samples_per_task=100, source='sample')
   config.model.widths = (16,)
-  config.algo = dict(name=algo, **SMALL.get(algo, {}))
+  config.algo = dict(name=algo, **small_hparams(algo))
   config.train.batch_size = 10
   config.train.chunk_steps = 5
   config.train.eval_batch_size = 500

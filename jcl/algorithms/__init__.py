@@ -1,81 +1,67 @@
 """Continual-learning algorithms, each a pure `Algorithm` built from its spec.
 
     algo = jcl.algorithms.ewc.make(jcl.specs.EWCSpec(ewc_lambda=100.))
-    algo = jcl.algorithms.build(spec)          # any registered spec
+    algo = jcl.algorithms.build(spec, context)   # any registered spec
+
+An algorithm is found by name: the spec registered as `name` (see
+`jcl.specs.register_spec`) is built by `jcl.algorithms.<name>.make(spec,
+context=context)`; that module may also define `adapt_model` and
+`adapt_regime`. Adding a method is one module here (and one under
+`jcl.torch.algorithms`) plus one spec. The submodules are imported when first
+used (`jcl.algorithms.ewc` imports `jcl/algorithms/ewc.py`, PEP 562).
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+import importlib.util
+from types import ModuleType
+from typing import Any
 
 from jcl import specs as specs_lib
-from jcl.algorithms import agem
 from jcl.algorithms import base
-from jcl.algorithms import buffer
-from jcl.algorithms import der
-from jcl.algorithms import derpp
-from jcl.algorithms import er
-from jcl.algorithms import ewc
-from jcl.algorithms import gem
-from jcl.algorithms import joint
-from jcl.algorithms import lfl
-from jcl.algorithms import mas
-from jcl.algorithms import naive
-from jcl.algorithms import projection
-from jcl.algorithms import regularization
-from jcl.algorithms import si
 from jcl.algorithms.base import Algorithm
-from jcl.algorithms.base import Context
+from jcl.types import Context
 
-BUILDERS: dict[str, Callable[..., Algorithm]] = {
-    'naive': naive.make,
-    'joint': joint.make,
-    'ewc': ewc.make,
-    'si': si.make,
-    'mas': mas.make,
-    'lfl': lfl.make,
-    'er': er.make,
-    'der': der.make,
-    'derpp': derpp.make,
-    'agem': agem.make,
-    'gem': gem.make,
-}
+BACKEND = 'JAX'
 
 
-# Algorithms added by name: their module is imported when first built, so a
-# new method is one module plus one line here.
-_LAZY_MODULES = {
-    'lamaml': 'jcl.algorithms.lamaml',
-    'mcsgd': 'jcl.algorithms.mcsgd',
-    'stable_sgd': 'jcl.algorithms.stable_sgd',
-    'kcl': 'jcl.algorithms.kcl',
-    'pnn': 'jcl.algorithms.pnn',
-}
-
-
-def _module(name: str):
-  return importlib.import_module(_LAZY_MODULES[name]) if name in _LAZY_MODULES else None
+def _has_module(name: str) -> bool:
+  return name.isidentifier() and importlib.util.find_spec(f'{__name__}.{name}') is not None
 
 
 def names() -> list[str]:
-  """Every algorithm with a JAX implementation."""
-  return sorted({*BUILDERS, *_LAZY_MODULES})
+  """Every registered algorithm with a JAX implementation (a module of that name)."""
+  return sorted(name for name in specs_lib.SPECS if _has_module(name))
+
+
+def module(name: str) -> ModuleType:
+  """The module `jcl.algorithms.<name>` of a registered algorithm.
+
+  Raises:
+    ValueError: no such algorithm on this backend.
+  """
+  if name not in specs_lib.SPECS or not _has_module(name):
+    raise ValueError(f'no {BACKEND} implementation of algorithm {name!r}; '
+                     f'known: {", ".join(names())}')
+  return importlib.import_module(f'{__name__}.{name}')
+
+
+def _hook(spec: specs_lib.AlgorithmSpec, hook: str):
+  """The module's `hook` function, None when it (or the module) has none."""
+  if not _has_module(spec.name):
+    return None
+  return getattr(importlib.import_module(f'{__name__}.{spec.name}'), hook, None)
 
 
 def build(spec: specs_lib.AlgorithmSpec, context: Context | None = None) -> Algorithm:
-  """The JAX `Algorithm` of `spec`.
+  """The JAX `Algorithm` of `spec`: `jcl.algorithms.<spec.name>.make(spec, context=context)`.
 
   Args:
     spec: a registered spec.
     context: the stream's input shape, output width and number of tasks;
       needed by the methods with a memory (er, der, derpp, agem, gem, ...).
   """
-  if spec.name in _LAZY_MODULES:
-    return _module(spec.name).make(spec, context=context)
-  if spec.name not in BUILDERS:
-    raise ValueError(f'no JAX implementation of algorithm {spec.name!r}; '
-                     f'known: {", ".join(names())}')
-  return BUILDERS[spec.name](spec, context=context)
+  return module(spec.name).make(spec, context=context)
 
 
 def adapt_model(spec: specs_lib.AlgorithmSpec, model: Any, context: Context) -> Any:
@@ -85,7 +71,7 @@ def adapt_model(spec: specs_lib.AlgorithmSpec, model: Any, context: Context) -> 
   define `adapt_model(spec, model, context)` to change it (PNN grows one
   column per task; KCL replaces the linear head by its kernel classifier).
   """
-  hook = getattr(_module(spec.name), 'adapt_model', None)
+  hook = _hook(spec, 'adapt_model')
   return hook(spec, model, context) if hook is not None else model
 
 
@@ -95,12 +81,18 @@ def adapt_regime(spec: specs_lib.AlgorithmSpec, model_config: dict[str, Any],
   regime; an algorithm module may define `adapt_regime` with this signature
   (Stable SGD sets dropout, the per-task learning-rate decay and the batch
   size). The default returns them unchanged."""
-  hook = getattr(_module(spec.name), 'adapt_regime', None)
+  hook = _hook(spec, 'adapt_regime')
   if hook is None:
     return model_config, optimizer, train_config
   return hook(spec, model_config, optimizer, train_config)
 
 
-__all__ = ['Algorithm', 'BUILDERS', 'Context', 'adapt_model', 'adapt_regime', 'agem', 'base',
-           'buffer', 'build', 'names', 'der', 'derpp',
-           'er', 'ewc', 'gem', 'joint', 'lfl', 'mas', 'naive', 'projection', 'regularization', 'si']
+def __getattr__(name: str) -> ModuleType:
+  """`jcl.algorithms.<submodule>` (e.g. `ewc`, `buffer`), imported on first use."""
+  if not name.startswith('__') and _has_module(name):
+    return importlib.import_module(f'{__name__}.{name}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+__all__ = ['Algorithm', 'Context', 'adapt_model', 'adapt_regime', 'base', 'build', 'module',
+           'names']

@@ -11,7 +11,9 @@ An `Algorithm` is a NamedTuple of pure functions, in the spirit of optax's
 `algo_state` is a pytree of fixed-shape arrays, so `step` jit-compiles, runs
 under `lax.scan` and vmaps over a leading seed axis. `batch` is a
 `jcl.types.Batch` `(x [B, ...], y [B], t [B], mask [B])`; `data` in
-`end_task` is the finished task's training set as a chunk `[K, B, ...]`.
+`end_task` is the finished task's training set as a chunk `[K, B, ...]`, or
+None for a method whose spec has `uses_task_data = False` (the loop then
+builds no copy of the task's data).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import optax
 from jcl import train_state as ts_lib
 from jcl.train_state import TrainState
 from jcl.types import Batch
+from jcl.types import Context  # noqa: F401  (re-exported: one Context for both backends)
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -40,19 +43,6 @@ class Algorithm(NamedTuple):
   begin_task: Callable[[TrainState, PyTree, Any], tuple[TrainState, PyTree]]
   end_task: Callable[[TrainState, PyTree, Batch], tuple[TrainState, PyTree]]
   spec: Any = None
-
-
-class Context(NamedTuple):
-  """What an algorithm may need to know of the stream to size its state.
-
-  Attributes:
-    input_shape: one example's shape, e.g. `(28, 28, 1)`.
-    num_classes: width of the model output.
-    num_tasks: tasks in the stream (per-task memories are sized by it).
-  """
-  input_shape: tuple[int, ...]
-  num_classes: int
-  num_tasks: int
 
 
 class EmptyState(NamedTuple):
@@ -141,8 +131,8 @@ def default_begin_task(train_state: TrainState, algo_state: PyTree, task_id):
   return ts_lib.begin_task(train_state, task_id), algo_state
 
 
-def no_end_task(train_state: TrainState, algo_state: PyTree, task_data: Batch):
-  del task_data
+def no_end_task(train_state: TrainState, algo_state: PyTree, task_data: Batch | None):
+  del task_data  # None too: such a method's spec has `uses_task_data = False`
   return train_state, algo_state
 
 

@@ -6,7 +6,7 @@ algorithm's `algo_state`: insertion and sampling jit-compile, run inside a
 are `jnp.where`s on traced values; randomness comes only from the `rng`
 arguments, so runs are deterministic.
 
-Insertion policies (`POLICIES`):
+Insertion policies (`POLICIES`, keyed by `jcl.specs.REPLAY_POLICIES`):
 
 * `'reservoir'`: Vitter's algorithm R (Vitter 1985, "Random sampling with a
   reservoir"), as in ER / DER (Chaudhry et al. 2019; Buzzega et al. 2020).
@@ -25,14 +25,12 @@ must lie in `[0, num_classes)`.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jcl.types import Batch
-
-POLICIES = ('reservoir', 'class_balanced', 'per_task')
 
 
 class ReplayBuffer(NamedTuple):
@@ -325,21 +323,31 @@ def add_class_balanced(buffer: ReplayBuffer, batch: Batch, rng: jax.Array,
   return jax.lax.scan(body, buffer, (samples, keys))[0]
 
 
+def _add_per_task(buffer, batch, rng, logits, per_task):
+  if per_task is None:
+    raise ValueError("policy 'per_task' needs `per_task`")
+  return add_per_task(buffer, batch, rng, per_task, logits)
+
+
+# Policy name (`jcl.specs.REPLAY_POLICIES`) -> `(buffer, batch, rng, logits, per_task) -> buffer`.
+POLICIES: dict[str, Callable[..., ReplayBuffer]] = {
+    'reservoir': lambda buffer, batch, rng, logits, per_task: add_reservoir(
+        buffer, batch, rng, logits),
+    'class_balanced': lambda buffer, batch, rng, logits, per_task: add_class_balanced(
+        buffer, batch, rng, logits),
+    'per_task': _add_per_task,
+}
+
+
 def add(buffer: ReplayBuffer, batch: Batch, rng: jax.Array, *, policy: str,
         logits: jax.Array | None = None, per_task: int | None = None) -> ReplayBuffer:
   """Offers `batch` to the buffer with `policy`, one of `POLICIES`.
 
   `per_task` (slots per task) is required by the `'per_task'` policy.
   """
-  if policy == 'reservoir':
-    return add_reservoir(buffer, batch, rng, logits)
-  if policy == 'class_balanced':
-    return add_class_balanced(buffer, batch, rng, logits)
-  if policy == 'per_task':
-    if per_task is None:
-      raise ValueError("policy 'per_task' needs `per_task`")
-    return add_per_task(buffer, batch, rng, per_task, logits)
-  raise ValueError(f'unknown buffer policy {policy!r}; expected one of {POLICIES}')
+  if policy not in POLICIES:
+    raise ValueError(f'unknown buffer policy {policy!r}; expected one of {tuple(POLICIES)}')
+  return POLICIES[policy](buffer, batch, rng, logits, per_task)
 
 
 # ----------------------------------------------------------------------------

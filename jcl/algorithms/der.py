@@ -32,7 +32,7 @@ def logit_distance(logits, stored, mask) -> jax.Array:
 
 def make_der(spec: specs.DERSpec | specs.DERPPSpec, context: base.Context | None) -> base.Algorithm:
   context = require_context(context, spec.name)
-  beta = getattr(spec, 'beta', 0.0)
+  beta = spec.beta if isinstance(spec, specs.DERPPSpec) else 0.0
   size = spec.replay_batch_size
 
   def init(train_state, rng):

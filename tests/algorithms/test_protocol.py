@@ -1,4 +1,9 @@
-"""Every algorithm's step works in a user's own loop: jit, scan and vmap."""
+"""Every algorithm's step works in a user's own loop: jit, scan and vmap; the
+registry finds every algorithm by name, and each spec's declarations (what
+`end_task` reads) are what its implementation does."""
+import dataclasses
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,23 +12,20 @@ import pytest
 from jcl import algorithms
 from jcl import specs
 from jcl import train as train_lib
+from jcl import types
+from jcl.algorithms import base
+from jcl.algorithms import buffer as buffer_lib
 
 from tests.algorithms.conftest import INPUT_DIM, MODEL, NUM_CLASSES, random_batch, random_chunk, tiny_state
+from tests.small import SMALL_HPARAMS, small_spec
 
 CONTEXT = algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks=2)
-SMALL = {'er': dict(memory_size=8, replay_batch_size=4), 'der': dict(memory_size=8, replay_batch_size=4),
-         'derpp': dict(memory_size=8, replay_batch_size=4),
-         'agem': dict(memory_per_task=4, memory_batch_size=4), 'gem': dict(memory_per_task=4),
-         'lamaml': dict(memory_size=8, replay_batch_size=4, glances=2),
-         'mcsgd': dict(memory_per_task=4, lmc_batch_size=4, lmc_line_samples=2),
-         'kcl': dict(core_size=4, num_random_features=16)}
-
 NAMES = algorithms.names()
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_step_jit_scan_vmap(name):
-  spec = specs.make_spec(name, **SMALL.get(name, {}))
+  spec = small_spec(name)
   algo = algorithms.build(spec, CONTEXT)
   model = algorithms.adapt_model(spec, MODEL, CONTEXT)  # the model the algorithm trains
   state = tiny_state(model=model)
@@ -89,3 +91,91 @@ def test_grad_clipping_bounds_the_update():
   norm = np.sqrt(sum(float(jnp.sum((a - b)**2)) for a, b in
                      zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))))
   np.testing.assert_allclose(norm, 1e-3, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------
+# The registry and the specs' declarations.
+
+
+def test_every_spec_is_registered_and_has_a_module():
+  """Every spec class of `jcl.specs` registered itself and has a JAX module."""
+  defined = {cls.name for cls in vars(specs).values()
+             if isinstance(cls, type) and issubclass(cls, specs.AlgorithmSpec)
+             and cls is not specs.AlgorithmSpec}
+  assert defined <= set(specs.SPECS)
+  assert defined <= set(NAMES)
+  assert set(SMALL_HPARAMS) <= set(NAMES)
+  for name in NAMES:
+    assert algorithms.module(name) is getattr(algorithms, name)
+    assert callable(algorithms.module(name).make)
+
+
+def test_submodules_are_attributes():
+  assert algorithms.ewc.make(specs.EWCSpec()).spec == specs.EWCSpec()
+  assert algorithms.buffer is buffer_lib and algorithms.base is base
+  with pytest.raises(AttributeError, match='no attribute'):
+    algorithms.nope  # noqa: B018
+
+
+def test_one_context():
+  assert algorithms.Context is base.Context is types.Context
+
+
+def test_unknown_algorithm_is_refused_clearly():
+  @dataclasses.dataclass(frozen=True)
+  class Unimplemented(specs.AlgorithmSpec):
+    name: ClassVar[str] = 'test_unimplemented'
+
+  with pytest.raises(ValueError, match=r"no JAX implementation of algorithm "
+                     r"'test_unimplemented'; known: agem, der"):
+    algorithms.build(Unimplemented())
+  model = object()
+  assert algorithms.adapt_model(Unimplemented(), model, CONTEXT) is model
+
+
+def test_buffer_policies_are_the_specs():
+  assert tuple(buffer_lib.POLICIES) == specs.REPLAY_POLICIES
+  with pytest.raises(ValueError, match='unknown buffer policy'):
+    buffer_lib.add(None, random_batch(), jax.random.PRNGKey(0), policy='fifo')
+
+
+def test_end_task_samples():
+  assert specs.NaiveSpec().end_task_samples(7) == 7
+  assert specs.MCSGDSpec().end_task_samples(None) is None
+  for name in ('ewc', 'mas'):
+    assert specs.make_spec(name).end_task_samples(7) == 7
+    assert specs.make_spec(name, importance_samples=5).end_task_samples(7) == 5
+    assert specs.make_spec(name, importance_samples=5).end_task_samples(None) == 5
+  assert sorted(n for n in NAMES if specs.SPECS[n].uses_task_data) == ['ewc', 'mas', 'mcsgd']
+
+
+def after_one_step(name):
+  """`(algo, train_state, algo_state)` after one step of task 0."""
+  spec = small_spec(name)
+  algo = algorithms.build(spec, CONTEXT)
+  state = tiny_state(model=algorithms.adapt_model(spec, MODEL, CONTEXT))
+  algo_state = algo.init(state, jax.random.PRNGKey(0))
+  state, algo_state = algo.begin_task(state, algo_state, 0)
+  state, algo_state, _ = algo.step(state, random_batch(), algo_state)
+  return algo, state, algo_state
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_end_task_reads_the_task_data_iff_the_spec_says_so(name):
+  """`uses_task_data = False`: `end_task` runs on None and gives the states it
+  gives on the data; True: other data give other states."""
+  algo, state, algo_state = after_one_step(name)
+  end_task = jax.jit(algo.end_task)
+  with_data = end_task(state, algo_state, random_chunk(seed=1))
+  other = end_task(state, algo_state, None if not algo.spec.uses_task_data
+                   else random_chunk(seed=2))
+  assert jax.tree.structure(other) == jax.tree.structure(with_data)
+  same = [np.array_equal(a, b) for a, b in zip(leaves(with_data), leaves(other))]
+  if algo.spec.uses_task_data:
+    assert not all(same), f'{name}: end_task does not depend on its data'
+  else:
+    assert all(same), f'{name}: end_task reads its data but uses_task_data is False'

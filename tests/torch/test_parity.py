@@ -21,12 +21,14 @@ from jcl import specs
 from jcl.torch import algorithms as torch_algorithms
 from jcl.torch import convert
 
+from tests.small import small_spec
 from tests.torch import helpers
 
 INPUT_SHAPE, NUM_CLASSES, BATCH = (6,), 6, 6
 # XLA's cheap compilation: these tiny programs run once, compiling them dominates.
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
+# Case -> (algorithm, overrides of its small hyperparameters in `tests.small`).
 CASES = {
     'naive': ('naive', {}),
     'joint': ('joint', {}),
@@ -35,16 +37,15 @@ CASES = {
     'si': ('si', dict(si_lambda=2.0)),
     'mas': ('mas', dict(mas_lambda=2.0)),
     'lfl': ('lfl', dict(lfl_lambda=0.5)),
-    'er_reservoir': ('er', dict(memory_size=8, replay_batch_size=5)),
-    'er_class_balanced': ('er', dict(memory_size=8, replay_batch_size=5, policy='class_balanced')),
-    'er_per_task': ('er', dict(memory_size=8, replay_batch_size=5, policy='per_task')),
-    'der': ('der', dict(memory_size=8, replay_batch_size=5, alpha=0.5)),
-    'derpp': ('derpp', dict(memory_size=8, replay_batch_size=5, alpha=0.5, beta=0.7)),
-    'agem': ('agem', dict(memory_per_task=5, memory_batch_size=4)),
+    'er_reservoir': ('er', dict(replay_batch_size=5)),
+    'er_class_balanced': ('er', dict(replay_batch_size=5, policy='class_balanced')),
+    'er_per_task': ('er', dict(replay_batch_size=5, policy='per_task')),
+    'der': ('der', dict(replay_batch_size=5, alpha=0.5)),
+    'derpp': ('derpp', dict(replay_batch_size=5, alpha=0.5, beta=0.7)),
+    'agem': ('agem', dict(memory_per_task=5)),
     'gem': ('gem', dict(memory_per_task=5, margin=0.5)),
-    'lamaml': ('lamaml', dict(memory_size=8, replay_batch_size=4, glances=2)),
-    'sync_lamaml_second_order': ('lamaml', dict(memory_size=8, replay_batch_size=4, glances=2,
-                                                sync_update=True, second_order=True,
+    'lamaml': ('lamaml', {}),
+    'sync_lamaml_second_order': ('lamaml', dict(sync_update=True, second_order=True,
                                                 inner_grad_clip=0.5)),
 }
 TASKS = {'agem': 3, 'gem': 3}  # more previous tasks: several constraints
@@ -94,7 +95,7 @@ def assert_algo_states_close(jax_state, torch_state, what):
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_same_weights_after_steps_and_end_task(case):
   name, hyperparameters = CASES[case]
-  spec = specs.make_spec(name, **hyperparameters)
+  spec = small_spec(name, **hyperparameters)
   num_tasks = TASKS.get(case, 2)
   context = (INPUT_SHAPE, NUM_CLASSES, num_tasks)
   jax_algo = algorithms.build(spec, algorithms.Context(*context))

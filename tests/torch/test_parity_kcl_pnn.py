@@ -36,6 +36,7 @@ from jcl.torch import train_state as torch_train_state
 from jcl.torch.algorithms import kcl as torch_kcl
 from jcl.torch.algorithms import pnn as torch_pnn
 
+from tests.small import small_spec
 from tests.torch import helpers
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
@@ -238,7 +239,7 @@ def kcl_variables(torch_state):
 
 @pytest.mark.parametrize('kernel', ['rff', 'rbf', 'linear'])
 def test_kcl_same_weights_coresets_and_predictions(kernel):
-  spec = specs.KCLSpec(kernel=kernel, core_size=4, num_random_features=16, tau=0.5)
+  spec = small_spec('kcl', kernel=kernel, tau=0.5)  # core_size=4, num_random_features=16
   fields = dict(widths=(8,), num_classes=KCL_CLASSES, task_classes=KCL_TASK_CLASSES)
   context = (KCL_INPUT, KCL_CLASSES, KCL_TASKS)
   flax_model = algorithms.adapt_model(spec, models.MLP(**fields), algorithms.Context(*context))

@@ -11,7 +11,8 @@ signatures:
 The states are updated in place (the model's parameters, the optimizer's
 buffers, the replay buffer's tensors) and returned. `batch` is a
 `jcl.types.Batch` of tensors `(x [B, ...], y [B], t [B], mask [B])`; `data`
-in `end_task` is the finished task's training set as a chunk `[K, B, ...]`.
+in `end_task` is the finished task's training set as a chunk `[K, B, ...]`, or
+None for a method whose spec has `uses_task_data = False`.
 Random choices come from `train_state.rng` (see `jcl.torch.random`).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jcl.torch import train_state as ts_lib
 from jcl.torch.models import MASK_VALUE
 from jcl.torch.train_state import TrainState
 from jcl.types import Batch
+from jcl.types import Context  # noqa: F401  (re-exported: the one of `jcl.algorithms`)
 
 Tensors = dict[str, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
@@ -39,14 +41,6 @@ class Algorithm(NamedTuple):
   begin_task: Callable[[TrainState, Any, int], tuple[TrainState, Any]]
   end_task: Callable[[TrainState, Any, Batch], tuple[TrainState, Any]]
   spec: Any = None
-
-
-class Context(NamedTuple):
-  """What an algorithm may need to know of the stream to size its state
-  (`jcl.algorithms.Context`)."""
-  input_shape: tuple[int, ...]
-  num_classes: int
-  num_tasks: int
 
 
 class EmptyState(NamedTuple):
@@ -138,8 +132,8 @@ def default_begin_task(train_state: TrainState, algo_state: Any, task_id: int):
   return ts_lib.begin_task(train_state, task_id), algo_state
 
 
-def no_end_task(train_state: TrainState, algo_state: Any, task_data: Batch):
-  del task_data
+def no_end_task(train_state: TrainState, algo_state: Any, task_data: Batch | None):
+  del task_data  # None too: such a method's spec has `uses_task_data = False`
   return train_state, algo_state
 
 

@@ -1,9 +1,10 @@
 """The replay buffer of `jcl.algorithms.buffer` in PyTorch: same slots, same policies,
 same random choices given the same random numbers.
 
-Policies: `'reservoir'` (Vitter's algorithm R), `'class_balanced'` (CBRS,
-Chrysakis & Moens 2020, Algorithm 1) and `'per_task'` (GEM / A-GEM's
-episodic memory: task k owns slots `[k * per_task, (k + 1) * per_task)`).
+Policies (`POLICIES`, keyed by `jcl.specs.REPLAY_POLICIES`): `'reservoir'`
+(Vitter's algorithm R), `'class_balanced'` (CBRS, Chrysakis & Moens 2020,
+Algorithm 1) and `'per_task'` (GEM / A-GEM's episodic memory: task k owns
+slots `[k * per_task, (k + 1) * per_task)`).
 Samples of a batch are offered one after another in batch order; padding
 (mask 0) is never offered. Every random number comes from a
 `jcl.torch.random.RandomSource` and a key, drawn exactly where the JAX buffer
@@ -13,13 +14,12 @@ buffers identical.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 
 from jcl.torch.random import Key, RandomSource
 from jcl.types import Batch
-
-POLICIES = ('reservoir', 'class_balanced', 'per_task')
 
 
 @dataclasses.dataclass
@@ -219,18 +219,29 @@ def add_class_balanced(buffer: ReplayBuffer, batch: Batch, source: RandomSource,
   return buffer
 
 
+def _add_per_task(buffer, batch, source, key, logits, per_task):
+  if per_task is None:
+    raise ValueError("policy 'per_task' needs `per_task`")
+  return add_per_task(buffer, batch, source, key, per_task, logits)
+
+
+# Policy name (`jcl.specs.REPLAY_POLICIES`) ->
+# `(buffer, batch, source, key, logits, per_task) -> buffer`, as `jcl.algorithms.buffer.POLICIES`.
+POLICIES: dict[str, Callable[..., ReplayBuffer]] = {
+    'reservoir': lambda buffer, batch, source, key, logits, per_task: add_reservoir(
+        buffer, batch, source, key, logits),
+    'class_balanced': lambda buffer, batch, source, key, logits, per_task: add_class_balanced(
+        buffer, batch, source, key, logits),
+    'per_task': _add_per_task,
+}
+
+
 def add(buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key, *, policy: str,
         logits=None, per_task: int | None = None) -> ReplayBuffer:
   """Offers `batch` to the buffer with `policy`, one of `POLICIES` (in place)."""
-  if policy == 'reservoir':
-    return add_reservoir(buffer, batch, source, key, logits)
-  if policy == 'class_balanced':
-    return add_class_balanced(buffer, batch, source, key, logits)
-  if policy == 'per_task':
-    if per_task is None:
-      raise ValueError("policy 'per_task' needs `per_task`")
-    return add_per_task(buffer, batch, source, key, per_task, logits)
-  raise ValueError(f'unknown buffer policy {policy!r}; expected one of {POLICIES}')
+  if policy not in POLICIES:
+    raise ValueError(f'unknown buffer policy {policy!r}; expected one of {tuple(POLICIES)}')
+  return POLICIES[policy](buffer, batch, source, key, logits, per_task)
 
 
 # ----------------------------------------------------------------------------- reading

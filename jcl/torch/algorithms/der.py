@@ -28,7 +28,7 @@ def logit_distance(logits, stored, mask) -> torch.Tensor:
 
 def make_der(spec: specs.DERSpec | specs.DERPPSpec, context: base.Context | None) -> base.Algorithm:
   context = require_context(context, spec.name)
-  beta = getattr(spec, 'beta', 0.0)
+  beta = spec.beta if isinstance(spec, specs.DERPPSpec) else 0.0
   size = spec.replay_batch_size
 
   def init(train_state, rng=None):
