@@ -3,11 +3,23 @@
   python -m experiments.plot /tmp/ewc
   python -m experiments.plot /tmp/ewc /tmp/er --compare=/tmp/compare.png
 
-Writes `accuracy_matrix.png`, `task_accuracy.png` (and
-`task_il_accuracy_matrix.png` for runs with task-IL evaluation) into each
-WORKDIR; with several WORKDIRs, also the comparison of their average accuracy
-over seen tasks (by default `compare.png` in the first WORKDIR's parent).
-Needs matplotlib (`pip install "jcl[plots]"`).
+Each WORKDIR may hold a single run or a replicated one (several seeds and/or a
+hyperparameter grid, from `jcl.replicas`); `jcl.plots.plot_results` writes:
+
+* single run: `accuracy_matrix.png`, `task_accuracy.png` (and
+  `task_il_accuracy_matrix.png` for runs with task-IL evaluation);
+* replicated run, one setting (seeds only): the same names, drawn as the
+  mean ± std over the seeds;
+* replicated run, several settings: `accuracy_matrix_<k>.png`,
+  `task_accuracy_<k>.png` (and `task_il_accuracy_matrix_<k>.png`) for the
+  k-th ranked setting (k from 1, its row in the run's table), and
+  `settings.png` comparing the settings. Diverged seeds are left out of the
+  means; a setting whose seeds all diverged gets no figures.
+
+With several WORKDIRs, also the comparison of their average accuracy over seen
+tasks (by default `compare.png` in the first WORKDIR's parent), where a
+replicated run contributes its best setting with a ± std band across seeds.
+Every path written is printed. Needs matplotlib (`pip install "jcl[plots]"`).
 """
 import os
 from typing import Sequence
