@@ -71,6 +71,19 @@ class Checkpointer:
     self._manager.wait_until_finished()
     return step
 
+  def latest_record(self) -> dict[str, Any] | None:
+    """The JSON record of the newest checkpoint whose record reads (no arrays
+    are loaded), or None: to check a workdir's run before restoring it."""
+    ocp = self._ocp
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            record=ocp.args.JsonRestore()))
+        return dict(restored['record'])
+      except Exception:  # noqa: BLE001 - unreadable: `restore_latest` reports it
+        continue
+    return None
+
   def restore_latest(self, like: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
     """The newest readable checkpoint as `(step, state, record)`, or None if
     there is none. `like` gives the state's structure, shapes and dtypes.

@@ -9,17 +9,30 @@ fields, as flax's examples do. Sections:
               from the benchmark's scenario)
   algo        the algorithm's spec: `name` plus its hyperparameters
   optimizer   `jcl.specs.OptimizerSpec`
-  train       `jcl.train.TrainConfig` (epochs, batch size, chunk size...)
-  checkpoint  Orbax checkpoints and resumption (enabled, every_chunks, max_to_keep)
+  train       `jcl.run_spec.TrainConfig` (epochs, batch size, chunk size...)
+  checkpoint  `jcl.run_spec.CheckpointSpec` (enabled, every_chunks, max_to_keep)
   num_seeds, grid, replicas
-              several seeds / a hyperparameter grid as one program (jcl.replicas)
-  log         loggers ('console', 'jsonl', 'csv', 'tensorboard', 'wandb',
-              'comet'), progress bar, how often chunk metrics are written,
-              PNG plots of the accuracy matrix at the end
+              `jcl.run_spec.ReplicasSpec`: several seeds / a hyperparameter
+              grid as one program (jcl.replicas)
+  log         `jcl.run_spec.LogSpec`: writers ('console', 'jsonl', 'csv',
+              'tensorboard', 'wandb'), progress bar, how often training
+              metrics are written, PNG plots at the end
+  compilation_cache
+              the persistent XLA compilation cache ('auto', a path, or '')
+
+Every default lives once, in those dataclasses; `default_config` copies
+them (`section_config`). `jcl.run_spec.RunSpec.from_config` validates a
+config and is the only thing the run sees.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import ml_collections
+
+from jcl import run_spec
+from jcl import specs
 
 
 def benchmark_preset(name: str) -> ml_collections.ConfigDict:
@@ -50,31 +63,50 @@ def benchmark_preset(name: str) -> ml_collections.ConfigDict:
   return config
 
 
+def section_config(cls, **overrides: Any) -> ml_collections.ConfigDict:
+  """A config section holding the defaults of the dataclass `cls` (`jcl.run_spec`
+  or `jcl.specs`), so that each default is written once, in the dataclass.
+  Optional fields get a typed `FieldReference`, so `--config.x.y=1.0` works
+  on a field whose default is None."""
+  types = run_spec.field_types(cls)
+  values = {}
+  for field in dataclasses.fields(cls):
+    if field.name in overrides:
+      value = overrides.pop(field.name)
+    elif field.default is not dataclasses.MISSING:
+      value = field.default
+    else:
+      value = field.default_factory()
+    if value is None:
+      value = ml_collections.FieldReference(None, field_type=types[field.name])
+    values[field.name] = value
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
 def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDict:
+  """The config every file in `configs/` starts from: the benchmark preset,
+  an MLP 2x100, Naive, and every other section at its dataclass defaults."""
+  replicas = run_spec.ReplicasSpec()
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.benchmark = benchmark_preset(benchmark)
   config.model = ml_collections.ConfigDict(dict(name='mlp', widths=(100, 100), dropout=0.0))
   config.algo = ml_collections.ConfigDict(dict(name='naive'))
-  config.optimizer = ml_collections.ConfigDict(dict(
-      name='sgd', learning_rate=0.05, momentum=0.0, weight_decay=0.0, lr_decay=1.0, min_lr=0.0,
-      reinit_per_task=True, grad_clip_norm=ml_collections.FieldReference(None, field_type=float)))
-  config.train = ml_collections.ConfigDict(dict(
-      epochs=1, batch_size=10, chunk_steps=100, drop_last=False, eval_batch_size=1000,
-      eval_split='test', end_task_batch_size=256, mask_unseen_classes=True,
-      importance_samples=ml_collections.FieldReference(None, field_type=int)))
-  config.log = ml_collections.ConfigDict(dict(loggers=('console', 'jsonl'), progress=True,
-                                              every_chunks=10, plots=True))
-  # Orbax checkpoints in WORKDIR/checkpoints: after every task, and every
-  # `every_chunks` chunks (0 = task boundaries only); a rerun resumes.
-  config.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_chunks=0, max_to_keep=3))
+  config.optimizer = section_config(specs.OptimizerSpec)
+  train = section_config(run_spec.TrainConfig)
+  del train['seed']  # the run's seed
+  config.train = train
+  config.log = section_config(run_spec.LogSpec)
+  config.checkpoint = section_config(run_spec.CheckpointSpec)
   # Replicas (jcl.replicas): several seeds and/or a grid over scalar
   # hyperparameters trained as one program, e.g. `--config.num_seeds=5` or
   # `--config.grid='optimizer.learning_rate=0.01,0.1;algo.ewc_lambda=1,10'`.
-  # mode: 'auto' (vmap on accelerators, one compiled program run replica
-  # after replica on CPU), 'vmap' or 'sequential'.
-  config.num_seeds = 1
+  config.num_seeds = replicas.num_seeds
   config.grid = ''
-  config.replicas = ml_collections.ConfigDict(dict(mode='auto', batch_shards=1, rank_by='acc',
-                                                   distributed=False))
+  section = section_config(run_spec.ReplicasSpec)
+  del section['num_seeds'], section['grid']
+  config.replicas = section
+  # Persistent XLA compilation cache: 'auto' (a user cache folder), a path, or ''.
+  config.compilation_cache = 'auto'
   return config

@@ -61,12 +61,39 @@ def evaluate_tasks(train_state: ts_lib.TrainState, splits, *, task_classes=None,
 
 def class_mask_for(benchmark, task_id: int, *, training: bool = False,
                    mask_unseen_classes: bool = True) -> jax.Array:
-  """Output units usable after training task `task_id`: the classes seen so far
-  in class-incremental learning, all units otherwise. In training, all
-  units too unless `mask_unseen_classes`."""
-  if benchmark.scenario == 'class' and (not training or mask_unseen_classes):
-    return jnp.asarray(benchmark.seen_classes_mask(task_id), bool)
-  return jnp.ones((benchmark.num_classes,), bool)
+  """Output units usable after training task `task_id` (`jcl.loop`'s
+  `prediction_class_mask`, or in training `training_class_mask`)."""
+  from jcl import loop
+  if training:
+    return jnp.asarray(loop.training_class_mask(benchmark, task_id, mask_unseen_classes))
+  return jnp.asarray(loop.prediction_class_mask(benchmark, task_id))
+
+
+def task_table(benchmark) -> jax.Array | None:
+  """`[T, C]` bool, the output units of each task, for class-incremental
+  streams (their task-IL accuracy); None otherwise."""
+  return jnp.asarray(benchmark.class_mask_table()) if benchmark.scenario == 'class' else None
+
+
+def eval_chunks(benchmark, task_id: int, config) -> list[Batch]:
+  """Task `task_id`'s evaluation split (`config.eval_split`) as host chunks of
+  up to 10 batches of `config.eval_batch_size`, no more than the split fills."""
+  from jcl.data import stream
+  split = getattr(benchmark.tasks[task_id], config.eval_split)
+  if split is None:
+    raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
+  steps = min(10, stream.num_batches(len(split), config.eval_batch_size))
+  return list(stream.eval_chunks(split, batch_size=config.eval_batch_size, chunk_steps=steps))
+
+
+def accuracies(counts, size: int, given_task: bool, fetch=np.asarray):
+  """`(accuracy [R, T], accuracy given the task [R, T] or None)` from per task
+  lists of per-chunk `[R, 3]` counts (`count_correct`), summed in float64."""
+  totals = np.array([np.sum(np.asarray(fetch(c), np.float64), axis=0) for c in counts])[:, :size]
+  if np.any(totals[..., 2] == 0):
+    raise ValueError('cannot evaluate on an empty split')
+  acc = (totals[..., 0] / totals[..., 2]).T
+  return acc, ((totals[..., 1] / totals[..., 2]).T if given_task else None)
 
 
 def evaluate_benchmark(train_state: ts_lib.TrainState, benchmark, split: str = 'test',

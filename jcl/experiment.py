@@ -1,111 +1,208 @@
-"""Builds a whole run from an ml_collections config and runs it.
+"""The JAX backend of `jcl.runs`: a run's parts built from its `RunSpec`.
 
-A config has the sections `benchmark`, `model`, `algo`, `optimizer`, `train`
-and `log` plus a `seed` (see `configs/quickstart.py`). `run(config, workdir)`
-is what `experiments/train.py` calls; tests call it directly.
+`run(config, workdir)` is `jcl.runs.run` on this backend (what
+`experiments/train.py` calls); `build(config)` gives the benchmark, model,
+algorithm, initial train state and loop config of a config, for a loop of
+your own. The rest is the backend interface `jcl.runs` uses (see there).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import platform
-import time
 from typing import Any, Mapping
 
 import jax
 
 from jcl import algorithms
+from jcl import loop
 from jcl import models
+from jcl import replicas as replicas_lib
 from jcl import runs
-from jcl import specs
 from jcl import train as train_lib
 from jcl import train_state as ts_lib
 from jcl.data import benchmarks as benchmarks_lib
+from jcl.run_spec import Replica, RunSpec, default_cache_dir
+
+name = 'jax'
+
+
+@dataclasses.dataclass
+class Parts:
+  """What a run is made of (one replica's, for seeds and grids)."""
+  spec: RunSpec
+  benchmark: benchmarks_lib.Benchmark
+  model: Any
+  algorithm: algorithms.Algorithm
+  context: algorithms.Context
+  train_state: ts_lib.TrainState
+  algo_rng: jax.Array
+  train_config: loop.TrainConfig   # after the algorithm's regime (`adapt_regime`)
+  hp: dict[str, float] = dataclasses.field(default_factory=dict)  # gridded values
 
 
 def build_model(model_config: Mapping[str, Any], benchmark: benchmarks_lib.Benchmark):
-  """The model of `model_config`, with the output head the benchmark's scenario needs."""
-  kwargs = runs.section_dict(model_config)
-  name = kwargs.pop('name')
+  """The model of `model_config` (its `name` and fields), with the output head
+  the benchmark's scenario needs."""
+  kwargs = dict(model_config)
+  model_name = kwargs.pop('name')
   task_classes = None
   if benchmark.scenario == 'task' and benchmark.num_heads == 1:
     task_classes = tuple(tuple(int(c) for c in cls) for cls in benchmark.task_classes)
-  return models.make_model(name, num_classes=benchmark.num_classes,
+  return models.make_model(model_name, num_classes=benchmark.num_classes,
                            num_heads=benchmark.num_heads, task_classes=task_classes, **kwargs)
 
 
-def build(config) -> dict[str, Any]:
-  """Benchmark, algorithm, initial train state and loop config of `config`."""
-  spec = specs.spec_from_config(runs.section_dict(config.algo))
-  optimizer = specs.OptimizerSpec(**runs.section_dict(config.optimizer))
-  train_config = train_lib.TrainConfig(seed=config.seed, **runs.section_dict(config.train))
-  benchmark = runs.build_benchmark(config)
-  if benchmark.scenario not in spec.scenarios:
-    raise ValueError(f'{spec.name} does not apply to {benchmark.scenario}-incremental learning; '
-                     f'it supports: {", ".join(spec.scenarios)}')
+def build(config, shared: dict[str, Any] | None = None, replica: Replica | None = None) -> Parts:
+  """The parts of `config` (an ml_collections config or a `RunSpec`).
+
+  With `replica`, those of that replica of a run of seeds / a grid: its
+  seed's stream and initial state, the gridded values in `hp` (the algorithm
+  and optimizer keep the config's values: the shared program takes `hp` as
+  arguments). `shared` keeps what the replicas share (the program, the
+  model's `apply`, the evaluation data of the last stream).
+  """
+  spec = RunSpec.from_config(config)
+  shared = {} if shared is None else shared
+  hp = dict(replica.hparams) if replica is not None else {}
+  if replica is not None:
+    spec = spec.for_replica(Replica(replica.seed))
+    cached = shared.get('seed_parts')
+    if cached is not None and cached.spec == spec:  # another setting of the same seed
+      return dataclasses.replace(cached, hp=hp)
+  benchmark = spec.build_benchmark()
   context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
                                benchmark.num_tasks)
   model_config, optimizer, train_config = algorithms.adapt_regime(
-      spec, runs.section_dict(config.model), optimizer, train_config)
-  model = algorithms.adapt_model(spec, build_model(model_config, benchmark), context)
-  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+      spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train)
+  model = algorithms.adapt_model(spec.algorithm, build_model(model_config, benchmark), context)
+  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
   state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
                                     benchmark.num_classes)
-  return dict(spec=spec, algorithm=algorithms.build(spec, context), benchmark=benchmark, model=model,
-              train_state=state, train_config=train_config, algo_rng=algo_rng)
+  if 'apply_fn' in shared:  # equal static fields: the replicas share compilations and stack
+    state = state.replace(apply_fn=shared['apply_fn'])
+  shared.setdefault('apply_fn', state.apply_fn)
+  parts = Parts(spec, benchmark, model, algorithms.build(spec.algorithm, context), context, state,
+                algo_rng, train_config, hp)
+  if replica is not None:
+    shared['seed_parts'] = parts
+  return parts
 
 
-def run(config, workdir: str | None = None, extra_callbacks=()) -> train_lib.FitResult:
-  """Runs `config`; with `workdir`, writes `results.json` and the logs there.
-
-  `results.json` holds the config, the accuracy matrix `R[i][j]` (task i after
-  training task j, fractions), the summary metrics and the timings. If the
-  run stops on a non-finite loss, what was measured so far is still written
-  (with `"error"`), then the error is raised. With a workdir, checkpoints go
-  to `workdir/checkpoints` (after each task and every
-  `config.checkpoint.every_chunks` chunks) and a run started again in the
-  same workdir resumes from the newest one, to the same final numbers.
-  """
-  t_start = time.perf_counter()
-  parts = build(config)
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
-  logger, cbs = runs.make_callbacks(config, workdir, extra_callbacks)
-  checkpointer, checkpoint_cb = runs.make_checkpointing(config, workdir, _orbax_checkpointer)
-  try:
-    result = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
-                           parts['train_config'], callbacks=cbs, rng=parts['algo_rng'],
-                           checkpoint=checkpoint_cb)
-  except train_lib.NonFiniteLossError as err:
-    if workdir:
-      ctx = err.context
-      write_results(workdir, config, {
-          'error': str(err),
-          'accuracy_matrix': train_lib._nan_to_none(ctx.accuracy_matrix.tolist()),
-          'history': ctx.history})
-    raise
-  finally:
-    logger.close()
-    if checkpointer is not None:
-      checkpointer.close()
-  result.timings['wall_seconds'] = time.perf_counter() - t_start
-  if workdir:
-    write_results(workdir, config, {
-        **result.to_json(), 'benchmark': parts['benchmark'].name,
-        'scenario': parts['benchmark'].scenario, 'algorithm': parts['spec'].to_dict()})
-    if runs.section_dict(config.get('log', {})).get('plots', True):
-      runs.draw_plots(workdir)
-  return result
+def _program(parts: Parts, shared: dict[str, Any]) -> train_lib.Program:
+  if 'program' not in shared:
+    shared['program'] = train_lib.Program(parts.algorithm, parts.context)
+  return shared['program']
 
 
-def _orbax_checkpointer(directory: str, max_to_keep: int):
-  from jcl import checkpoint  # Orbax, an optional dependency: imported when used
+def executor(parts: Parts, shared: dict[str, Any]) -> train_lib.JaxExecutor:
+  """The executor of one replica (programs and evaluation data shared)."""
+  return train_lib.JaxExecutor(_program(parts, shared), parts.benchmark, parts.train_config,
+                               hp=parts.hp, eval_cache=shared.setdefault('eval', {}))
+
+
+def init_algo_state(parts: Parts, shared: dict[str, Any]):
+  return _program(parts, shared).init(parts.train_state, parts.algo_rng,
+                                      train_lib.hp_arrays(parts.hp))
+
+
+def seeded(parts: Parts):
+  """The walk's context: nothing to seed (every key lives in the states)."""
+  del parts
+  return contextlib.nullcontext()
+
+
+def vmapped(spec: RunSpec, replicas: list[Replica], mesh, shared: dict[str, Any]):
+  """`(executor, stream, train_state, algo_state)` of every replica in one
+  vmapped walk. Replicas whose streams are equal (a fixed `benchmark.seed`)
+  share one copy."""
+  if mesh == 'auto':
+    mesh = replicas_lib.make_mesh(spec.replicas.batch_shards)
+  by_seed: dict[int, Parts] = {}
+  kept: list[benchmarks_lib.Benchmark] = []
+  for seed in dict.fromkeys(r.seed for r in replicas):
+    parts = build(spec, shared, Replica(seed))
+    shared.pop('seed_parts', None)
+    same = next((b for b in kept if replicas_lib.same_benchmark(b, parts.benchmark)), None)
+    if same is None:
+      kept.append(parts.benchmark)
+    else:
+      parts = dataclasses.replace(parts, benchmark=same)
+    by_seed[seed] = parts
+  members = [by_seed[r.seed] for r in replicas]
+  first = members[0]
+  shapes = {(p.benchmark.scenario, p.benchmark.num_tasks, p.benchmark.num_classes,
+             tuple(p.benchmark.input_shape)) for p in members}
+  if len(shapes) > 1:
+    raise ValueError('the seeds build streams of different shapes; set benchmark.seed')
+  program = _program(first, shared)
+  executor_ = replicas_lib.VmappedExecutor(program, [p.benchmark for p in members],
+                                           [r.hparams for r in replicas], first.train_config,
+                                           mesh)
+  states = [(p.train_state, program.init(p.train_state, p.algo_rng, train_lib.hp_arrays(r.hparams)))
+            for p, r in zip(members, replicas)]
+  train_state, algo_state = executor_.stack_states(states)
+  stream = loop.Stream([p.benchmark for p in members], [r.seed for r in replicas],
+                       first.train_config, labels=[r.label() for r in replicas],
+                       **loop.stream_needs(spec.algorithm, first.train_config))
+  return executor_, stream, train_state, algo_state
+
+
+def stack_states(states):
+  """Per-replica states stacked `[R, ...]`."""
+  import jax.numpy as jnp
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def replica_mode(mode: str) -> str:
+  """'vmap' or 'sequential' ('auto': by the devices, `replicas.default_mode`)."""
+  return replicas_lib.default_mode() if mode == 'auto' else mode
+
+
+def checkpointer(directory: str, max_to_keep: int):
+  from jcl import checkpoint  # Orbax: imported when checkpoints are written
   return checkpoint.Checkpointer(directory, max_to_keep=max_to_keep)
+
+
+def is_writer() -> bool:
+  """Whether this process writes files (process 0 of a multi-host job)."""
+  return jax.process_index() == 0
+
+
+def devices(mesh) -> list[str]:
+  return [str(d) for d in (mesh.devices.flat if mesh is not None else jax.devices()[:1])]
+
+
+def environment() -> dict[str, Any]:
+  return {'jax': jax.__version__, 'backend': jax.default_backend(),
+          'python': platform.python_version()}
+
+
+_PREPARED: dict[str, Any] = {}
+
+
+def prepare(spec: RunSpec) -> None:
+  """Before JAX computes anything: `jax.distributed` for multi-host jobs and
+  the persistent compilation cache (compilations reused across tasks, seeds
+  and reruns)."""
+  replicas_lib.initialize_distributed(spec)
+  cache = default_cache_dir() if spec.compilation_cache == 'auto' else spec.compilation_cache
+  if cache and _PREPARED.get('cache') != cache:
+    os.makedirs(cache, exist_ok=True)
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+    _PREPARED['cache'] = cache
+
+
+def run(config, workdir: str | None = None, extra_callbacks=()):
+  """`jcl.runs.run(config, workdir)` on JAX: a `FitResult` for one run, a
+  `ReplicasResult` for seeds and grids."""
+  return runs.run(config, workdir, backend='jax', extra_callbacks=extra_callbacks)
 
 
 def write_results(workdir: str, config, payload: Mapping[str, Any]) -> str:
   """Atomically writes `workdir/results.json` (`jcl.runs.write_results`) with
   the JAX environment."""
-  return runs.write_results(workdir, config, payload, {
-      'jax': jax.__version__, 'backend': jax.default_backend(),
-      'python': platform.python_version()})
-
+  return runs.write_results(workdir, config, payload, environment())

@@ -1,91 +1,123 @@
-"""Metric loggers: a small writer interface and console / JSONL backends.
+"""Metric writers: a small clu-style `MetricWriter` interface, one class per backend.
 
-The interface follows clu's `MetricWriter`: a logger receives scalars at a
-step (`write_scalars`) and, occasionally, tables such as the accuracy matrix
-after each task (`write_table`). Imports NumPy and the standard library only
-(tqdm lazily, for `ProgressBar`); never JAX. JAX arrays and other array-likes
-are converted through `np.asarray`.
+A writer receives scalars, images and texts at a step, and the run's config
+once (`write_hparams`). This module imports NumPy and the standard library only;
+third-party packages (tensorboardX, wandb, tqdm, pillow) are imported lazily,
+when a writer that needs them is built or used. JAX arrays and other
+array-likes are converted through `np.asarray`; never JAX itself.
 
 Typical use::
 
-  logger = make_loggers(['console', 'jsonl'], workdir)
-  logger.write_scalars(step, {'loss': loss, 'acc': acc})
-  logger.write_table('accuracy_matrix', R, step=task)
-  logger.close()
+  writer = make_writer('console,jsonl,tensorboard', workdir, hparams=flat_config)
+  writer.write_scalars(step, {'loss': loss, 'accuracy': acc})
+  writer.write_images(step, {'accuracy_matrix': accuracy_matrix_image(R)})
+  writer.write_texts(step, {'accuracy_matrix': metrics.format_matrix(R)})
+  writer.close()
 
-Extension point: more backends implement the `Logger` protocol and are made
-available to `make_loggers` with `register_logger`. Built in, besides
-'console' and 'jsonl':
+Backends (names for `make_writer`):
 
-* 'csv': `CsvLogger` (standard library only).
-* 'tensorboard': `TensorBoardLogger` (tensorboardX; no TensorFlow).
-* 'wandb': `WandbLogger` (Weights & Biases; offline by default).
-* 'comet': `CometLogger` (comet_ml).
+* 'console': `ConsoleWriter`, prints scalars and texts.
+* 'jsonl': `JsonlWriter`, `metrics.jsonl`, `texts.jsonl`, `hparams.json`.
+* 'csv': `CsvWriter`, `metrics.csv` (scalars only).
+* 'tensorboard': `TensorBoardWriter` (tensorboardX; no TensorFlow).
+* 'wandb': `WandbWriter` (Weights & Biases; offline by default).
 
-Third-party packages are imported lazily, when such a logger is built; install
-them with `pip install 'jcl[loggers]'`.
+More backends implement `MetricWriter` (subclassing `BaseWriter` gives no-op
+defaults) and are made available to `make_writer` with `register_writer`.
+Install the optional packages with `pip install 'jcl[loggers]'`.
 """
 from __future__ import annotations
 
 import csv
+import html
+import importlib
 import json
+import logging
 import math
 import os
 import sys
 import time
-from typing import (Any, Callable, Mapping, Optional, Protocol, Sequence,
-                    Union, runtime_checkable)
+from typing import (Any, Callable, Mapping, Optional, Protocol, Sequence, Union,
+                    runtime_checkable)
 
 import numpy as np
 
-from jcl import metrics as metrics_lib
-
 __all__ = [
-    'Logger',
-    'ConsoleLogger',
-    'JsonlLogger',
-    'MultiLogger',
-    'CsvLogger',
-    'TensorBoardLogger',
-    'WandbLogger',
-    'CometLogger',
+    'MetricWriter',
+    'BaseWriter',
+    'ConsoleWriter',
+    'JsonlWriter',
+    'CsvWriter',
+    'TensorBoardWriter',
+    'WandbWriter',
+    'MultiWriter',
+    'accuracy_matrix_image',
+    'register_writer',
+    'available_writers',
+    'make_writer',
     'ProgressBar',
-    'register_logger',
-    'available_loggers',
-    'make_loggers',
 ]
 
 PathLike = Union[str, os.PathLike]
-Table = Union[Mapping[str, Any], Sequence[Any], np.ndarray]
+
+_log = logging.getLogger(__name__)
 
 
 @runtime_checkable
-class Logger(Protocol):
-  """What every logger implements (cf. clu's `MetricWriter`)."""
+class MetricWriter(Protocol):
+  """What every writer implements (cf. clu's `metric_writers.MetricWriter`)."""
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     """Writes scalar values (loss, accuracy, ...) at a step."""
 
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    """Writes a table: a mapping, or a (nested) sequence / array such as the
-    `[T_eval, T_trained]` accuracy matrix after a task."""
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """Writes images at a step: each `[H, W, 3]` uint8 (or float in [0, 1], or
+    `[H, W]` grayscale)."""
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    """Writes texts (e.g. a formatted accuracy matrix) at a step."""
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """Writes the run's config: a flat mapping of dotted paths to scalars /
+    strings, e.g. `{'optimizer.lr': 0.1, 'method': 'ewc'}`."""
 
   def flush(self) -> None:
     """Makes everything written so far durable / visible."""
 
   def close(self) -> None:
-    """Flushes and releases resources; the logger is not used afterwards."""
+    """Flushes and releases resources; the writer is not used afterwards."""
 
 
 class _ContextManagerMixin:
-  """`with logger: ...` closes the logger on exit."""
+  """`with writer: ...` closes the writer on exit."""
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+class BaseWriter(_ContextManagerMixin):
+  """A `MetricWriter` whose methods all do nothing; backends override some."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    pass
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    pass
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    pass
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    pass
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
 
 
 # ---------------------------------------------------------------------------
@@ -118,136 +150,203 @@ def _to_python(x: Any) -> Any:
   return x
 
 
+def _item(v: Any) -> Any:
+  """Unwraps NumPy scalars and 0-d array-likes (JAX included) to Python."""
+  if hasattr(v, '__array__') and np.ndim(v) == 0:
+    v = np.asarray(v).item()
+  return v
+
+
+def _scalar_value(v: Any) -> Union[int, float, Any]:
+  """Converts a scalar to `int` or `float` (bools to 0 / 1; NaN, inf kept).
+
+  Non-numeric values are returned as converted by `_to_python`.
+  """
+  v = _item(v)
+  if isinstance(v, bool):
+    return int(v)
+  if isinstance(v, (int, float)):
+    return v
+  return _to_python(v)
+
+
+def _hparam_value(v: Any) -> Union[bool, int, float, str]:
+  """A config value as `bool` / `int` / `float` / `str` (anything else: `str`)."""
+  v = _item(v)
+  return v if isinstance(v, (bool, int, float, str)) else str(v)
+
+
 def _format_value(v: Any, precision: int) -> str:
   """Formats one scalar for the console: ints as ints, floats with `g`."""
-  if hasattr(v, '__array__') and not isinstance(v, np.generic):
-    array = np.asarray(v)
-    if array.ndim == 0:
-      v = array.item()
-  if isinstance(v, (bool, np.bool_)):
-    return str(bool(v))
-  if isinstance(v, (int, np.integer)):
-    return str(int(v))
-  if isinstance(v, (float, np.floating)):
-    return f'{float(v):.{precision}g}'
+  v = _item(v)
+  if isinstance(v, bool):
+    return str(v)
+  if isinstance(v, int):
+    return str(v)
+  if isinstance(v, float):
+    return f'{v:.{precision}g}'
   return str(v)
 
 
+def _as_rgb_uint8(image: Any) -> np.ndarray:
+  """`[H, W, 3]` / `[H, W, 1]` / `[H, W]`, uint8 or float in [0, 1] -> `[H, W, 3]` uint8."""
+  array = np.asarray(image)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 2:
+    array = np.stack([array] * 3, axis=-1)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ValueError(f'Expected an image [H, W, 3] or [H, W], got shape {array.shape}.')
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
+    array = np.round(np.clip(np.nan_to_num(array.astype(np.float64)), 0.0, 1.0) * 255)
+  return np.clip(array, 0, 255).astype(np.uint8)
+
+
+def _import_optional(module: str, who: str, package: Optional[str] = None,
+                     extra: str = 'loggers'):
+  """Imports an optional dependency, or raises an ImportError naming the pip extra."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ImportError(
+        f'{who} needs the {module!r} package, which is not installed. Install the '
+        f"optional dependencies with: pip install 'jcl[{extra}]' "
+        f'(or: pip install {package or module}).') from e
+
+
 # ---------------------------------------------------------------------------
-# Loggers.
+# Accuracy matrix as an image.
+# ---------------------------------------------------------------------------
+
+# Viridis at 0, 1/4, 1/2, 3/4, 1: dark purple -> yellow, luminance increasing.
+_COLORMAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98],
+                      [253, 231, 37]], dtype=np.float64)
+_NAN_COLOR = (128, 128, 128)
+_GRID_COLOR = (255, 255, 255)
+
+
+def accuracy_matrix_image(matrix: Any, cell: int = 24) -> np.ndarray:
+  """Renders an accuracy matrix as a heatmap, NumPy only.
+
+  Args:
+    matrix: `[T, T]` accuracies (fractions in [0, 1]; NaN = not trained yet),
+      row i = task i evaluated, column j = after training task j. Any
+      `[R, C]` works.
+    cell: side of one cell in pixels (>= 2).
+
+  Returns:
+    `[T * cell, T * cell, 3]` uint8: low values dark, high bright (viridis),
+    NaN cells mid-gray, a 1-pixel white line between cells.
+  """
+  m = np.asarray(matrix, dtype=np.float64)
+  if m.ndim != 2:
+    raise ValueError(f'Expected a [T, T] matrix, got shape {m.shape}.')
+  if cell < 2:
+    raise ValueError(f'cell must be >= 2, got {cell}.')
+  nan = np.isnan(m)
+  x = np.clip(np.where(nan, 0.0, m), 0.0, 1.0) * (len(_COLORMAP) - 1)
+  lo = np.minimum(np.floor(x).astype(int), len(_COLORMAP) - 2)
+  frac = (x - lo)[..., None]
+  colors = (1 - frac) * _COLORMAP[lo] + frac * _COLORMAP[lo + 1]
+  colors = np.round(colors).astype(np.uint8)
+  colors[nan] = _NAN_COLOR
+  image = np.repeat(np.repeat(colors, cell, axis=0), cell, axis=1)
+  image[cell::cell, :] = _GRID_COLOR
+  image[:, cell::cell] = _GRID_COLOR
+  return image
+
+
+# ---------------------------------------------------------------------------
+# Writers.
 # ---------------------------------------------------------------------------
 
 
-class ConsoleLogger(_ContextManagerMixin):
-  """Prints scalars as one compact line and tables as readable text.
+class ConsoleWriter(BaseWriter):
+  """Prints scalars as one line and texts as blocks; ignores images and hparams.
 
-  Example output::
+  Output::
 
-    [step 120] loss=0.4312 acc=0.91
-    [step 2] accuracy_matrix:
-            after 0  after 1  after 2
-    task 0     95.0     90.0     85.0
-    ...
+    [step 120] loss=0.4312 accuracy=0.91
+    [step 120] accuracy_matrix:
+    <text>
 
   Attributes:
-    print_fn: called with each line to print (default `print`).
-    every: scalars are printed only at steps with `step % every == 0`; tables
-      are always printed.
+    print_fn: called with each line / block to print (default `print`).
     precision: significant digits of float scalars.
   """
 
-  def __init__(self, print_fn: Callable[[str], Any] = print, every: int = 1,
-               precision: int = 4):
-    if every < 1:
-      raise ValueError(f'every must be >= 1, got {every}.')
+  def __init__(self, print_fn: Callable[[str], Any] = print, precision: int = 4):
     self.print_fn = print_fn
-    self.every = every
     self.precision = precision
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    if step % self.every:
-      return
-    parts = [f'{k}={_format_value(v, self.precision)}'
-             for k, v in scalars.items()]
-    self.print_fn(' '.join([f'[step {step}]'] + parts))
+    if scalars:
+      parts = [f'{k}={_format_value(v, self.precision)}' for k, v in scalars.items()]
+      self.print_fn(' '.join([f'[step {step}]'] + parts))
 
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    header = f'{name}:' if step is None else f'[step {step}] {name}:'
-    self.print_fn(header + '\n' + self._format_table(table))
-
-  def _format_table(self, table: Table) -> str:
-    if isinstance(table, Mapping):
-      return '\n'.join(f'  {k}: {_format_value(v, self.precision)}'
-                       for k, v in table.items())
-    try:
-      array = np.asarray(table, dtype=np.float64)
-    except (TypeError, ValueError):
-      array = None
-    if array is not None and array.ndim == 2:
-      return metrics_lib.format_matrix(array)  # Accuracy matrix, in percent.
-    if array is not None and array.ndim <= 1:
-      return '  ' + ' '.join(
-          _format_value(v, self.precision) for v in np.atleast_1d(array))
-    return '\n'.join(f'  {row}' for row in table)
-
-  def flush(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    for name, text in texts.items():
+      self.print_fn(f'[step {step}] {name}:\n{text}')
 
 
-class JsonlLogger(_ContextManagerMixin):
-  """Appends JSON lines to `workdir/metrics.jsonl` and `workdir/tables.jsonl`.
+class JsonlWriter(BaseWriter):
+  """Writes JSON files under `workdir`; ignores images.
 
-  * `write_scalars(step, scalars)` appends `{"step": step, "time": t,
-    **scalars}` to `metrics.jsonl` (`t` = `time.time()`).
-  * `write_table(name, table, step)` appends `{"name": name, "step": step,
-    "time": t, "table": table}` to `tables.jsonl`.
+  * `metrics.jsonl`: one `{"step", "time", **scalars}` line per `write_scalars`.
+  * `texts.jsonl`: one `{"step", "time", "name", "text"}` line per text.
+  * `hparams.json`: the hparams mapping, overwritten by each `write_hparams`.
 
-  NumPy scalars become Python numbers, arrays nested lists (`.tolist()`), and
-  non-finite floats (NaN, e.g. untrained columns of the accuracy matrix)
-  `null`, so the files are strict JSON. Files are opened lazily in append mode,
-  so a restarted run continues the same files. Read them back with
+  NumPy / JAX values become Python numbers and NaN / inf `null`, so the files
+  are strict JSON; `time` is `time.time()`. The `.jsonl` files are opened
+  lazily in append mode, so a resumed run continues them. Read them back with
   `[json.loads(line) for line in open(path)]`.
   """
 
   METRICS_FILENAME = 'metrics.jsonl'
-  TABLES_FILENAME = 'tables.jsonl'
+  TEXTS_FILENAME = 'texts.jsonl'
+  HPARAMS_FILENAME = 'hparams.json'
+  RESERVED = ('step', 'time')
 
   def __init__(self, workdir: PathLike):
     self.workdir = os.fspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self.metrics_path = os.path.join(self.workdir, self.METRICS_FILENAME)
-    self.tables_path = os.path.join(self.workdir, self.TABLES_FILENAME)
+    self.texts_path = os.path.join(self.workdir, self.TEXTS_FILENAME)
+    self.hparams_path = os.path.join(self.workdir, self.HPARAMS_FILENAME)
     self._files: dict[str, Any] = {}
     self._closed = False
 
-  def _write(self, path: str, record: Mapping[str, Any]) -> None:
+  def _check_open(self) -> None:
     if self._closed:
-      raise ValueError(f'JsonlLogger({self.workdir!r}) is closed.')
+      raise ValueError(f'JsonlWriter({self.workdir!r}) is closed.')
+
+  def _append(self, path: str, record: Mapping[str, Any]) -> None:
+    self._check_open()
     f = self._files.get(path)
     if f is None:
       f = self._files[path] = open(path, 'a', encoding='utf-8')
-    f.write(json.dumps(_to_python(record), allow_nan=False) + '\n')
+    f.write(json.dumps(_to_python(record), allow_nan=False, default=str) + '\n')
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    reserved = {'step', 'time'} & set(scalars)
+    reserved = set(self.RESERVED) & set(scalars)
     if reserved:
-      raise ValueError(f'Scalar names {sorted(reserved)} are reserved by '
-                       'JsonlLogger.')
-    self._write(self.metrics_path,
-                {'step': int(step), 'time': time.time(), **scalars})
+      raise ValueError(f'Scalar names {sorted(reserved)} are reserved by JsonlWriter.')
+    self._append(self.metrics_path, {'step': int(step), 'time': time.time(), **scalars})
 
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    self._write(self.tables_path, {
-        'name': name,
-        'step': None if step is None else int(step),
-        'time': time.time(),
-        'table': table,
-    })
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    for name, text in texts.items():
+      self._append(self.texts_path, {'step': int(step), 'time': time.time(),
+                                     'name': str(name), 'text': str(text)})
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self._check_open()
+    text = json.dumps(_to_python(dict(hparams)), indent=2, allow_nan=False, default=str)
+    tmp_path = self.hparams_path + '.tmp'
+    with open(tmp_path, 'w', encoding='utf-8') as f:
+      f.write(text + '\n')
+    os.replace(tmp_path, self.hparams_path)  # Atomic: never a half-written file.
 
   def flush(self) -> None:
     for f in self._files.values():
@@ -260,143 +359,24 @@ class JsonlLogger(_ContextManagerMixin):
     self._closed = True
 
 
-class MultiLogger(_ContextManagerMixin):
-  """Fans every call out to several loggers, in order."""
-
-  def __init__(self, loggers: Sequence[Logger]):
-    self.loggers: tuple[Logger, ...] = tuple(loggers)
-
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    for logger in self.loggers:
-      logger.write_scalars(step, scalars)
-
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    for logger in self.loggers:
-      logger.write_table(name, table, step=step)
-
-  def flush(self) -> None:
-    for logger in self.loggers:
-      logger.flush()
-
-  def close(self) -> None:
-    for logger in self.loggers:
-      logger.close()
-
-
-# ---------------------------------------------------------------------------
-# Helpers for the optional backends.
-# ---------------------------------------------------------------------------
-
-
-def _import_optional(module: str, logger_name: str):
-  """Imports an optional dependency, or raises a helpful ImportError."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  try:
-    return importlib.import_module(module)
-  except ImportError as e:
-    raise ImportError(
-        f'{logger_name} needs the {module!r} package, which is not installed. '
-        f"Install the logger extras with: pip install 'jcl[loggers]' "
-        f'(or: pip install {module}).') from e
-
-
-def _scalar_value(v: Any) -> Union[int, float, Any]:
-  """Converts a scalar (Python / NumPy / JAX, 0-d array) to `int` or `float`.
-
-  NaN and infinities are kept as floats; non-numeric values are returned as
-  converted by `_to_python`.
-  """
-  if hasattr(v, '__array__') and not isinstance(v, np.generic):
-    array = np.asarray(v)
-    if array.ndim == 0:
-      v = array.item()
-  if isinstance(v, (bool, np.bool_)):
-    return int(bool(v))
-  if isinstance(v, (int, np.integer)):
-    return int(v)
-  if isinstance(v, (float, np.floating)):
-    return float(v)
-  return _to_python(v)
-
-
-def _table_rows(table: Table) -> tuple[list[str], list[list[Any]]]:
-  """Turns a table into `(columns, rows)` of Python values (NaN -> None).
-
-  * A mapping gives columns `['key', 'value']`, one row per item.
-  * A 2-D array (e.g. the `[T_eval, T_trained]` accuracy matrix) gives columns
-    `['task', 'after 0', 'after 1', ...]` and rows `['task i', R[i, 0], ...]`
-    with values in percent (x100), as `metrics.format_matrix` prints them.
-  * A 1-D array gives columns `['0', '1', ...]` and one row.
-  * Anything else gives a single column 'value', one row per element.
-  """
-  if isinstance(table, Mapping):
-    return ['key', 'value'], [[str(k), _to_python(v)]
-                              for k, v in table.items()]
-  try:
-    array = np.asarray(table, dtype=np.float64)
-  except (TypeError, ValueError):
-    array = None
-  if array is not None and array.ndim == 2:
-    columns = ['task'] + [f'after {j}' for j in range(array.shape[1])]
-    rows = [[f'task {i}'] + _to_python(100.0 * array[i])
-            for i in range(array.shape[0])]
-    return columns, rows
-  if array is not None and array.ndim <= 1:
-    values = _to_python(np.atleast_1d(array))
-    return [str(j) for j in range(len(values))], [values]
-  return ['value'], [[_to_python(row)] for row in table]
-
-
-def _format_cell(v: Any) -> str:
-  if v is None:
-    return ''
-  if isinstance(v, float):
-    return f'{v:.1f}' if abs(v) >= 1 or v == 0 else f'{v:.4g}'
-  return str(v)
-
-
-def _markdown_table(table: Table) -> str:
-  """Formats a table as a Markdown table (matrices in percent, NaN blank)."""
-  columns, rows = _table_rows(table)
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '|'.join('---' for _ in columns) + '|']
-  for row in rows:
-    lines.append('| ' + ' | '.join(_format_cell(v) for v in row) + ' |')
-  return '\n'.join(lines)
-
-
-# ---------------------------------------------------------------------------
-# CSV.
-# ---------------------------------------------------------------------------
-
-
-class CsvLogger(_ContextManagerMixin):
+class CsvWriter(BaseWriter):
   """Writes scalars to `workdir/metrics.csv`, one row per `write_scalars`.
 
-  Columns are `step`, `time`, then every scalar name in the order first seen
-  (the union of all keys so far). Scalars missing from a row, NaN and None are
-  written as empty cells; infinities as `inf` / `-inf`. When a call brings a
-  new key, the whole file is rewritten once with the extended header (the old
-  rows get empty cells in the new columns), so the file is always a single
-  valid CSV readable with `csv.DictReader`. Rewrites only happen when the key
-  set grows, which in practice is a handful of times per run.
-
-  An existing `metrics.csv` is continued (its header and rows kept), like
-  `JsonlLogger`. Tables are not representable in this flat format and are
-  written to `workdir/tables.jsonl` (one JSON object per table, as in
-  `JsonlLogger`).
+  Columns are `step`, `time`, then every scalar name in the order first seen.
+  Missing scalars, NaN and None are empty cells; infinities `inf` / `-inf`.
+  When a call brings a new name, the file is rewritten once with the extended
+  header (earlier rows get empty cells), so it is always one valid CSV for
+  `csv.DictReader`. An existing file is continued. Images, texts and hparams
+  are ignored.
   """
 
   FILENAME = 'metrics.csv'
-  TABLES_FILENAME = 'tables.jsonl'
   RESERVED = ('step', 'time')
 
   def __init__(self, workdir: PathLike):
     self.workdir = os.fspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self.path = os.path.join(self.workdir, self.FILENAME)
-    self.tables_path = os.path.join(self.workdir, self.TABLES_FILENAME)
     self.fieldnames: list[str] = list(self.RESERVED)
     if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
       with open(self.path, newline='', encoding='utf-8') as f:
@@ -405,25 +385,19 @@ class CsvLogger(_ContextManagerMixin):
         self.fieldnames = list(header)
     self._file = None
     self._writer = None
-    self._tables_file = None
     self._closed = False
 
   @staticmethod
   def _cell(v: Any) -> Any:
     v = _scalar_value(v)
-    if v is None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
       return ''
-    if isinstance(v, float):
-      if math.isnan(v):
-        return ''
-      return repr(v)  # Round-trips exactly; 'inf' / '-inf' for infinities.
-    return v
+    return repr(v) if isinstance(v, float) else v  # repr round-trips; 'inf' / '-inf'.
 
   def _open(self) -> None:
     new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
     self._file = open(self.path, 'a', newline='', encoding='utf-8')
-    self._writer = csv.DictWriter(self._file, fieldnames=self.fieldnames,
-                                  restval='')
+    self._writer = csv.DictWriter(self._file, fieldnames=self.fieldnames, restval='')
     if new:
       self._writer.writeheader()
 
@@ -446,11 +420,10 @@ class CsvLogger(_ContextManagerMixin):
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if self._closed:
-      raise ValueError(f'CsvLogger({self.workdir!r}) is closed.')
+      raise ValueError(f'CsvWriter({self.workdir!r}) is closed.')
     reserved = set(self.RESERVED) & set(scalars)
     if reserved:
-      raise ValueError(f'Scalar names {sorted(reserved)} are reserved by '
-                       'CsvLogger.')
+      raise ValueError(f'Scalar names {sorted(reserved)} are reserved by CsvWriter.')
     known = set(self.fieldnames)
     new_keys = [str(k) for k in scalars if str(k) not in known]
     if new_keys:
@@ -461,64 +434,74 @@ class CsvLogger(_ContextManagerMixin):
     row.update({str(k): self._cell(v) for k, v in scalars.items()})
     self._writer.writerow(row)
 
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    if self._closed:
-      raise ValueError(f'CsvLogger({self.workdir!r}) is closed.')
-    if self._tables_file is None:
-      self._tables_file = open(self.tables_path, 'a', encoding='utf-8')
-    record = {'name': name, 'step': None if step is None else int(step),
-              'time': time.time(), 'table': table}
-    self._tables_file.write(
-        json.dumps(_to_python(record), allow_nan=False) + '\n')
-
   def flush(self) -> None:
-    for f in (self._file, self._tables_file):
-      if f is not None:
-        f.flush()
+    if self._file is not None:
+      self._file.flush()
 
   def close(self) -> None:
-    for f in (self._file, self._tables_file):
-      if f is not None:
-        f.close()
-    self._file = self._writer = self._tables_file = None
+    if self._file is not None:
+      self._file.close()
+    self._file = self._writer = None
     self._closed = True
 
 
-# ---------------------------------------------------------------------------
-# TensorBoard (tensorboardX: no TensorFlow needed).
-# ---------------------------------------------------------------------------
+def _markdown_table(hparams: Mapping[str, Any]) -> str:
+  """`| name | value |` Markdown table of a flat mapping."""
+  def cell(x: Any) -> str:
+    return str(x).replace('|', '\\|')
+
+  lines = ['| name | value |', '|---|---|']
+  lines += [f'| {cell(k)} | {cell(v)} |' for k, v in hparams.items()]
+  return '\n'.join(lines)
 
 
-class TensorBoardLogger(_ContextManagerMixin):
-  """Writes TensorBoard event files under `workdir/tensorboard`.
+class TensorBoardWriter(BaseWriter):
+  """Writes TensorBoard event files to `logdir` with tensorboardX (no TensorFlow).
 
-  Uses tensorboardX's `SummaryWriter` (no TensorFlow). Scalars go through
-  `add_scalar(name, value, step)` (non-numeric values are skipped); tables
-  through `add_text(name, markdown, step)`, a Markdown table (accuracy matrices
-  in percent, NaN cells blank) that TensorBoard's Text tab renders. View with
-  `tensorboard --logdir workdir/tensorboard`.
+  * Scalars: `add_scalar` (non-numeric values are skipped).
+  * Images: `add_image(..., dataformats='HWC')` (Images tab; needs pillow).
+  * Texts: `add_text`, as a preformatted block (each line indented by four
+    spaces, a Markdown code block) so tables keep their alignment in the Text
+    tab, like W&B's `<pre>`.
+  * Hparams: the HParams plugin's session-start summary, in this run's
+    directory (`add_hparams` would make a separate run, and needs metrics).
+    With no experiment summary, TensorBoard's HParams tab builds the table
+    from all runs: one row per run, its config values, and its scalars as
+    metric columns. Also a `| name | value |` Markdown table under the tag
+    'hparams' in the Text tab.
+
+  View with `tensorboard --logdir <logdir>`.
   """
 
-  SUBDIR = 'tensorboard'
-
-  def __init__(self, workdir: PathLike, flush_secs: int = 30, **writer_kwargs):
-    tensorboardx = _import_optional('tensorboardX', 'TensorBoardLogger')
-    self.logdir = os.path.join(os.fspath(workdir), self.SUBDIR)
+  def __init__(self, logdir: PathLike, flush_secs: int = 30):
+    tensorboardx = _import_optional('tensorboardX', 'TensorBoardWriter')
+    self._hparams_summaries = importlib.import_module('tensorboardX.summary').hparams
+    self.logdir = os.fspath(logdir)
     os.makedirs(self.logdir, exist_ok=True)
-    self._writer = tensorboardx.SummaryWriter(
-        logdir=self.logdir, flush_secs=flush_secs, **writer_kwargs)
+    self._writer = tensorboardx.SummaryWriter(logdir=self.logdir, flush_secs=flush_secs)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    for k, v in scalars.items():
-      v = _scalar_value(v)
-      if isinstance(v, (int, float)):
-        self._writer.add_scalar(str(k), float(v), int(step))
+    for name, value in scalars.items():
+      value = _scalar_value(value)
+      if isinstance(value, (int, float)):
+        self._writer.add_scalar(str(name), float(value), int(step))
 
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    self._writer.add_text(name, _markdown_table(table),
-                          None if step is None else int(step))
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    if images:
+      _import_optional('PIL', 'TensorBoardWriter.write_images', 'pillow', 'images')
+    for name, image in images.items():
+      self._writer.add_image(str(name), _as_rgb_uint8(image), int(step), dataformats='HWC')
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    for name, text in texts.items():
+      block = '\n'.join('    ' + line for line in str(text).splitlines())
+      self._writer.add_text(str(name), block, int(step))
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    values = {str(k): _hparam_value(v) for k, v in hparams.items()}
+    _, session_start, _ = self._hparams_summaries(values, {})
+    self._writer._get_file_writer().add_summary(session_start)  # pylint: disable=protected-access
+    self._writer.add_text('hparams', _markdown_table(values))
 
   def flush(self) -> None:
     self._writer.flush()
@@ -527,66 +510,72 @@ class TensorBoardLogger(_ContextManagerMixin):
     self._writer.close()
 
 
-# ---------------------------------------------------------------------------
-# Weights & Biases.
-# ---------------------------------------------------------------------------
-
-
-class WandbLogger(_ContextManagerMixin):
+class WandbWriter(BaseWriter):
   """Logs to Weights & Biases; offline (no network) unless told otherwise.
 
-  The run is created with `wandb.init(dir=workdir, project=project,
-  mode=mode or $WANDB_MODE or 'offline', config=config)`; offline runs land in
-  `workdir/wandb/offline-run-*` and can be uploaded later with `wandb sync`.
+  The run is `wandb.init(project=, name=, group=, dir=workdir, config=,
+  mode=mode or $WANDB_MODE or 'offline')`; offline runs land in
+  `workdir/wandb/offline-run-*` (upload later with `wandb sync`).
 
-  * Scalars: `run.log(scalars, step=step)`. W&B needs non-decreasing steps;
-    it drops (with a warning) data logged at an earlier step.
-  * Tables: a `wandb.Table` (accuracy matrices in percent, NaN as None). W&B
-    steps are training steps while a table's `step` is often a task index, so
-    a table is attached to the latest scalar step (never going back in time),
-    and its own `step`, if given, is logged alongside as `'{name}/step'`.
+  * Scalars: `run.log(scalars, step=step)`. W&B needs non-decreasing steps and
+    drops scalars logged at an earlier step (with a warning).
+  * Images (`wandb.Image`, needs pillow) and texts (`wandb.Html('<pre>...')`):
+    logged at `step`, or at the latest step seen if `step` is earlier, so they
+    are never dropped.
+  * W&B has one namespace per step: an image and a text of the same name at
+    the same step replace each other (a warning says so); use distinct names.
+  * Hparams: `run.config.update(hparams, allow_val_change=True)`.
   * `close()` finishes the run.
 
   Attributes:
     run: the `wandb` run object.
+    mode: 'offline', 'online' or 'disabled'.
   """
 
   def __init__(self, workdir: Optional[PathLike] = None, project: str = 'jcl',
-               mode: Optional[str] = None,
-               config: Optional[Mapping[str, Any]] = None, **init_kwargs):
-    self._wandb = _import_optional('wandb', 'WandbLogger')
-    self.workdir = None if workdir is None else os.fspath(workdir)
-    if self.workdir is not None:
-      os.makedirs(self.workdir, exist_ok=True)
+               name: Optional[str] = None, group: Optional[str] = None,
+               mode: Optional[str] = None, config: Optional[Mapping[str, Any]] = None):
+    self._wandb = _import_optional('wandb', 'WandbWriter')
+    workdir = None if workdir is None else os.fspath(workdir)
+    if workdir is not None:
+      os.makedirs(workdir, exist_ok=True)
     self.mode = mode or os.environ.get('WANDB_MODE', 'offline')
     self.run = self._wandb.init(
-        dir=self.workdir, project=project, mode=self.mode,
-        config=None if config is None else _to_python(dict(config)),
-        **init_kwargs)
-    self._last_step: Optional[int] = None
+        project=project, name=name, group=group, dir=workdir, mode=self.mode,
+        config=None if config is None else _to_python(dict(config)))
+    self._last_step = 0
+    self._step_keys: set[str] = set()  # Keys logged at `_last_step`.
     self._closed = False
 
+  def _log(self, data: Mapping[str, Any], step: int, catch_up: bool = False) -> None:
+    step = max(int(step), self._last_step) if catch_up else int(step)
+    if step > self._last_step:
+      self._last_step, self._step_keys = step, set()
+    if step == self._last_step:
+      clash = self._step_keys & set(data)
+      if clash:
+        _log.warning('W&B: %s logged again at step %d; the new value replaces the old one.',
+                     sorted(clash), step)
+      self._step_keys |= set(data)
+    self.run.log(dict(data), step=step)
+
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    step = int(step)
-    self.run.log({str(k): _scalar_value(v) for k, v in scalars.items()},
-                 step=step)
-    self._last_step = step if self._last_step is None else max(
-        self._last_step, step)
+    self._log({str(k): _scalar_value(v) for k, v in scalars.items()}, step)
 
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    columns, rows = _table_rows(table)
-    data: dict[str, Any] = {
-        name: self._wandb.Table(columns=columns, data=rows)}
-    if step is not None:
-      data[f'{name}/step'] = int(step)
-    if self._last_step is None:
-      self.run.log(data)
-    else:
-      self.run.log(data, step=self._last_step)
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    if images:
+      _import_optional('PIL', 'WandbWriter.write_images', 'pillow', 'images')
+      self._log({str(k): self._wandb.Image(_as_rgb_uint8(v)) for k, v in images.items()},
+                step, catch_up=True)
 
-  def flush(self) -> None:
-    pass  # wandb streams data in the background; `close` finishes the run.
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    if texts:
+      self._log({str(k): self._wandb.Html(f'<pre>{html.escape(str(v))}</pre>',
+                                          data_is_not_path=True)
+                 for k, v in texts.items()}, step, catch_up=True)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self.run.config.update(_to_python(dict(hparams)), allow_val_change=True)
 
   def close(self) -> None:
     if not self._closed:
@@ -594,150 +583,140 @@ class WandbLogger(_ContextManagerMixin):
       self.run.finish()
 
 
-# ---------------------------------------------------------------------------
-# Comet.
-# ---------------------------------------------------------------------------
+class MultiWriter(BaseWriter):
+  """Fans every call out to several writers, in order."""
 
-
-class CometLogger(_ContextManagerMixin):
-  """Logs to Comet (`comet_ml`), imported only when this logger is built.
-
-  Online by default (needs `COMET_API_KEY`); with `offline=True` an
-  `OfflineExperiment` writes its archive under `workdir/comet`. Scalars go
-  through `log_metrics(scalars, step=step)`; tables through `log_table` as a
-  CSV (`{name}.csv`, matrices in percent); `close()` ends the experiment.
-  """
-
-  def __init__(self, workdir: Optional[PathLike] = None,
-               project_name: Optional[str] = 'jcl', offline: bool = False,
-               **experiment_kwargs):
-    comet_ml = _import_optional('comet_ml', 'CometLogger')
-    if offline:
-      if workdir is None:
-        raise ValueError('An offline CometLogger needs a workdir.')
-      directory = os.path.join(os.fspath(workdir), 'comet')
-      os.makedirs(directory, exist_ok=True)
-      self.experiment = comet_ml.OfflineExperiment(
-          project_name=project_name, offline_directory=directory,
-          **experiment_kwargs)
-    else:
-      self.experiment = comet_ml.Experiment(project_name=project_name,
-                                            **experiment_kwargs)
-    self._closed = False
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self.writers: tuple[MetricWriter, ...] = tuple(writers)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    self.experiment.log_metrics(
-        {str(k): _scalar_value(v) for k, v in scalars.items()},
-        step=int(step))
+    for w in self.writers:
+      w.write_scalars(step, scalars)
 
-  def write_table(self, name: str, table: Table,
-                  step: Optional[int] = None) -> None:
-    columns, rows = _table_rows(table)
-    self.experiment.log_table(f'{name}.csv', tabular_data=rows,
-                              headers=columns,
-                              **({} if step is None else {'step': int(step)}))
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    for w in self.writers:
+      w.write_images(step, images)
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    for w in self.writers:
+      w.write_texts(step, texts)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    for w in self.writers:
+      w.write_hparams(hparams)
 
   def flush(self) -> None:
-    pass
+    for w in self.writers:
+      w.flush()
 
   def close(self) -> None:
-    if not self._closed:
-      self._closed = True
-      self.experiment.end()
+    for w in self.writers:
+      w.close()
 
 
 # ---------------------------------------------------------------------------
-# Registry: the extension point for more backends.
+# Registry and factory.
 # ---------------------------------------------------------------------------
 
-# name -> factory(workdir) returning a Logger. `workdir` may be None.
-_FACTORIES: dict[str, Callable[[Optional[PathLike]], Logger]] = {}
+# A factory is called as `factory(workdir, run_name=, group=, project=,
+# hparams=)` (`workdir` a str, or None) and returns a `MetricWriter`.
+WriterFactory = Callable[..., MetricWriter]
+
+# name -> (factory, needs_workdir).
+_FACTORIES: dict[str, tuple[WriterFactory, bool]] = {}
 
 
-def register_logger(name: str,
-                    factory: Callable[[Optional[PathLike]], Logger],
+def register_writer(name: str, factory: WriterFactory, *, needs_workdir: bool = False,
                     overwrite: bool = False) -> None:
-  """Makes a logger backend available to `make_loggers` under `name`.
-
-  This is how TensorBoard / W&B backends plug in: implement the `Logger`
-  protocol (importing the heavy dependency lazily inside the factory) and
-  register a `factory(workdir) -> Logger`.
+  """Makes a backend available to `make_writer` under `name`.
 
   Args:
-    name: the name used in `make_loggers(names, ...)`.
-    factory: called with the `workdir` (possibly None) to build the logger.
+    name: the name used in `make_writer(names, ...)`.
+    factory: `factory(workdir, *, run_name, group, project, hparams) ->
+      MetricWriter`; take `**kwargs` to ignore what it does not use. Import
+      heavy dependencies inside it.
+    needs_workdir: the backend writes files: `make_writer` skips it when it
+      has no workdir.
     overwrite: allow replacing an existing registration.
   """
   if name in _FACTORIES and not overwrite:
-    raise ValueError(f'A logger named {name!r} is already registered.')
-  _FACTORIES[name] = factory
+    raise ValueError(f'A writer named {name!r} is already registered.')
+  _FACTORIES[name] = (factory, needs_workdir)
 
 
-def available_loggers() -> tuple[str, ...]:
-  """Returns the sorted names accepted by `make_loggers`."""
+def available_writers() -> tuple[str, ...]:
+  """Returns the sorted names accepted by `make_writer`."""
   return tuple(sorted(_FACTORIES))
 
 
-def _make_jsonl(workdir: Optional[PathLike]) -> Logger:
-  if workdir is None:
-    raise ValueError("The 'jsonl' logger needs a workdir.")
-  return JsonlLogger(workdir)
+def _make_wandb(workdir: Optional[str], *, run_name: Optional[str], group: Optional[str],
+                project: str, hparams: Optional[Mapping[str, Any]]) -> MetricWriter:
+  return WandbWriter(workdir, project=project, name=run_name, group=group, config=hparams)
 
 
-def _needs_workdir(name: str, cls):
-  def factory(workdir: Optional[PathLike]) -> Logger:
-    if workdir is None:
-      raise ValueError(f'The {name!r} logger needs a workdir.')
-    return cls(workdir)
-  return factory
+register_writer('console', lambda workdir, **_: ConsoleWriter())
+register_writer('jsonl', lambda workdir, **_: JsonlWriter(workdir), needs_workdir=True)
+register_writer('csv', lambda workdir, **_: CsvWriter(workdir), needs_workdir=True)
+register_writer(
+    'tensorboard', lambda workdir, **_: TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
+    needs_workdir=True)
+register_writer('wandb', _make_wandb)
 
 
-register_logger('console', lambda workdir: ConsoleLogger())
-register_logger('jsonl', _make_jsonl)
-register_logger('csv', _needs_workdir('csv', CsvLogger))
-register_logger('tensorboard', _needs_workdir('tensorboard',
-                                              TensorBoardLogger))
-register_logger('wandb', lambda workdir: WandbLogger(workdir))
-register_logger('comet', lambda workdir: CometLogger(workdir))
-
-
-def make_loggers(names: Union[str, Sequence[str]],
-                 workdir: Optional[PathLike] = None) -> MultiLogger:
-  """Builds a `MultiLogger` from backend names.
+def make_writer(names: Union[str, Sequence[str]], workdir: Optional[PathLike] = None, *,
+                run_name: Optional[str] = None, group: Optional[str] = None,
+                project: str = 'jcl',
+                hparams: Optional[Mapping[str, Any]] = None) -> MetricWriter:
+  """Builds a writer from backend names.
 
   Args:
-    names: backend names, e.g. `['console', 'jsonl']`; a single string may be
-      comma-separated (`'console,jsonl'`), convenient for command-line flags.
-    workdir: directory for file-based backends ('jsonl', 'csv',
-      'tensorboard'; 'wandb' puts its run directory there).
+    names: backend names, a sequence or a comma-separated string; entries may
+      be comma-joined themselves (`('console,tensorboard', 'jsonl')`) and empty
+      entries are ignored.
+    workdir: directory of the file backends: 'jsonl' and 'csv' write there,
+      'tensorboard' to `workdir/tensorboard`, 'wandb' its run directory under
+      `workdir/wandb`. Without it the file backends are skipped (a warning).
+    run_name, group, project: the W&B run's name, group and project.
+    hparams: the run's flat config; W&B gets it as `config`, and
+      `write_hparams(hparams)` is called once on the new writer.
 
   Returns:
-    A `MultiLogger` over the requested loggers (empty if `names` is empty).
+    The single writer, or a `MultiWriter` over them (empty if none).
 
   Raises:
-    ValueError: for unknown or duplicated names, listing the valid ones.
-    ImportError: when an optional backend's package is missing (the message
-      says to `pip install 'jcl[loggers]'`).
+    ValueError: for unknown or repeated names (listing the valid ones).
+    ImportError: when a backend's package is missing (naming the pip extra).
   """
   if isinstance(names, str):
-    names = [n.strip() for n in names.split(',') if n.strip()]
-  names = list(names)
+    names = [names]
+  names = [n.strip() for entry in names for n in str(entry).split(',') if n.strip()]
   unknown = [n for n in names if n not in _FACTORIES]
   if unknown:
-    raise ValueError(f'Unknown logger name(s) {unknown}; valid names are '
-                     f'{list(available_loggers())}.')
-  duplicated = sorted({n for n in names if names.count(n) > 1})
-  if duplicated:
-    raise ValueError(f'Logger name(s) {duplicated} given more than once.')
-  built: list[Logger] = []
+    raise ValueError(f'Unknown writer name(s) {unknown}; available: '
+                     f'{list(available_writers())}.')
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f'Writer name(s) {repeated} given more than once.')
+  if workdir is None:
+    skipped = [n for n in names if _FACTORIES[n][1]]
+    if skipped:
+      _log.warning('No workdir: skipping the file writer(s) %s.', skipped)
+    names = [n for n in names if n not in skipped]
+  else:
+    workdir = os.fspath(workdir)
+  built: list[MetricWriter] = []
   try:
     for n in names:
-      built.append(_FACTORIES[n](workdir))
+      built.append(_FACTORIES[n][0](workdir, run_name=run_name, group=group,
+                                    project=project, hparams=hparams))
+    writer = built[0] if len(built) == 1 else MultiWriter(built)
+    if hparams is not None:
+      writer.write_hparams(hparams)
   except BaseException:
-    for logger in built:  # Do not leak open files / runs on failure.
-      logger.close()
+    for w in built:  # Do not leak open files / runs on failure.
+      w.close()
     raise
-  return MultiLogger(built)
+  return writer
 
 
 # ---------------------------------------------------------------------------

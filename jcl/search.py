@@ -1,9 +1,8 @@
 """Hyperparameter search driven by Optuna: every trial is one jcl run.
 
 Optuna's sampler (TPE by default) proposes values for config paths, a trial
-runs the config with them (`jcl.experiment.run`, or `jcl.replicas.run`
-when the config asks for several seeds, whose mean is then the score) and
-returns its summary metric. Workers share the study through Optuna's
+runs the config with them (`jcl.runs.run`; with several seeds their mean
+is the score) and returns its summary metric. Workers share the study through Optuna's
 storage, so any number of them, on one machine or many, cooperate without
 a scheduler of ours:
 
@@ -142,7 +141,7 @@ def storage_for(storage: str | None, workdir: str):
 
 
 def direction_of(metric: str) -> str:
-  from jcl.replicas import LOWER_IS_BETTER
+  from jcl.run_spec import LOWER_IS_BETTER
   return 'minimize' if metric in LOWER_IS_BETTER else 'maximize'
 
 
@@ -177,8 +176,8 @@ def _task_reporter(trial):
 
 def objective(config, space: Mapping[str, Any], workdir: str, metric: str = 'acc'):
   """`trial -> score`: runs `config` with the trial's values in `workdir/trials/NNNN`."""
-  from jcl import experiment
-  from jcl import replicas
+  from jcl import run_spec
+  from jcl import runs
 
   def run_trial(trial) -> float:
     values = {path: suggest(trial, path, dist) for path, dist in space.items()}
@@ -186,13 +185,13 @@ def objective(config, space: Mapping[str, Any], workdir: str, metric: str = 'acc
     trial_dir = os.path.join(workdir, 'trials', f'{trial.number:04d}')
     trial.set_user_attr('workdir', trial_dir)
     trial.set_user_attr('worker_pid', os.getpid())
-    if int(trial_config.get('num_seeds', 1) or 1) > 1 or trial_config.get('grid', None):
-      result = replicas.run(trial_config, trial_dir)
+    if run_spec.RunSpec.from_config(trial_config).replicated:
+      result = runs.run(trial_config, trial_dir)
       row = result.best()
       summary, score = row['mean'], row['mean'][metric]
       trial.set_user_attr('std', row['std'].get(metric))
     else:
-      result = experiment.run(trial_config, trial_dir, extra_callbacks=[_task_reporter(trial)])
+      result = runs.run(trial_config, trial_dir, extra_callbacks=[_task_reporter(trial)])
       summary, score = result.summary, result.summary[metric]
     trial.set_user_attr('summary', {k: float(v) for k, v in summary.items()})
     return float(score)

@@ -45,9 +45,10 @@ from jcl import algorithms
 from jcl import callbacks as callbacks_lib
 from jcl import evaluation
 from jcl import experiment
+from jcl import loop
 from jcl import models
+from jcl import run_spec
 from jcl import runs
-from jcl import specs
 from jcl import train as train_lib
 from jcl import train_state as ts_lib
 from jcl.data import sources
@@ -172,33 +173,33 @@ class _EvaluateNewTasks(callbacks_lib.Callback):
     position = ctx.resume_position or {}
     if position.get('phase') == 'task_done':
       last = position['task']
-      state = ctx.train_state.replace(class_mask=evaluation.class_mask_for(ctx.benchmark, last))
-      column, given_task = evaluation.evaluate_benchmark(
-          state, ctx.benchmark, ctx.config.eval_split, ctx.config.eval_batch_size)
+      column, given_task = loop.timed_evaluation(
+          ctx, loop.prediction_class_mask(ctx.benchmark, last))
+      column = column[0]
       new = np.isnan(ctx.accuracy_matrix[:, last])
       ctx.accuracy_matrix[new, last] = column[new]
       if ctx.task_il_matrix is not None:
-        ctx.task_il_matrix[new, last] = given_task[new]
+        ctx.task_il_matrix[new, last] = given_task[0][new]
 
 
 class _SessionCheckpoint(callbacks_lib.CheckpointCallback):
   """Checkpoints whose matrices grow with the stream: a record written when
-  the session knew k tasks is padded (NaN) to the tasks known now."""
+  the session knew k tasks is padded (NaN) to the tasks known now, and its
+  stream is not finished any more when new tasks came."""
 
-  def restore(self, ctx) -> bool:
-    restored = self.checkpointer.restore_latest((ctx.train_state, ctx.algo_state))
-    if restored is None:
-      return False
-    _, (ctx.train_state, ctx.algo_state), record = restored
+  def apply_record(self, ctx, record):
     n = ctx.num_tasks
     pad = lambda m: None if m is None else [
         [*(row + [None] * (n - len(row)))] for row in m] + [[None] * n] * (n - len(m))
-    record = {**record, 'accuracy_matrix': pad(record['accuracy_matrix']),
-              'task_il_accuracy_matrix': pad(record.get('task_il_accuracy_matrix')),
-              'initial_accuracy': list(record['initial_accuracy']) + [float('nan')] * (
-                  n - len(record['initial_accuracy']))}
-    callbacks_lib.apply_record(ctx, record)
-    return True
+    record = {**record,
+              'finished': record.get('finished') and len(record['accuracy_matrices'][0]) == n,
+              'accuracy_matrices': [pad(m) for m in record['accuracy_matrices']],
+              'task_il_accuracy_matrices': (
+                  None if record.get('task_il_accuracy_matrices') is None
+                  else [pad(m) for m in record['task_il_accuracy_matrices']]),
+              'initial_accuracies': [list(a) + [float('nan')] * (n - len(a))
+                                     for a in record['initial_accuracies']]}
+    ctx.apply_record(record)
 
 
 def update(state_dir: str, data: Sequence[str], config=None, *,
@@ -243,33 +244,31 @@ def update(state_dir: str, data: Sequence[str], config=None, *,
   os.makedirs(state_dir, exist_ok=True)
   _write_session(state_dir, {**document, 'pending': data})
 
-  spec = specs.spec_from_config(runs.section_dict(config.algo))
-  if benchmark.scenario not in spec.scenarios:
-    raise SessionError(f'{spec.name} does not apply to {benchmark.scenario}-incremental learning')
-  optimizer = specs.OptimizerSpec(**runs.section_dict(config.optimizer))
-  train_config = train_lib.TrainConfig(seed=config.seed, **runs.section_dict(config.train))
+  spec = run_spec.RunSpec.from_config(config)
+  if benchmark.scenario not in spec.algorithm.scenarios:
+    raise SessionError(f'{spec.algorithm.name} does not apply to {benchmark.scenario}-incremental '
+                       'learning')
   context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
                                int(config.session.max_tasks))
   model_config, optimizer, train_config = algorithms.adapt_regime(
-      spec, runs.section_dict(config.model), optimizer, train_config)
+      spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train)
   model_kwargs = dict(model_config)
-  model = algorithms.adapt_model(spec, models.make_model(
+  model = algorithms.adapt_model(spec.algorithm, models.make_model(
       model_kwargs.pop('name'), num_classes=benchmark.num_classes, num_heads=benchmark.num_heads,
       **model_kwargs), context)
-  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
   state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
                                     benchmark.num_classes)
   initial, _ = evaluation.evaluate_benchmark(state, benchmark, 'test', train_config.eval_batch_size)
 
   from jcl import checkpoint  # Orbax
-  ckpt = runs.section_dict(config.get('checkpoint', {}))
   checkpointer = checkpoint.Checkpointer(os.path.join(state_dir, 'checkpoints'),
-                                         max_to_keep=ckpt.get('max_to_keep', 3))
-  checkpoint_cb = _SessionCheckpoint(checkpointer, every_chunks=ckpt.get('every_chunks', 0),
-                                     run_record={'config': document['config']})
+                                         max_to_keep=spec.checkpoint.max_to_keep)
+  checkpoint_cb = _SessionCheckpoint(checkpointer, every_chunks=spec.checkpoint.every_chunks,
+                                     run_record=spec.record())
   try:
-    result = train_lib.fit(algorithms.build(spec, context), state, benchmark, train_config,
-                           rng=algo_rng, checkpoint=checkpoint_cb,
+    result = train_lib.fit(algorithms.build(spec.algorithm, context), state, benchmark,
+                           train_config, rng=algo_rng, checkpoint=checkpoint_cb,
                            callbacks=[_EvaluateNewTasks(initial), *callbacks])
   finally:
     checkpointer.close()
@@ -278,5 +277,5 @@ def update(state_dir: str, data: Sequence[str], config=None, *,
                              'summary': result.summary})
   experiment.write_results(state_dir, config, {
       **result.to_json(), 'benchmark': 'session', 'scenario': benchmark.scenario,
-      'algorithm': spec.to_dict(), 'tasks': all_data})
+      'algorithm': spec.algorithm.to_dict(), 'tasks': all_data})
   return result

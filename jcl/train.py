@@ -1,16 +1,24 @@
-"""`fit`: runs a continual-learning stream with scanned, jit-compiled chunks.
+"""The JAX executor of the walk (`jcl.loop.walk`), and `fit`.
 
-Per task: `begin_task`, epochs of fixed-shape chunks `[K, B, ...]` each run as
-one `lax.scan` over `algorithm.step` (host Python runs only between chunks),
-`end_task` on the task's training set, then evaluation of *every* task (seen
-or not, so forward transfer can be measured), filling column k of the
-accuracy matrix `R[i, k]`.
+Per task the training split goes to the device once (`place_task`; on CPU
+without a copy, the data layer's arrays being aligned); a chunk is then only
+its row numbers `[K, B]`: one jit-compiled program runs `algorithm.step`
+over the K batches in a `lax.scan`, each step gathering its batch on the
+device, so host Python runs once per chunk and moves a few kilobytes.
+`fit(algorithm, train_state, benchmark, config)` runs a stream with it.
+
+The programs are built by `Program`, whose functions take the values of
+gridded hyperparameters (`hp`, e.g. `{'algo.ewc_lambda': 3.0}`) as
+arguments, so one compilation serves every seed and grid setting
+(`jcl.replicas` vmaps the same functions).
 """
 from __future__ import annotations
 
-import math
-import time
-from typing import Any, Sequence
+import contextlib
+import copy
+import dataclasses
+import types
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,72 +26,323 @@ import numpy as np
 
 from jcl import callbacks as callbacks_lib
 from jcl import evaluation
-from jcl import metrics as metrics_lib
-from jcl.algorithms.base import Algorithm
+from jcl import loop
+from jcl import train_state as ts_lib
+from jcl.algorithms.base import Algorithm, Context
 from jcl.data import stream
 from jcl.data.benchmarks import Benchmark, TaskSplit
 from jcl.loop import FitResult, NonFiniteLossError, TrainConfig, subsample, training_split
 from jcl.train_state import TrainState
 from jcl.types import Batch
 
+__all__ = ['FitResult', 'JaxExecutor', 'NonFiniteLossError', 'Program', 'TrainConfig',
+           'compile_seconds', 'fit', 'gather', 'gather_rows_fn', 'run_chunk_fn', 'subsample', 'task_data',
+           'training_split']
 
-def run_chunk_fn(step):
-  """`(train_state, algo_state, chunk) -> (train_state, algo_state, metrics, valid)`.
+LEARNING_RATE = 'optimizer.learning_rate'
 
-  Scans `step` over the K batches of `chunk`; all-padding batches (mask all 0)
-  leave the states untouched. `metrics` is stacked `[K]`, `valid` `[K]` bool.
-  """
+# -----------------------------------------------------------------------------
+# Compilation time, as JAX reports it (tracing, lowering, XLA compilation).
+# -----------------------------------------------------------------------------
 
-  def run(train_state, algo_state, chunk: Batch):
+_COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
+                   '/jax/core/compile/backend_compile_duration')
+_compiled = [0.0]
 
-    def body(carry, batch):
+
+def _on_duration(event: str, duration: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    _compiled[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent tracing, lowering and compiling (or
+  loading compilations from the persistent cache) so far."""
+  return _compiled[0]
+
+
+# -----------------------------------------------------------------------------
+# Chunks.
+# -----------------------------------------------------------------------------
+
+
+def _scan_steps(step, skip_padding: bool, batch_of):
+  """`(train_state, algo_state, xs) -> (train_state, algo_state, metrics [K], valid [K])`:
+  `step` over the batches `batch_of(x)` of the K entries of `xs`; with
+  `skip_padding`, all-padding batches (mask all 0) leave the states
+  untouched (a `lax.cond`; without it every batch must hold a real sample)."""
+
+  def run(train_state, algo_state, xs):
+
+    def body(carry, x):
       ts, st = carry
+      batch = batch_of(x)
+      valid = jnp.sum(batch.mask) > 0
+      if not skip_padding:
+        ts, st, metrics = step(ts, batch, st)
+        return (ts, st), (metrics, valid)
 
       def skip(_):
         metric_shapes = jax.eval_shape(step, ts, batch, st)[2]
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
         return ts, st, zeros
 
-      valid = jnp.sum(batch.mask) > 0
       ts, st, metrics = jax.lax.cond(valid, lambda _: step(ts, batch, st), skip, None)
       return (ts, st), (metrics, valid)
 
-    (train_state, algo_state), (metrics, valid) = jax.lax.scan(body, (train_state, algo_state), chunk)
+    (train_state, algo_state), (metrics, valid) = jax.lax.scan(body, (train_state, algo_state),
+                                                               xs)
     return train_state, algo_state, metrics, valid
 
   return run
 
 
-_none_to_nan = callbacks_lib.none_to_nan
-_nan_to_none = callbacks_lib.nan_to_none
+def run_chunk_fn(step, skip_padding: bool = True):
+  """`(train_state, algo_state, chunk) -> (train_state, algo_state, metrics, valid)`:
+  `step` scanned over the K batches of a chunk `[K, B, ...]`; with
+  `skip_padding`, all-padding batches (mask all 0) leave the states untouched.
+  `metrics` is stacked `[K]`, `valid` `[K]` bool."""
+  return _scan_steps(step, skip_padding, lambda batch: batch)
+
+
+def gather_rows_fn(step, skip_padding: bool = True):
+  """`(train_state, algo_state, data, idx, mask) -> (train_state, algo_state, metrics, valid)`:
+  `step` scanned over K batches, batch k being rows `idx[k]` `[B]` of a split
+  on the device (`data`: x `[N, ...]`, y, t) with `mask[k]`; rows `>= N`
+  (padding) are zeros. Each step gathers its own batch: on XLA:CPU that is
+  faster than gathering the chunk first (no `[K, B, ...]` copy through memory).
+  """
+  def run(train_state, algo_state, data, idx, mask):
+    flat = data.x.reshape(data.x.shape[0], -1)
+
+    def batch_of(rows_and_mask):
+      rows, m = rows_and_mask
+      take = lambda a: jnp.take(a, rows, axis=0, mode='fill', fill_value=0)
+      x = take(flat).reshape(rows.shape + data.x.shape[1:])
+      return Batch(x, take(data.y), take(data.t), m)
+
+    return _scan_steps(step, skip_padding, batch_of)(train_state, algo_state, (idx, mask))
+
+  return run
+
+
+def gather(data: Batch, idx: jax.Array, mask: jax.Array) -> Batch:
+  """Rows `idx [K, B]` of a split on the device (`data`: x `[N, ...]`, y, t)
+  as a chunk `[K, B, ...]` with `mask`; rows `>= N` (padding) are zeros."""
+  flat = idx.reshape(-1)
+
+  def take(a):
+    rows = jnp.take(a.reshape(a.shape[0], -1), flat, axis=0, mode='fill', fill_value=0)
+    return rows.reshape(idx.shape + a.shape[1:])
+
+  x, y, t = (take(a) for a in (data.x, data.y, data.t))
+  return Batch(x, y, t, mask)
+
+
+def _chunk_means(metrics, valid):
+  """The mean of each `[K]` metric over the valid steps (scalars)."""
+  count = jnp.maximum(jnp.sum(valid), 1)
+  return {k: jnp.sum(jnp.where(valid, v, 0).astype(jnp.float32)) / count
+          for k, v in metrics.items()}
 
 
 def task_data(split: TaskSplit, batch_size: int) -> Batch:
-  """A whole split as one padded chunk `[K, B, ...]` (for `end_task`)."""
-  steps = stream.num_batches(len(split), batch_size, drop_last=False)
-  (chunk,) = stream.eval_chunks(split, batch_size=batch_size, chunk_steps=steps)
+  """A whole split as one padded chunk `[K, B, ...]` on the device (for `end_task`)."""
+  chunk = stream.gather(split, stream.subset_index_chunk(len(split), batch_size))
   return Batch(*map(jnp.asarray, chunk))
 
 
-def class_mask_for(benchmark: Benchmark, task_id: int, *, training: bool = False,
-                   config: TrainConfig | None = None) -> jax.Array:
-  """Output units usable after training task `task_id` (see
-  `jcl.evaluation.class_mask_for`); in training, `config.mask_unseen_classes`
-  decides whether unseen classes are masked."""
-  return evaluation.class_mask_for(
-      benchmark, task_id, training=training,
-      mask_unseen_classes=config is None or config.mask_unseen_classes)
+# -----------------------------------------------------------------------------
+# The programs of one replica.
+# -----------------------------------------------------------------------------
 
 
-def evaluate_all(train_state: TrainState, benchmark: Benchmark, config: TrainConfig):
-  """Accuracy on every task `[T]` and, class-incremental, the task-IL accuracy."""
-  return evaluation.evaluate_benchmark(train_state, benchmark, config.eval_split,
-                                       config.eval_batch_size)
+@contextlib.contextmanager
+def _traced_values_named(hp):
+  """Turns a concretization error on a gridded value into a `ValueError` naming it."""
+  try:
+    yield
+  except jax.errors.ConcretizationTypeError as error:
+    if not hp:
+      raise
+    raise ValueError(f'grid: the algorithm branches in Python on one of {sorted(hp)}, so it '
+                     'cannot be gridded in one program; run the settings separately') from error
 
 
-def _mean_metrics(metrics: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
-  n = max(int(valid.sum()), 1)
-  return {k: float(np.sum(np.where(valid, v, 0.0)) / n) for k, v in metrics.items()}
+class Program:
+  """The functions of one replica of an algorithm, the gridded values `hp`
+  (`{path: scalar}`, traced) as arguments; with `hp = {}` they are the
+  algorithm's own.
+
+  Args:
+    algorithm: the algorithm (with its spec).
+    context: the stream's `Context`, to rebuild the algorithm from a copy of
+      its spec whose gridded fields hold traced values.
+  """
+
+  def __init__(self, algorithm: Algorithm, context: Context | None = None):
+    self.base, self.context = algorithm, context
+    self.run_chunk = jax.jit(self._run_chunk, static_argnames='skip_padding')
+    self.end_task = jax.jit(self._end_task)
+    self._vmapped: dict[Any, Any] = {}
+
+  def algorithm(self, hp: Mapping[str, Any]) -> Algorithm:
+    """The algorithm with the spec's gridded fields set to the values in `hp`."""
+    fields = {path.partition('.')[2]: v for path, v in hp.items() if path.startswith('algo.')}
+    if not fields:
+      return self.base
+    from jcl import algorithms  # the registry
+    spec = copy.copy(self.base.spec)  # validated with Python numbers in `RunSpec`
+    for field, value in fields.items():
+      object.__setattr__(spec, field, value)
+    return algorithms.build(spec, self.context)
+
+  def init(self, train_state, rng, hp):
+    with _traced_values_named(hp):
+      return self.algorithm(hp).init(train_state, rng)
+
+  def begin_task(self, train_state, algo_state, task_id, hp):
+    """The algorithm's `begin_task`, then the gridded learning rate (decayed per task)."""
+    with _traced_values_named(hp):
+      train_state, algo_state = self.algorithm(hp).begin_task(train_state, algo_state, task_id)
+    if LEARNING_RATE in hp:
+      regime = train_state.regime
+      decayed = ts_lib.learning_rate_for_task(types.SimpleNamespace(
+          learning_rate=hp[LEARNING_RATE], lr_decay=regime.lr_decay, min_lr=regime.min_lr), task_id)
+      opt_state = train_state.opt_state
+      hyperparams = dict(opt_state.hyperparams, learning_rate=decayed)
+      train_state = train_state.replace(opt_state=opt_state._replace(hyperparams=hyperparams))
+    return train_state, algo_state
+
+  def _run_chunk(self, train_state, algo_state, data, idx, mask, hp, skip_padding=True):
+    """Gathers the chunk from `data` and scans the steps over it: `(train_state,
+    algo_state, {metric: mean over the chunk's steps}, optimizer step)`."""
+    with _traced_values_named(hp):
+      run = gather_rows_fn(self.algorithm(hp).step, skip_padding)
+      train_state, algo_state, metrics, valid = run(train_state, algo_state, data, idx, mask)
+    return train_state, algo_state, _chunk_means(metrics, valid), train_state.step
+
+  def _end_task(self, train_state, algo_state, data, idx, mask, hp):
+    with _traced_values_named(hp):
+      chunk = None if data is None else gather(data, idx, mask)
+      return self.algorithm(hp).end_task(train_state, algo_state, chunk)
+
+  def vmapped(self, name: str, *axes, static: Mapping[str, Any] | None = None):
+    """`jit(vmap(fn))` of 'run_chunk', 'end_task', 'begin_task' or 'count_correct'."""
+    key = (name, axes, tuple(sorted((static or {}).items())))
+    if key not in self._vmapped:
+      fn = {'run_chunk': self._run_chunk, 'end_task': self._end_task,
+            'begin_task': self.begin_task, 'count_correct': evaluation.count_correct}[name]
+      if static:
+        fn = _partial(fn, static)
+      self._vmapped[key] = jax.jit(jax.vmap(fn, in_axes=axes))
+    return self._vmapped[key]
+
+
+def hp_arrays(hparams: Mapping[str, float]) -> dict[str, jax.Array]:
+  """Gridded values as float32 scalars (the `hp` argument of `Program`'s functions)."""
+  return {k: jnp.float32(v) for k, v in hparams.items()}
+
+
+def _partial(fn, kwargs):
+  def bound(*args):
+    return fn(*args, **kwargs)
+  return bound
+
+
+# -----------------------------------------------------------------------------
+# The executor of one replica.
+# -----------------------------------------------------------------------------
+
+
+def _device_split(split: TaskSplit) -> Batch:
+  return Batch(*(jax.device_put(np.asarray(a, dtype)) for a, dtype in
+                 ((split.x, np.float32), (split.y, np.int32), (split.t, np.int32))), None)
+
+
+class JaxExecutor:
+  """Runs one replica's walk with a `Program` (see `jcl.loop.Executor`).
+
+  The current task's training split lives on the device, and so do the
+  evaluation splits (placed once, reused after every task).
+  """
+
+  num_replicas = 1
+  asynchronous = True
+
+  def __init__(self, program: Program, benchmark: Benchmark, config: TrainConfig,
+               hp: Mapping[str, float] | None = None,
+               eval_cache: dict[int, list[list[Batch]]] | None = None):
+    self.program, self.benchmark, self.config = program, benchmark, config
+    self.hp = hp_arrays(hp or {})
+    self._placed: tuple[int, Batch] | None = None
+    self._eval_cache = {} if eval_cache is None else eval_cache
+    self._compiled0 = compile_seconds()
+
+  @property
+  def compile_seconds(self) -> float:
+    return compile_seconds() - self._compiled0
+
+  def _data(self, split: TaskSplit) -> Batch:
+    if self._placed is None or self._placed[0] != id(split):
+      self._placed = (id(split), _device_split(split))
+    return self._placed[1]
+
+  def place_task(self, task_id: int, splits: Sequence[TaskSplit]) -> None:
+    del task_id
+    self._data(splits[0])
+
+  def begin_task(self, states, task_id: int, class_mask: np.ndarray):
+    train_state, algo_state = states
+    train_state = train_state.replace(class_mask=jnp.asarray(class_mask))
+    return self.program.begin_task(train_state, algo_state, task_id, self.hp)
+
+  def run_chunk(self, states, chunks):
+    (chunk,) = chunks
+    train_state, algo_state, means, step = self.program.run_chunk(
+        *states, self._placed[1], jax.device_put(chunk.idx), jax.device_put(chunk.mask), self.hp,
+        skip_padding=chunk.padding_steps)
+    return (train_state, algo_state), (means, step)
+
+  def chunk_result(self, pending) -> loop.ChunkResult:
+    means, step = jax.device_get(pending)
+    return loop.ChunkResult([{k: float(v) for k, v in means.items()}], [int(step)])
+
+  def end_task(self, states, splits, chunks):
+    if chunks is None:
+      out = self.program.end_task(*states, None, None, None, self.hp)
+    else:
+      (chunk,) = chunks
+      out = self.program.end_task(*states, self._data(splits[0]), jax.device_put(chunk.idx),
+                                  jax.device_put(chunk.mask), self.hp)
+    return jax.block_until_ready(out)
+
+  def _eval_chunks(self) -> list[list[Batch]]:
+    key = id(self.benchmark)
+    if key not in self._eval_cache:
+      self._eval_cache.clear()  # another stream's (e.g. the previous seed's)
+      self._eval_cache[key] = [[Batch(*map(jax.device_put, chunk)) for chunk in
+                                evaluation.eval_chunks(self.benchmark, task, self.config)]
+                               for task in range(self.benchmark.num_tasks)]
+    return self._eval_cache[key]
+
+  def evaluate(self, states, class_mask):
+    train_state = states[0]
+    if class_mask is not None:
+      train_state = train_state.replace(class_mask=jnp.asarray(class_mask))
+    table = evaluation.task_table(self.benchmark)
+    counts = [[evaluation.count_correct(train_state, chunk, table)[None] for chunk in chunks]
+              for chunks in self._eval_chunks()]
+    return evaluation.accuracies(counts, 1, table is not None)
+
+
+# -----------------------------------------------------------------------------
+# fit.
+# -----------------------------------------------------------------------------
 
 
 def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
@@ -91,7 +350,7 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
         callbacks: Sequence[callbacks_lib.Callback] = (), rng: jax.Array | None = None,
         cumulative_data: bool | None = None, evaluate: bool = True,
         checkpoint: callbacks_lib.CheckpointCallback | None = None) -> FitResult:
-  """Trains `algorithm` on every task of `benchmark` in order.
+  """Trains `algorithm` on every task of `benchmark` in order (`jcl.loop.walk`).
 
   Args:
     algorithm: a `jcl.algorithms.Algorithm`.
@@ -102,8 +361,7 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
     callbacks: hooks called at fit/task/epoch/chunk boundaries, in order,
       after the evaluation and before the checkpoint.
     rng: key for `algorithm.init` (default: derived from `config.seed`).
-    cumulative_data: train task k on tasks 0..k (default: the spec's
-      `cumulative_data`, True for Joint).
+    cumulative_data: train task k on tasks 0..k (default: the spec's).
     evaluate: fill the accuracy matrix (an `EvaluationCallback` first).
     checkpoint: a `CheckpointCallback`, run last. When its directory holds a
       checkpoint, `fit` resumes from the newest readable one exactly where
@@ -117,106 +375,17 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
       accuracy matrix gathered so far are in the exception's `context`).
   """
   config = config or TrainConfig()
-  if cumulative_data is None:
-    cumulative_data = bool(getattr(algorithm.spec, 'cumulative_data', False))
-  importance_samples = getattr(algorithm.spec, 'importance_samples', None) or config.importance_samples
   if rng is None:
     rng = jax.random.PRNGKey(config.seed)
   if algo_state is None:
     algo_state = algorithm.init(train_state, rng)
+  stream_ = loop.Stream.single(benchmark, config, algorithm.spec)
+  if cumulative_data is not None:
+    stream_ = dataclasses.replace(stream_, cumulative_data=cumulative_data)
   callbacks = [*([callbacks_lib.EvaluationCallback()] if evaluate else []), *callbacks,
                *([checkpoint] if checkpoint is not None else [])]
-
-  num_tasks = benchmark.num_tasks
-  run_chunk = jax.jit(run_chunk_fn(algorithm.step))
-  end_task = jax.jit(algorithm.end_task)
-  ctx = callbacks_lib.FitContext(
-      train_state=train_state, algo_state=algo_state, num_tasks=num_tasks,
-      accuracy_matrix=np.full((num_tasks, num_tasks), np.nan), initial_accuracy=None,
-      epochs=config.epochs, benchmark=benchmark, config=config,
-      task_il_matrix=np.full((num_tasks, num_tasks), np.nan) if benchmark.scenario == 'class' else None)
-
-  # Where to start: the beginning, or where a restored checkpoint stopped.
-  for cb in callbacks:
-    if hasattr(cb, 'restore') and cb.restore(ctx):
-      break
-  start = ctx.resume_position or {'task': 0, 'epoch': 0, 'next_chunk': 0, 'phase': 'start'}
-  first_task = start['task'] + (1 if start['phase'] == 'task_done' else 0)
-  resume_mid_task = start['phase'] == 'train'
-  for cb in callbacks:
-    cb.on_fit_begin(ctx)
-
-  for task_id in range(first_task, num_tasks):
-    split = training_split(benchmark, task_id, cumulative_data)
-    ctx.task, ctx.chunks_per_epoch = task_id, stream.num_chunks(
-        len(split), config.batch_size, config.chunk_steps, drop_last=config.drop_last)
-    ctx.stop_task = False
-    resuming = resume_mid_task and task_id == start['task']
-    if not resuming:  # a resumed state has had its begin_task already
-      ts = ctx.train_state.replace(
-          class_mask=class_mask_for(benchmark, task_id, training=True, config=config))
-      ctx.train_state, ctx.algo_state = algorithm.begin_task(ts, ctx.algo_state, task_id)
-    for cb in callbacks:
-      cb.on_task_begin(ctx)
-
-    for epoch in range(start['epoch'] if resuming else 0, config.epochs):
-      if ctx.stop_task:
-        break
-      ctx.epoch = epoch
-      for cb in callbacks:
-        cb.on_epoch_begin(ctx)
-      order_rng = np.random.default_rng([config.seed, task_id, epoch])
-      chunks = stream.epoch_chunks(split, batch_size=config.batch_size, chunk_steps=config.chunk_steps,
-                                   rng=order_rng, drop_last=config.drop_last)
-      skip = start['next_chunk'] if (resuming and epoch == start['epoch']) else 0
-      for chunk_id, chunk in enumerate(chunks):
-        if chunk_id < skip:
-          continue  # trained before the interruption
-        t0 = time.perf_counter()
-        ctx.train_state, ctx.algo_state, metrics, valid = run_chunk(
-            ctx.train_state, ctx.algo_state, Batch(*map(jnp.asarray, chunk)))
-        metrics, valid = jax.device_get((metrics, valid))
-        ctx.train_seconds += time.perf_counter() - t0
-        ctx.chunk = chunk_id
-        ctx.samples_seen += int(np.sum(chunk.mask))
-        ctx.chunk_metrics = _mean_metrics(metrics, valid)
-        ctx.history.append({'task': task_id, 'epoch': epoch, 'chunk': chunk_id,
-                            'step': int(ctx.train_state.step), **ctx.chunk_metrics})
-        if not all(math.isfinite(v) for v in ctx.chunk_metrics.values()):
-          bad = {k: v for k, v in ctx.chunk_metrics.items() if not math.isfinite(v)}
-          err = NonFiniteLossError(
-              f'non-finite training metrics {bad} in task {task_id}, epoch {epoch}, chunk {chunk_id} '
-              f'(step {int(ctx.train_state.step)}); lower the learning rate or check the data')
-          err.context = ctx
-          raise err
-        for cb in callbacks:
-          cb.on_chunk_end(ctx)
-        if ctx.stop_task:
-          break
-      for cb in callbacks:
-        cb.on_epoch_end(ctx)
-
-    t0 = time.perf_counter()
-    data = task_data(subsample(benchmark.tasks[task_id].train, importance_samples,
-                               np.random.default_rng([config.seed, task_id, 1 << 20])),
-                     config.end_task_batch_size)
-    ctx.train_state, ctx.algo_state = end_task(ctx.train_state, ctx.algo_state, data)
-    jax.block_until_ready(ctx.algo_state)
-    ctx.train_seconds += time.perf_counter() - t0
-    for cb in callbacks:
-      cb.on_task_end(ctx)
-    if ctx.stop_fit:
-      break
-
-  for cb in callbacks:
-    cb.on_fit_end(ctx)
-  summary = metrics_lib.summarize(ctx.accuracy_matrix, b=ctx.initial_accuracy) if evaluate else {}
-  if evaluate and ctx.task_il_matrix is not None:
-    summary['task_il_acc'] = metrics_lib.average_accuracy(ctx.task_il_matrix)
-  timings = {'train_seconds': ctx.train_seconds, 'eval_seconds': ctx.eval_seconds,
-             'total_seconds': time.perf_counter() - ctx.start_time,
-             'samples_seen': ctx.samples_seen,
-             'train_samples_per_second': ctx.samples_seen / max(ctx.train_seconds, 1e-9)}
-  initial = ctx.initial_accuracy if ctx.initial_accuracy is not None else np.full(num_tasks, np.nan)
-  return FitResult(ctx.train_state, ctx.algo_state, ctx.accuracy_matrix, np.asarray(initial),
-                   summary, ctx.history, timings, ctx.task_il_matrix)
+  executor = JaxExecutor(Program(algorithm), benchmark, config)
+  ctx = loop.walk(executor, stream_, callbacks, train_state, algo_state)
+  result = FitResult.from_context(ctx)
+  result.already_finished = ctx.finished
+  return result

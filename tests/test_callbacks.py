@@ -53,10 +53,10 @@ def test_stop_task_ends_training_early_but_still_evaluates():
   config = tiny_config('naive', 'task_masked')
   config.train.epochs = 3
   parts = experiment.build(config)
-  full = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
-                       parts['train_config'], rng=parts['algo_rng'])
-  stopped = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
-                          parts['train_config'], rng=parts['algo_rng'],
+  full = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
+                       parts.train_config, rng=parts.algo_rng)
+  stopped = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
+                          parts.train_config, rng=parts.algo_rng,
                           callbacks=[StopAfterChunks(1)])
   per_epoch = len([h for h in full.history if h['task'] == 0 and h['epoch'] == 0])
   assert len(full.history) == 2 * 3 * per_epoch
@@ -71,8 +71,8 @@ def test_stop_fit_and_no_evaluation():
     def on_task_end(self, ctx):
       ctx.stop_fit = True
 
-  result = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
-                         parts['train_config'], rng=parts['algo_rng'], callbacks=[StopFit()],
+  result = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
+                         parts.train_config, rng=parts.algo_rng, callbacks=[StopFit()],
                          evaluate=False)
   assert {h['task'] for h in result.history} == {0}
   assert np.isnan(result.accuracy_matrix).all() and result.summary == {}

@@ -25,10 +25,10 @@ def test_lamaml_keeps_rotated_digits_that_naive_sgd_forgets():
   config.optimizer.learning_rate = 0.1     # Naive's SGD; La-MAML's asynchronous update has its own
   parts = experiment.build(config)
   # Both start from the same weights on the same stream.
-  lamaml = train_lib.fit(parts['algorithm'], parts['train_state'], parts['benchmark'],
-                         parts['train_config'], rng=parts['algo_rng']).summary
-  sgd = train_lib.fit(naive.make(specs.NaiveSpec()), parts['train_state'], parts['benchmark'],
-                      parts['train_config'], rng=parts['algo_rng']).summary
+  lamaml = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
+                         parts.train_config, rng=parts.algo_rng).summary
+  sgd = train_lib.fit(naive.make(specs.NaiveSpec()), parts.train_state, parts.benchmark,
+                      parts.train_config, rng=parts.algo_rng).summary
   print(f"naive: RA {sgd['acc']:.3f} BWT {sgd['bwt']:.3f}; "
         f"la-maml: RA {lamaml['acc']:.3f} BWT {lamaml['bwt']:.3f}")
   assert lamaml['acc'] > 0.6

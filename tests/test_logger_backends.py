@@ -1,25 +1,24 @@
-"""Tests for the optional logger backends of jcl.loggers (CSV, TensorBoard,
-W&B, Comet). Each backend's test is skipped only if its package is missing."""
+"""Tests for the file / third-party writers of jcl.loggers (CSV, TensorBoard,
+W&B offline). Each backend's test is skipped only if its package is missing."""
 import csv
 import glob
+import io
 import json
-import math
 import os
 import struct
-import time
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from jcl import loggers
-from jcl import metrics
 
 NAN = float('nan')
 
 
 def _accuracy_matrix():
-  r = metrics.empty_accuracy_matrix(3)
+  r = np.full((3, 3), np.nan)
   r[:, 0] = [0.5, 0.25, 0.125]
   r[:, 1] = [0.75, 1.0, 0.0]
   return r
@@ -35,15 +34,14 @@ def _read_csv(path):
 # ---------------------------------------------------------------------------
 
 
-class TestCsvLogger:
+class TestCsvWriter:
 
   def test_values_header_growth_and_nan(self, tmp_path):
-    workdir = tmp_path / 'a' / 'b'  # Created by the logger.
-    logger = loggers.CsvLogger(workdir)
-    assert isinstance(logger, loggers.Logger)
-    logger.write_scalars(1, {'loss': np.float32(0.5), 'acc': 0.25})
-    logger.write_scalars(np.int64(2), {'loss': NAN, 'acc': np.array(0.75)})
-    logger.flush()
+    workdir = tmp_path / 'a' / 'b'  # Created by the writer.
+    w = loggers.CsvWriter(workdir)
+    w.write_scalars(1, {'loss': np.float32(0.5), 'acc': 0.25})
+    w.write_scalars(np.int64(2), {'loss': NAN, 'acc': np.array(0.75)})
+    w.flush()
     rows = _read_csv(workdir / 'metrics.csv')
     assert rows[0] == ['step', 'time', 'loss', 'acc']
     assert [r[0] for r in rows[1:]] == ['1', '2']
@@ -53,9 +51,9 @@ class TestCsvLogger:
     assert all(float(r[1]) > 0 for r in rows[1:])  # time.
 
     # A new key extends the header; earlier rows get empty cells.
-    logger.write_scalars(3, {'lr': 1e-3, 'n': np.int64(7), 'acc': 1.0})
-    logger.write_scalars(4, {'loss': 0.125})
-    logger.close()
+    w.write_scalars(3, {'lr': 1e-3, 'n': np.int64(7), 'acc': 1.0})
+    w.write_scalars(4, {'loss': 0.125})
+    w.close()
     with open(workdir / 'metrics.csv', newline='', encoding='utf-8') as f:
       reader = csv.DictReader(f)
       assert reader.fieldnames == ['step', 'time', 'loss', 'acc', 'lr', 'n']
@@ -69,29 +67,31 @@ class TestCsvLogger:
     assert float(records[2]['acc']) == 1.0
     assert float(records[3]['loss']) == 0.125
     assert records[3]['acc'] == '' and records[3]['lr'] == ''
+    assert not glob.glob(str(workdir / '*.tmp'))
 
-  def test_continues_existing_file_and_tables(self, tmp_path):
-    with loggers.CsvLogger(tmp_path) as logger:
-      logger.write_scalars(1, {'a': 1.0})
-      logger.write_table('accuracy_matrix', _accuracy_matrix(), step=0)
-    with loggers.CsvLogger(tmp_path) as logger:
-      logger.write_scalars(2, {'a': 2.0, 'b': float('inf')})
+  def test_continues_existing_file(self, tmp_path):
+    with loggers.CsvWriter(tmp_path) as w:
+      w.write_scalars(1, {'a': 1.0})
+    with loggers.CsvWriter(tmp_path) as w:
+      w.write_scalars(2, {'a': 2.0, 'b': float('inf')})
     rows = _read_csv(tmp_path / 'metrics.csv')
     assert rows[0] == ['step', 'time', 'a', 'b']
-    assert [(r[0], r[2], r[3]) for r in rows[1:]] == [('1', '1.0', ''),
-                                                       ('2', '2.0', 'inf')]
-    with open(tmp_path / 'tables.jsonl', encoding='utf-8') as f:
-      (table,) = [json.loads(line) for line in f]
-    assert table['name'] == 'accuracy_matrix' and table['step'] == 0
-    assert table['table'][0] == [0.5, 0.75, None]
+    assert [(r[0], r[2], r[3]) for r in rows[1:]] == [('1', '1.0', ''), ('2', '2.0', 'inf')]
+
+  def test_images_texts_hparams_ignored(self, tmp_path):
+    with loggers.CsvWriter(tmp_path) as w:
+      w.write_images(0, {'img': np.zeros((2, 2, 3), np.uint8)})
+      w.write_texts(0, {'t': 'x'})
+      w.write_hparams({'a.b': 1})
+    assert not list(tmp_path.iterdir())
 
   def test_reserved_names_and_closed(self, tmp_path):
-    logger = loggers.CsvLogger(tmp_path)
+    w = loggers.CsvWriter(tmp_path)
     with pytest.raises(ValueError, match='reserved'):
-      logger.write_scalars(0, {'step': 1.0})
-    logger.close()
+      w.write_scalars(0, {'step': 1.0})
+    w.close()
     with pytest.raises(ValueError, match='closed'):
-      logger.write_scalars(0, {'a': 1.0})
+      w.write_scalars(0, {'a': 1.0})
 
 
 # ---------------------------------------------------------------------------
@@ -99,43 +99,120 @@ class TestCsvLogger:
 # ---------------------------------------------------------------------------
 
 
-class TestTensorBoardLogger:
+def _tb_events_from_accumulator(logdir):
+  """Reads an event directory with TensorBoard's EventAccumulator."""
+  ea = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  acc = ea.EventAccumulator(str(logdir), size_guidance={
+      ea.TENSORS: 0, ea.SCALARS: 0, ea.IMAGES: 0})
+  acc.Reload()
+  tags = acc.Tags()
+  return {
+      'scalars': {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags['scalars']},
+      'images': {t: [(e.step, e.encoded_image_string) for e in acc.Images(t)]
+                 for t in tags['images']},
+      'texts': {t: [(e.step, e.tensor_proto.string_val[0].decode('utf-8'))
+                    for e in acc.Tensors(t)] for t in tags['tensors']},
+      'hparams': acc.PluginTagToContent('hparams'),
+  }
 
-  def test_scalars_and_text_read_back(self, tmp_path):
+
+def _tb_events_from_records(logdir):
+  """Reads an event directory by parsing its TFRecords with tensorboardX's protos.
+
+  A record is a uint64 length, a uint32 crc of it, the data and a uint32 crc.
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {'scalars': {}, 'images': {}, 'texts': {}, 'hparams': {}}
+  for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
+    with open(path, 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[pos + 12:pos + 12 + length])
+      pos += 16 + length
+      for v in event.summary.value:
+        plugin = v.metadata.plugin_data.plugin_name
+        if v.HasField('simple_value'):
+          out['scalars'].setdefault(v.tag, []).append((event.step, v.simple_value))
+        elif v.HasField('image'):
+          out['images'].setdefault(v.tag, []).append((event.step,
+                                                       v.image.encoded_image_string))
+        elif plugin == 'text':
+          out['texts'].setdefault(v.tag, []).append(
+              (event.step, v.tensor.string_val[0].decode('utf-8')))
+        elif plugin == 'hparams':
+          out['hparams'][v.tag] = v.metadata.plugin_data.content
+  return out
+
+
+class TestTensorBoardWriter:
+
+  @pytest.mark.parametrize('read', [_tb_events_from_accumulator, _tb_events_from_records],
+                           ids=['event_accumulator', 'records'])
+  def test_everything_read_back(self, tmp_path, read):
     pytest.importorskip('tensorboardX')
-    event_accumulator = pytest.importorskip(
-        'tensorboard.backend.event_processing.event_accumulator')
-    logger = loggers.TensorBoardLogger(tmp_path)
-    assert isinstance(logger, loggers.Logger)
+    image_lib = pytest.importorskip('PIL.Image')
+    from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+    logdir = tmp_path / 'tb'
+    w = loggers.TensorBoardWriter(logdir)
+    assert isinstance(w, loggers.MetricWriter)
     for step in (1, 2, 3):
-      logger.write_scalars(step, {'loss': np.float32(1.0 / step),
-                                  'acc': np.array(0.25 * step)})
-    logger.write_table('accuracy_matrix', _accuracy_matrix(), step=1)
-    logger.write_table('summary', {'avg_acc': 0.5})
-    logger.close()
+      w.write_scalars(step, {'loss': np.float32(1.0 / step), 'acc': np.array(0.25 * step),
+                             'name': 'not a number'})
+    heatmap = loggers.accuracy_matrix_image(_accuracy_matrix(), cell=5)
+    gray = np.linspace(0.0, 1.0, 12).reshape(3, 4)  # Float grayscale, non-square.
+    w.write_images(2, {'accuracy_matrix': heatmap, 'gray': gray})
+    w.write_texts(2, {'accuracy_matrix': 'task 0  50.0\ntask 1  25.0'})
+    w.write_hparams({'optimizer.lr': np.float32(0.5), 'method': 'ewc', 'seed': 3,
+                     'replay': True, 'data.tasks': (0, 1)})
+    w.close()
 
-    logdir = tmp_path / 'tensorboard'
     assert glob.glob(str(logdir / 'events.out.tfevents.*'))
-    acc = event_accumulator.EventAccumulator(
-        str(logdir), size_guidance={event_accumulator.TENSORS: 0,
-                                    event_accumulator.SCALARS: 0})
-    acc.Reload()
-    tags = acc.Tags()
-    assert {'loss', 'acc'} <= set(tags['scalars'])
-    loss = acc.Scalars('loss')
-    assert [e.step for e in loss] == [1, 2, 3]
-    np.testing.assert_allclose([e.value for e in loss], [1.0, 0.5, 1.0 / 3],
-                               rtol=1e-6)
-    np.testing.assert_allclose([e.value for e in acc.Scalars('acc')],
-                               [0.25, 0.5, 0.75])
-    # Text summaries are stored as tensors under '<name>/text_summary'.
-    text_tags = [t for t in tags['tensors'] if t.startswith('accuracy_matrix')]
-    assert text_tags, tags
-    (event,) = acc.Tensors(text_tags[0])
-    assert event.step == 1
-    text = event.tensor_proto.string_val[0].decode('utf-8')
-    assert '| task | after 0 | after 1 | after 2 |' in text
-    assert '| task 0 | 50.0 | 75.0 |  |' in text  # Percent, NaN blank.
+    events = read(logdir)
+    assert {'loss', 'acc'} == set(events['scalars'])
+    loss = events['scalars']['loss']
+    assert [s for s, _ in loss] == [1, 2, 3]
+    np.testing.assert_allclose([v for _, v in loss], [1.0, 0.5, 1.0 / 3], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in events['scalars']['acc']], [0.25, 0.5, 0.75])
+
+    (step, png), = events['images']['accuracy_matrix']
+    assert step == 2
+    np.testing.assert_array_equal(np.asarray(image_lib.open(io.BytesIO(png)).convert('RGB')),
+                                  heatmap)
+    (_, png), = events['images']['gray']
+    decoded = np.asarray(image_lib.open(io.BytesIO(png)).convert('RGB'))
+    assert decoded.shape == (3, 4, 3)
+    np.testing.assert_array_equal(decoded[..., 1], np.round(gray * 255))
+
+    (step, text), = events['texts']['accuracy_matrix/text_summary']
+    assert step == 2
+    assert text == '    task 0  50.0\n    task 1  25.0'  # A Markdown code block.
+    (_, table), = events['texts']['hparams/text_summary']
+    assert '| optimizer.lr | 0.5 |' in table and '| method | ewc |' in table
+
+    assert set(events['hparams']) == {'_hparams_/session_start_info'}
+    data = plugin_hparams_pb2.HParamsPluginData()
+    data.ParseFromString(events['hparams']['_hparams_/session_start_info'])
+    values = data.session_start_info.hparams
+    assert values['optimizer.lr'].number_value == 0.5
+    assert values['method'].string_value == 'ewc'
+    assert values['seed'].number_value == 3
+    assert values['replay'].bool_value is True
+    assert values['data.tasks'].string_value == '(0, 1)'
+
+  def test_images_need_pillow(self, tmp_path, monkeypatch):
+    pytest.importorskip('tensorboardX')
+    with loggers.TensorBoardWriter(tmp_path) as w:
+      monkeypatch.setitem(sys.modules, 'PIL', None)  # Import fails.
+      w.write_images(0, {})  # Nothing to write: no import.
+      with pytest.raises(ImportError, match=r"'jcl\[images\]' \(or: pip install pillow"):
+        w.write_images(0, {'img': np.zeros((2, 2, 3), np.uint8)})
+      w.write_hparams({'a|b': 'c|d'})
+    events = _tb_events_from_records(str(tmp_path))
+    (_, table), = events['texts']['hparams/text_summary']
+    assert table.splitlines()[-1] == r'| a\|b | c\|d |'
 
 
 # ---------------------------------------------------------------------------
@@ -175,106 +252,133 @@ def _read_wandb_records(path):
   return records
 
 
-def _wandb_history(path):
-  history = []
+def _wandb_run_log(path):
+  """Returns `(history, config, run)` from a `.wandb` file: the history rows,
+  the config (initial, then updates applied) and the run record."""
+  history, config, run = [], {}, None
   for record in _read_wandb_records(path):
-    if record.WhichOneof('record_type') == 'history':
-      history.append({(item.key or '/'.join(item.nested_key)):
-                      json.loads(item.value_json)
+    kind = record.WhichOneof('record_type')
+    if kind == 'history':
+      history.append({(item.key or '/'.join(item.nested_key)): json.loads(item.value_json)
                       for item in record.history.item})
-  return history
+    elif kind == 'run':
+      run = record.run
+      config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+    elif kind == 'config':
+      config.update({(i.key or '/'.join(i.nested_key)): json.loads(i.value_json)
+                     for i in record.config.update})
+  return history, config, run
 
 
-class TestWandbLogger:
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+  pytest.importorskip('wandb')
+  monkeypatch.setenv('WANDB_MODE', 'offline')
+  monkeypatch.setenv('WANDB_SILENT', 'true')
+  monkeypatch.setenv('WANDB_DIR', str(tmp_path))
+  monkeypatch.setenv('WANDB_CONFIG_DIR', str(tmp_path / 'config'))
+  monkeypatch.setenv('WANDB_CACHE_DIR', str(tmp_path / 'cache'))
+  monkeypatch.setenv('WANDB_DATA_DIR', str(tmp_path / 'data'))
+  monkeypatch.delenv('WANDB_API_KEY', raising=False)
+  return tmp_path
 
-  def test_offline_run(self, tmp_path, monkeypatch):
-    pytest.importorskip('wandb')
-    monkeypatch.setenv('WANDB_MODE', 'offline')
-    monkeypatch.setenv('WANDB_SILENT', 'true')
-    monkeypatch.setenv('WANDB_DIR', str(tmp_path))
-    monkeypatch.setenv('WANDB_CONFIG_DIR', str(tmp_path / 'config'))
-    monkeypatch.setenv('WANDB_CACHE_DIR', str(tmp_path / 'cache'))
-    monkeypatch.setenv('WANDB_DATA_DIR', str(tmp_path / 'data'))
-    monkeypatch.delenv('WANDB_API_KEY', raising=False)
 
-    logger = loggers.WandbLogger(tmp_path, config={'lr': np.float32(0.5)})
-    assert isinstance(logger, loggers.Logger)
-    assert logger.mode == 'offline'
-    logger.write_scalars(1, {'loss': np.float32(0.5), 'acc': 0.25})
-    logger.write_scalars(2, {'loss': 0.25, 'acc': np.array(0.75)})
-    logger.write_table('accuracy_matrix', _accuracy_matrix(), step=0)
-    logger.write_scalars(3, {'loss': 0.125})
-    logger.flush()
-    logger.close()
-    logger.close()  # Idempotent.
+class TestWandbWriter:
 
-    run_dirs = glob.glob(str(tmp_path / 'wandb' / 'offline-run-*'))
-    assert len(run_dirs) == 1, os.listdir(tmp_path)
+  def test_offline_run(self, wandb_env, caplog):
+    pytest.importorskip('PIL')
+    workdir = wandb_env / 'work'
+    w = loggers.make_writer('wandb', workdir, run_name='ewc-seed0', group='ewc',
+                            hparams={'optimizer.lr': np.float32(0.5), 'method': 'ewc'})
+    assert type(w) is loggers.WandbWriter and w.mode == 'offline'
+    assert w.run.name == 'ewc-seed0' and w.run.group == 'ewc' and w.run.project == 'jcl'
+    w.write_scalars(1, {'loss': np.float32(0.5), 'acc': 0.25})
+    w.write_scalars(2, {'loss': 0.25, 'acc': np.array(0.75)})
+    w.write_images(2, {'accuracy_matrix': loggers.accuracy_matrix_image(_accuracy_matrix())})
+    w.write_texts(2, {'accuracy_matrix_text': 'task 0 <50.0>'})
+    w.write_scalars(3, {'loss': 0.125})
+    w.write_texts(0, {'late': 'written after step 3'})  # Behind: lands on step 3.
+    assert 'logged again' not in caplog.text
+    w.write_texts(3, {'late': 'again'})  # Same key, same step: replaces, with a warning.
+    assert "['late'] logged again at step 3" in caplog.text
+    w.write_hparams({'seed': 7, 'method': 'si'})
+    w.flush()
+    w.close()
+    w.close()  # Idempotent.
+
+    run_dirs = glob.glob(str(workdir / 'wandb' / 'offline-run-*'))
+    assert len(run_dirs) == 1, os.listdir(workdir)
     (wandb_file,) = glob.glob(os.path.join(run_dirs[0], '*.wandb'))
-    assert os.path.getsize(wandb_file) > 0
-    assert glob.glob(os.path.join(run_dirs[0], 'files', 'media', 'table',
-                                  'accuracy_matrix_*.table.json'))
+    media = os.path.join(run_dirs[0], 'files', 'media')
+    assert glob.glob(os.path.join(media, 'images', 'accuracy_matrix_2_*.png'))
+    (html_path,) = glob.glob(os.path.join(media, 'html', 'accuracy_matrix_text_2_*.html'))
+    with open(html_path, encoding='utf-8') as f:
+      assert '<pre>task 0 &lt;50.0&gt;</pre>' in f.read()
 
     # wandb-core writes the transaction log from its own process; on a loaded
     # machine the last records can land just after `finish` returns.
     deadline = time.monotonic() + 30
     while True:
-      history = _wandb_history(wandb_file)
+      history, config, run = _wandb_run_log(wandb_file)
       by_step = {h['_step']: h for h in history}
-      if sorted(by_step) == [1, 2, 3] or time.monotonic() > deadline:
+      if (sorted(by_step) == [1, 2, 3] and 'late/_type' in by_step[3]
+          and config.get('seed') == 7) or time.monotonic() > deadline:
         break
       time.sleep(0.5)
     assert sorted(by_step) == [1, 2, 3]
     assert by_step[1]['loss'] == 0.5 and by_step[1]['acc'] == 0.25
     assert by_step[2]['loss'] == 0.25 and by_step[2]['acc'] == 0.75
-    # The table rides on the latest scalar step, with its own step alongside.
-    assert by_step[2]['accuracy_matrix/_type'] == 'table-file'
-    assert by_step[2]['accuracy_matrix/step'] == 0
-    assert by_step[2]['accuracy_matrix/nrows'] == 3
+    assert by_step[2]['accuracy_matrix/_type'] == 'image-file'
+    assert by_step[2]['accuracy_matrix/width'] == 72
+    assert by_step[2]['accuracy_matrix_text/_type'] == 'html-file'
     assert by_step[3]['loss'] == 0.125
+    assert by_step[3]['late/_type'] == 'html-file'
+    assert run.display_name == 'ewc-seed0' and run.run_group == 'ewc'
+    assert config['optimizer.lr'] == 0.5
+    assert config['method'] == 'si' and config['seed'] == 7  # Updated by write_hparams.
+
+  def test_mode_from_argument(self, wandb_env):
+    w = loggers.WandbWriter(mode='disabled')
+    assert w.mode == 'disabled'
+    w.write_scalars(1, {'a': 1.0})
+    w.close()
 
 
 # ---------------------------------------------------------------------------
-# Registry / make_loggers / Comet.
+# make_writer with the optional backends; missing packages.
 # ---------------------------------------------------------------------------
 
 
-class TestMakeLoggers:
+class TestMakeWriterBackends:
 
-  def test_new_names_registered(self):
-    assert {'csv', 'tensorboard', 'wandb', 'comet'} <= set(
-        loggers.available_loggers())
+  def test_builtin_names(self):
+    assert loggers.available_writers() == ('console', 'csv', 'jsonl', 'tensorboard', 'wandb')
 
   def test_make_csv_and_tensorboard(self, tmp_path):
     pytest.importorskip('tensorboardX')
     printed = []
-    logger = loggers.make_loggers('console,csv,tensorboard', tmp_path)
-    assert [type(l) for l in logger.loggers] == [
-        loggers.ConsoleLogger, loggers.CsvLogger, loggers.TensorBoardLogger]
-    logger.loggers[0].print_fn = printed.append
-    logger.write_scalars(1, {'loss': 0.5})
-    logger.write_table('accuracy_matrix', _accuracy_matrix(), step=0)
-    logger.close()
-    assert printed and (tmp_path / 'metrics.csv').exists()
+    w = loggers.make_writer(('console,csv', 'tensorboard'), tmp_path, hparams={'a.b': 1})
+    assert [type(x) for x in w.writers] == [
+        loggers.ConsoleWriter, loggers.CsvWriter, loggers.TensorBoardWriter]
+    assert w.writers[2].logdir == str(tmp_path / 'tensorboard')
+    w.writers[0].print_fn = printed.append
+    w.write_scalars(1, {'loss': 0.5})
+    w.write_texts(1, {'t': 'x'})
+    w.close()
+    assert printed == ['[step 1] loss=0.5', '[step 1] t:\nx']
+    assert (tmp_path / 'metrics.csv').exists()
     assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
 
-  def test_file_backends_need_workdir(self):
-    with pytest.raises(ValueError, match='workdir'):
-      loggers.make_loggers(['csv'])
-    with pytest.raises(ValueError, match='workdir'):
-      loggers.make_loggers(['tensorboard'])
-
-  def test_comet_missing_gives_clear_error(self, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, 'comet_ml', None)  # Import fails.
-    with pytest.raises(ImportError, match=r"pip install 'jcl\[loggers\]'") as e:
-      loggers.make_loggers(['csv', 'comet'], tmp_path)
-    assert 'comet_ml' in str(e.value) and 'CometLogger' in str(e.value)
-
   def test_missing_package_error_names_extra(self, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, 'tensorboardX', None)
+    monkeypatch.setitem(sys.modules, 'tensorboardX', None)  # Import fails.
     with pytest.raises(ImportError, match='tensorboardX') as e:
-      loggers.TensorBoardLogger(tmp_path)
+      loggers.make_writer('jsonl,tensorboard', tmp_path)
     assert "pip install 'jcl[loggers]'" in str(e.value)
+    assert 'TensorBoardWriter' in str(e.value)
     monkeypatch.setitem(sys.modules, 'wandb', None)
-    with pytest.raises(ImportError, match=r"jcl\[loggers\]"):
-      loggers.WandbLogger(tmp_path)
+    with pytest.raises(ImportError, match=r"pip install 'jcl\[loggers\]'"):
+      loggers.WandbWriter(tmp_path)
+
+  def test_comet_is_gone(self):
+    assert 'comet' not in loggers.available_writers()
+    assert not any('comet' in name.lower() for name in dir(loggers))

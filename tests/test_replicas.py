@@ -127,3 +127,23 @@ def test_python_branch_on_a_gridded_value_is_named():
   config.algo = dict(name='derpp', memory_size=20, replay_batch_size=5)
   with pytest.raises(ValueError, match=r"branches in Python on one of \['algo.beta'\]"):
     replicas.run(config, mode='sequential')
+
+
+@pytest.mark.parametrize('mode', ['vmap', 'sequential'])
+def test_a_diverged_replica_is_named_and_the_others_are_kept(mode, tmp_path):
+  # lr 1e6 diverges at once; the other setting trains as its single run does.
+  config = small_config(grid=f'optimizer.learning_rate={BASE_LR},1e6')
+  result = replicas.run(config, str(tmp_path), mode=mode, mesh=None)
+  good, bad = result.errors
+  assert good is None and 'replica seed=0 optimizer.learning_rate=1e+06' in bad
+  assert 'non-finite training metrics' in bad
+  single = single_run(config, result.replicas[0])
+  np.testing.assert_allclose(result.accuracy_matrices[0], single.accuracy_matrix, atol=ACCURACY_ATOL)
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert 'error' not in written['replicas'][0] and 'non-finite' in written['replicas'][1]['error']
+  assert written['best']['hparams'] == {'optimizer.learning_rate': BASE_LR}  # the failed one ranks last
+  # Every replica diverged: an error naming each, after results.json is written.
+  config = small_config(grid='optimizer.learning_rate=1e6,2e6')
+  with pytest.raises(FloatingPointError, match='every replica diverged'):
+    replicas.run(config, str(tmp_path / 'all'), mode=mode, mesh=None)
+  assert len(json.loads((tmp_path / 'all' / 'results.json').read_text())['replicas']) == 2

@@ -32,28 +32,24 @@ assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2
 
 config = sharding_config()
 shardings = {}
-original_run_chunk, original_stack = replicas._Vmapped.run_chunk, replicas._Vmapped._stack_data
+original_run_chunk = replicas.VmappedExecutor.run_chunk
 
-def run_chunk(self, chunks):  # records where the state and the data live
-  out = original_run_chunk(self, chunks)
-  leaf = jax.tree.leaves(self.ts.params)[0]
+def run_chunk(self, states, chunks):  # records where the state and the chunk's rows live
+  leaf = jax.tree.leaves(states[0].params)[0]
   shardings['state'] = [str(getattr(leaf.sharding, 'spec', None)), len(leaf.sharding.device_set),
                         int(self.padded)]
-  return out
-
-def stack_data(self, batches):
-  data, axes = original_stack(self, batches)
-  if data.x.ndim == 6:  # stacked chunks [R, K, B, 28, 28, 1]
-    shardings['data'] = str(getattr(data.x.sharding, 'spec', None))
-  return data, axes
+  idx = self._rows(chunks)[0]
+  if idx.ndim == 3:  # stacked rows [R, K, B]
+    shardings['data'] = str(getattr(idx.sharding, 'spec', None))
+  return original_run_chunk(self, states, chunks)
 
 def facts(result):
-  params = replicas._fetch(result.train_state.params)
+  params = replicas.fetch(result.train_state.params)
   return {'accuracy': result.accuracy_matrices.tolist(), 'shardings': dict(shardings),
           'params': [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(params)][:2],
           'replicas': [r.label() for r in result.replicas], 'devices': result.devices}
 
-replicas._Vmapped.run_chunk, replicas._Vmapped._stack_data = run_chunk, stack_data
+replicas.VmappedExecutor.run_chunk = run_chunk
 # Replica axis over 2 devices, batch axis over 2.
 result = replicas.run(config, sys.argv[3] if jax.process_index() == 0 else None, mode='vmap',
                       mesh=replicas.make_mesh(batch_shards=2))
@@ -99,7 +95,8 @@ def test_sharded_over_four_cpu_devices_of_two_processes_equals_unsharded(tmp_pat
   for worker, (out_path, err_path) in zip(workers, logs):
     assert worker.wait(timeout=600) == 0, err_path.read_text()[-3000:]
     sharded = report_of(out_path.read_text())
-    # The 9 replicas (padded to 10) over 2 devices, each batch of 10 over 2.
+    # The 9 replicas (padded to 10) over 2 devices, each batch of 10 over 2
+    # (the rows of each chunk, from which the batches are gathered on the devices).
     assert sharded['shardings'] == {'state': ["P('replica',)", 4, 10],
                                     'data': "P('replica', None, 'batch')"}
     assert len(sharded['devices']) == 4

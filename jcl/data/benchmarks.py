@@ -169,8 +169,10 @@ def joint_task(benchmark: Benchmark, upto_task: int,
   parts = [p for p in parts if p is not None]
   if not parts:
     raise ValueError(f"split={split!r}: no task up to {upto_task} has one")
-  return TaskSplit(x=np.concatenate([p.x for p in parts]),
-                   y=np.concatenate([p.y for p in parts]),
+  x = transforms.aligned_empty((sum(len(p) for p in parts),) + parts[0].x.shape[1:],
+                               parts[0].x.dtype)
+  np.concatenate([p.x for p in parts], out=x)
+  return TaskSplit(x=x, y=np.concatenate([p.y for p in parts]),
                    t=np.concatenate([p.t for p in parts]))
 
 
@@ -659,6 +661,11 @@ BENCHMARKS: dict[str, Callable[..., Benchmark]] = {
 }
 
 
+def builder_options(name: str) -> list[str]:
+  """The options (keyword arguments) of the builder registered as `name`."""
+  return list(inspect.signature(BENCHMARKS[name]).parameters)
+
+
 def make_benchmark(name: str, **kwargs: Any) -> Benchmark:
   """Builds the benchmark registered as `name` with the builder's options.
 
@@ -679,7 +686,7 @@ def make_benchmark(name: str, **kwargs: Any) -> Benchmark:
     raise ValueError(f'benchmark name={name!r}: must be one of '
                      f'{sorted(BENCHMARKS)}')
   builder = BENCHMARKS[name]
-  allowed = list(inspect.signature(builder).parameters)
+  allowed = builder_options(name)
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown:
     raise ValueError(f'{name}: unknown option(s) {unknown}; allowed: '

@@ -5,10 +5,15 @@ A chunk is a `Batch` of NumPy arrays with leading axes `[K, B]`
 `lax.scan` over the K steps compiles once. Short batches are padded with
 zero samples of mask 0 and the last chunk with all-padding batches (mask all
 0), which the training loop skips.
+
+The order is decided apart from the arrays: `epoch_index_chunks` gives
+`IndexChunk`s (row numbers and mask), which `gather` turns into a `Batch`
+on the host, or a backend gathers where its data lives (the JAX loop keeps
+a task's split on the device and gathers inside the compiled chunk).
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Protocol
+from typing import Iterator, NamedTuple, Optional, Protocol
 
 import numpy as np
 
@@ -62,31 +67,87 @@ def _check_positive(**kwargs: int) -> None:
       raise ValueError(f'{key}={value!r}: must be a positive integer')
 
 
-def _chunks(split: _Split, order: np.ndarray, batch_size: int,
-            chunk_steps: int) -> Iterator[Batch]:
-  """Yields `[K, B]` chunks of `split` taken in `order`, zero/mask-0 padded."""
-  k, b = chunk_steps, batch_size
-  per_chunk = k * b
-  x_shape = split.x.shape[1:]
-  for start in range(0, len(order), per_chunk):
-    idx = order[start:start + per_chunk]
-    m = len(idx)
-    if m == per_chunk:
-      x = split.x[idx].astype(np.float32, copy=False)
-      y = split.y[idx].astype(np.int32, copy=False)
-      t = split.t[idx].astype(np.int32, copy=False)
-      mask = np.ones(per_chunk, np.float32)
-    else:
-      x = np.zeros((per_chunk,) + x_shape, np.float32)
-      y = np.zeros(per_chunk, np.int32)
-      t = np.zeros(per_chunk, np.int32)
-      mask = np.zeros(per_chunk, np.float32)
-      x[:m] = split.x[idx]
-      y[:m] = split.y[idx]
-      t[:m] = split.t[idx]
-      mask[:m] = 1.0
-    yield Batch(x=x.reshape((k, b) + x_shape), y=y.reshape(k, b),
-                t=t.reshape(k, b), mask=mask.reshape(k, b))
+class IndexChunk(NamedTuple):
+  """Which samples of a split a chunk holds: `idx [K, B]` int32 row numbers
+  and `mask [K, B]` float32 (1 real, 0 padding). Padding slots hold the row
+  number `n` (one past the end), so an out-of-bounds-filling gather
+  (`jnp.take(..., mode='fill')`) gives them zeros, as `gather` does."""
+  idx: np.ndarray
+  mask: np.ndarray
+
+  @property
+  def padding_steps(self) -> bool:
+    """Whether some of the K batches are all padding (the loop skips those)."""
+    return not bool(np.all(self.mask.any(axis=1)))
+
+
+def _index_chunks(order: np.ndarray, n: int, batch_size: int, chunk_steps: int,
+                  start: int = 0) -> Iterator[IndexChunk]:
+  """Yields `[K, B]` index chunks of `order`, from chunk `start` on, padded with `n`."""
+  per_chunk = chunk_steps * batch_size
+  for begin in range(start * per_chunk, len(order), per_chunk):
+    part = order[begin:begin + per_chunk]
+    idx = np.full(per_chunk, n, np.int32)
+    idx[:len(part)] = part
+    mask = np.zeros(per_chunk, np.float32)
+    mask[:len(part)] = 1.0
+    yield IndexChunk(idx.reshape(chunk_steps, batch_size), mask.reshape(chunk_steps, batch_size))
+
+
+def epoch_order(n: int, batch_size: int, rng: Optional[np.random.Generator],
+                drop_last: bool = False) -> np.ndarray:
+  """The sample order of one epoch over `n` samples: `rng.permutation(n)`
+  (the stored order without `rng`), cut to whole batches with `drop_last`."""
+  _check_positive(batch_size=batch_size)
+  order = rng.permutation(n) if rng is not None else np.arange(n)
+  if drop_last:
+    order = order[:num_batches(n, batch_size, True) * batch_size]
+  return order
+
+
+def epoch_index_chunks(n: int, *, batch_size: int, chunk_steps: int,
+                       rng: Optional[np.random.Generator], drop_last: bool = False,
+                       start: int = 0) -> Iterator[IndexChunk]:
+  """One epoch over `n` samples as index chunks (the order of `epoch_chunks`).
+
+  Args:
+    n: samples in the split.
+    batch_size: B.
+    chunk_steps: K.
+    rng: shuffles the epoch when given.
+    drop_last: drop the last partial batch.
+    start: the first chunk yielded (earlier ones are skipped without work,
+      e.g. when a run resumes mid-epoch).
+  """
+  _check_positive(chunk_steps=chunk_steps)
+  return _index_chunks(epoch_order(n, batch_size, rng, drop_last), n, batch_size, chunk_steps,
+                       start)
+
+
+def subset_index_chunk(n: int, batch_size: int, rows: Optional[np.ndarray] = None) -> IndexChunk:
+  """Rows `rows` of a split of `n` (all of them by default), in order, as one
+  padded index chunk `[ceil(len / B), B]` (e.g. the task data of `end_task`)."""
+  rows = np.arange(n) if rows is None else np.asarray(rows)
+  steps = max(num_batches(len(rows), batch_size), 1)
+  return next(_index_chunks(rows, n, batch_size, steps))
+
+
+def gather(split: _Split, chunk: IndexChunk) -> Batch:
+  """The samples of `chunk` as a `Batch` of NumPy arrays `[K, B, ...]`;
+  padding samples are all-zero with label 0, task 0, mask 0."""
+  k, b = chunk.idx.shape
+  flat = chunk.idx.reshape(-1)
+  real = flat < len(split.y)
+  rows = np.where(real, flat, 0)
+
+  def take(a, dtype):
+    out = np.asarray(a)[rows].astype(dtype, copy=False)  # fancy indexing: a new array
+    if not real.all():
+      out[~real] = 0
+    return out.reshape((k, b) + out.shape[1:])
+
+  return Batch(x=take(split.x, np.float32), y=take(split.y, np.int32),
+               t=take(split.t, np.int32), mask=chunk.mask)
 
 
 def epoch_chunks(split: _Split, *, batch_size: int, chunk_steps: int,
@@ -111,11 +172,8 @@ def epoch_chunks(split: _Split, *, batch_size: int, chunk_steps: int,
     batch_size, chunk_steps, drop_last)` of them.
   """
   _check_positive(batch_size=batch_size, chunk_steps=chunk_steps)
-  n = len(split.y)
-  order = rng.permutation(n) if rng is not None else np.arange(n)
-  if drop_last:
-    order = order[:num_batches(n, batch_size, True) * batch_size]
-  return _chunks(split, order, batch_size, chunk_steps)
+  return (gather(split, chunk) for chunk in epoch_index_chunks(
+      len(split.y), batch_size=batch_size, chunk_steps=chunk_steps, rng=rng, drop_last=drop_last))
 
 
 def eval_chunks(split: _Split, *, batch_size: int, chunk_steps: int

@@ -206,8 +206,17 @@ class Checkpointer:
       raise CheckpointError('no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(failures))
     return None
 
-  def _restore(self, path: str, like: tuple[Any, Any]):
-    train_state, algo_state = like
+  def latest_record(self) -> dict[str, Any] | None:
+    """The JSON record of the newest readable checkpoint, or None (to check
+    a workdir's run before restoring it)."""
+    for step in reversed(self.all_steps()):
+      try:
+        return json.loads(self._payload(self.path(step))['record'])
+      except Exception:  # noqa: BLE001 - unreadable: `restore_latest` reports it
+        continue
+    return None
+
+  def _payload(self, path: str) -> dict[str, Any]:
     with open(path, 'rb') as f:
       if f.read(len(_MAGIC)) != _MAGIC:
         raise ValueError('not a jcl.torch checkpoint (bad header)')
@@ -215,7 +224,11 @@ class Checkpointer:
       data = f.read()
     if hashlib.sha256(data).hexdigest() != digest:
       raise ValueError('checksum mismatch: the file was damaged after it was written')
-    payload = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+    return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+
+  def _restore(self, path: str, like: tuple[Any, Any]):
+    train_state, algo_state = like
+    payload = self._payload(path)
     record = json.loads(payload['record'])
     # Everything is read and checked before anything in `like` changes.
     model = train_state.model.state_dict()

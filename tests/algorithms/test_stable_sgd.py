@@ -42,14 +42,14 @@ def built():
 
 def test_regime_reaches_the_model_the_optimizer_and_the_loop():
   parts = built()
-  assert parts['model'].dropout == 0.3
-  assert parts['model'].widths == (32,)                     # the rest is kept
-  assert parts['train_config'].batch_size == 7
-  assert parts['train_config'].epochs == 1
-  regime = parts['train_state'].regime
+  assert parts.model.dropout == 0.3
+  assert parts.model.widths == (32,)                     # the rest is kept
+  assert parts.train_config.batch_size == 7
+  assert parts.train_config.epochs == 1
+  regime = parts.train_state.regime
   assert (regime.lr_decay, regime.min_lr) == (0.5, 0.01)
   assert (regime.learning_rate, regime.momentum) == (0.1, 0.8)
-  algo, state = parts['algorithm'], parts['train_state']
+  algo, state = parts.algorithm, parts.train_state
   for task, want in ((0, 0.1), (1, 0.05), (2, 0.025), (4, 0.01)):  # floored at min_lr
     task_state, _ = algo.begin_task(state, None, task)
     np.testing.assert_allclose(float(task_state.opt_state.hyperparams['learning_rate']), want,
@@ -58,10 +58,10 @@ def test_regime_reaches_the_model_the_optimizer_and_the_loop():
 
 def test_step_is_the_naive_step():
   parts = built()
-  state, benchmark = parts['train_state'], parts['benchmark']
+  state, benchmark = parts.train_state, parts.benchmark
   split = benchmark.tasks[0].train
   batch = Batch(split.x[:7], split.y[:7], split.t[:7], np.ones(7, np.float32))
-  stable, _, m1 = jax.jit(parts['algorithm'].step)(state, batch, None)
+  stable, _, m1 = jax.jit(parts.algorithm.step)(state, batch, None)
   naive, _, m2 = jax.jit(algorithms.naive.make().step)(state, batch, None)
   np.testing.assert_allclose(m1['loss'], m2['loss'])
   for a, b in zip(jax.tree.leaves(stable.params), jax.tree.leaves(naive.params)):
@@ -70,8 +70,8 @@ def test_step_is_the_naive_step():
 
 def test_dropout_is_on_in_training_steps_and_off_in_evaluation():
   parts = built()
-  state = parts['train_state']
-  split = parts['benchmark'].tasks[1].test
+  state = parts.train_state
+  split = parts.benchmark.tasks[1].test
   x, t = split.x[:256], split.t[:256]
   train_mode = jax.jit(lambda s, rng: ts_lib.apply_model(
       s, s.params, x, t, train=True, rng=rng, return_features=True)[0])
@@ -88,7 +88,7 @@ def test_dropout_is_on_in_training_steps_and_off_in_evaluation():
   # Evaluation: deterministic, the same as the model without dropout.
   again = ts_lib.apply_model(state, state.params, x, t, train=False)[0]
   np.testing.assert_array_equal(evaluation, again)
-  plain = experiment.build(small_config(**{**REGIME, 'dropout': 0.0}))['train_state']
+  plain = experiment.build(small_config(**{**REGIME, 'dropout': 0.0})).train_state
   no_dropout = ts_lib.apply_model(plain, state.params, x, t, train=False)[0]
   np.testing.assert_allclose(evaluation, no_dropout, rtol=1e-6)
   # The training loss of a step uses the dropped-out network.

@@ -165,13 +165,13 @@ def test_stable_sgd_regime_is_applied_as_on_the_jax_backend():
   jax_parts = jax_built()
   config = small_config(**REGIME)
   torch_parts = torch_experiment.build(config)
-  assert torch_parts['model'].dropout == jax_parts['model'].dropout == REGIME['dropout']
-  assert torch_parts['model'].widths == jax_parts['model'].widths == (32,)
-  assert torch_parts['train_state'].regime == jax_parts['train_state'].regime
-  assert torch_parts['train_state'].regime.lr_decay == REGIME['lr_decay']
-  assert dataclasses.asdict(torch_parts['train_config']) == dataclasses.asdict(
-      jax_parts['train_config'])
-  assert torch_parts['train_config'].batch_size == REGIME['batch_size']
+  assert torch_parts.model.dropout == jax_parts.model.dropout == REGIME['dropout']
+  assert torch_parts.model.widths == jax_parts.model.widths == (32,)
+  assert torch_parts.train_state.regime == jax_parts.train_state.regime
+  assert torch_parts.train_state.regime.lr_decay == REGIME['lr_decay']
+  assert dataclasses.asdict(torch_parts.train_config) == dataclasses.asdict(
+      jax_parts.train_config)
+  assert torch_parts.train_config.batch_size == REGIME['batch_size']
   # One function on both backends, for every field it sets.
   sections = ({'name': 'mlp', 'widths': (8,), 'dropout': 0.0},
               specs.OptimizerSpec(learning_rate=0.1, momentum=0.8), TrainConfig(batch_size=64))
@@ -179,14 +179,14 @@ def test_stable_sgd_regime_is_applied_as_on_the_jax_backend():
   assert (torch_stable_sgd.adapt_regime(spec, *sections)
           == jax_stable_sgd.adapt_regime(spec, *sections) == spec.regime(*sections))
   # The learning rate of each task, floored at min_lr, is the JAX one exactly.
-  algo, state = torch_parts['algorithm'], torch_parts['train_state']
-  jax_algo, jax_state = jax_parts['algorithm'], jax_parts['train_state']
+  algo, state = torch_parts.algorithm, torch_parts.train_state
+  jax_algo, jax_state = jax_parts.algorithm, jax_parts.train_state
   for task, want in ((0, 0.1), (1, 0.05), (2, 0.025), (4, 0.01)):
     state, _ = algo.begin_task(state, None, task)
     jax_lr = jax_algo.begin_task(jax_state, None, task)[0].opt_state.hyperparams['learning_rate']
     assert state.learning_rate == float(jax_lr) == pytest.approx(want, rel=1e-6)
   # Dropout is on in training steps, off in evaluation.
-  model, x = torch_parts['model'], torch.rand(64, 28, 28, 1)
+  model, x = torch_parts.model, torch.rand(64, 28, 28, 1)
   _, train_features = model(x, train=True, return_features=True)
   _, eval_features = model(x, train=False, return_features=True)
   dropped = (train_features[eval_features > 0] == 0).float().mean()
