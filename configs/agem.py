@@ -5,6 +5,7 @@
 
 Streams in configs/replay.py.
 """
+
 from configs.replay import projection_config
 
 

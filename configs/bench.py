@@ -8,6 +8,7 @@ epoch a task. The argument is `ALGORITHM,BATCH_SIZE`:
 
 Without `benchmark.path` the bundled sample (1000 images a task) is used.
 """
+
 from jcl.config import default_config
 
 

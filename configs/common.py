@@ -14,10 +14,15 @@ gradient some libraries use, hence small lambdas here. Separate EWC sums the
 Fishers of all tasks, online EWC decays them (gamma), which allows a larger
 lambda.
 """
+
 from jcl.config import default_config
 
 EWC_LAMBDA = {'permuted_mnist': 2.0, 'rotated_mnist': 2.0, 'split_mnist': 2.0}
-ONLINE_EWC = {'permuted_mnist': (20.0, 0.8), 'rotated_mnist': (20.0, 0.8), 'split_mnist': (20.0, 0.8)}
+ONLINE_EWC = {
+  'permuted_mnist': (20.0, 0.8),
+  'rotated_mnist': (20.0, 0.8),
+  'split_mnist': (20.0, 0.8),
+}
 SI_LAMBDA = {'permuted_mnist': 0.5, 'rotated_mnist': 0.5, 'split_mnist': 0.5}
 MAS_LAMBDA = {'permuted_mnist': 0.05, 'rotated_mnist': 0.05, 'split_mnist': 0.05}
 LFL_LAMBDA = {'permuted_mnist': 0.1, 'rotated_mnist': 0.1, 'split_mnist': 0.1}

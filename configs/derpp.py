@@ -6,6 +6,7 @@
 
 The argument is 'STREAM[,MEMORY_SIZE]' (streams in configs/replay.py).
 """
+
 from configs.replay import replay_config
 
 

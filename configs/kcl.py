@@ -41,6 +41,7 @@ short of the paper is each task's own accuracy (86% on the first task,
 falling with the decayed learning rate), not its retention. The paper's
 numbers are not reproduced, so no `expected` entry is set.
 """
+
 from jcl.config import default_config
 
 STREAMS = ('split_mnist', 'permuted_mnist', 'rotated_mnist')
@@ -48,7 +49,7 @@ CORESET_PER_CLASS = 20
 CLASSES_PER_TASK = {'split_mnist': 2, 'permuted_mnist': 10, 'rotated_mnist': 10}
 # Per-task learning-rate decay: Stable SGD's per stream (the regime KCL's code inherits).
 GAMMA = {'split_mnist': 0.5, 'permuted_mnist': 0.8, 'rotated_mnist': 0.5}
-BASE_LR = 0.1     # the authors' `--lr`; task k (0-based) trains at BASE_LR * gamma**(k + 1)
+BASE_LR = 0.1  # the authors' `--lr`; task k (0-based) trains at BASE_LR * gamma**(k + 1)
 
 
 def get_config(arg: str = 'split_mnist'):
@@ -57,7 +58,7 @@ def get_config(arg: str = 'split_mnist'):
     raise ValueError(f'configs/kcl.py: unknown stream {stream!r}; known: {", ".join(STREAMS)}')
   config = default_config(stream)
   config.benchmark.scenario = 'task'
-  config.benchmark.normalize = False   # pixels in [0, 1] (torchvision's ToTensor), as the authors
+  config.benchmark.normalize = False  # pixels in [0, 1] (torchvision's ToTensor), as the authors
   if stream in ('permuted_mnist', 'rotated_mnist'):
     config.benchmark.num_tasks = 20
   if stream == 'permuted_mnist':
@@ -72,7 +73,12 @@ def get_config(arg: str = 'split_mnist'):
   config.optimizer.reinit_per_task = True
   config.train.batch_size = 10
   config.train.epochs = 1
-  config.algo = dict(name='kcl', kernel=kernel or 'rff',
-                     core_size=CORESET_PER_CLASS * CLASSES_PER_TASK[stream],
-                     num_random_features=2048, ridge_lambda=0.1, tau=0.01)
+  config.algo = dict(
+    name='kcl',
+    kernel=kernel or 'rff',
+    core_size=CORESET_PER_CLASS * CLASSES_PER_TASK[stream],
+    num_random_features=2048,
+    ridge_lambda=0.1,
+    tau=0.01,
+  )
   return config

@@ -45,27 +45,45 @@ forward pass, which changes the float rounding; lamaml and cmaml after.)
 About 21 s (La-MAML) and 19 s (C-MAML) a run on 2 quiet CPU cores, against
 about 110 s and 97 s for the authors' code.
 """
+
 import os
 
 from jcl.config import default_config
 
 VARIANTS = {
-    'lamaml': dict(algo=dict(alpha_init=0.15, alpha_lr=0.3, learn_lr=True, sync_update=False),
-                   weight_lr=0.1,  # unused: the asynchronous update has its own rates
-                   expected=dict(value=77.42, std=0.65, bti=-8.64,
-                                 source='La-MAML paper Table 1 (MNIST Rotations, RA)',
-                                 reference=dict(value=75.24, std=1.45, bti=-10.03, seeds=3,
-                                                note="authors' code on this machine"))),
-    'cmaml': dict(algo=dict(alpha_init=0.1, learn_lr=False, sync_update=True),
-                  weight_lr=0.1,
-                  expected=dict(value=77.33, std=0.29, bti=-7.88,
-                                source='La-MAML paper Table 1 (MNIST Rotations, C-MAML RA)',
-                                reference=dict(value=76.17, std=1.39, bti=-8.74, seeds=3,
-                                               note="authors' code on this machine"))),
-    'sync': dict(algo=dict(alpha_init=0.15, alpha_lr=0.1, learn_lr=True, sync_update=True),
-                 weight_lr=0.3,
-                 expected=dict(value=74.07, std=0.58, bti=-6.66,
-                               source='La-MAML paper Table 1 (MNIST Rotations, Sync RA)')),
+  'lamaml': dict(
+    algo=dict(alpha_init=0.15, alpha_lr=0.3, learn_lr=True, sync_update=False),
+    weight_lr=0.1,  # unused: the asynchronous update has its own rates
+    expected=dict(
+      value=77.42,
+      std=0.65,
+      bti=-8.64,
+      source='La-MAML paper Table 1 (MNIST Rotations, RA)',
+      reference=dict(
+        value=75.24, std=1.45, bti=-10.03, seeds=3, note="authors' code on this machine"
+      ),
+    ),
+  ),
+  'cmaml': dict(
+    algo=dict(alpha_init=0.1, learn_lr=False, sync_update=True),
+    weight_lr=0.1,
+    expected=dict(
+      value=77.33,
+      std=0.29,
+      bti=-7.88,
+      source='La-MAML paper Table 1 (MNIST Rotations, C-MAML RA)',
+      reference=dict(
+        value=76.17, std=1.39, bti=-8.74, seeds=3, note="authors' code on this machine"
+      ),
+    ),
+  ),
+  'sync': dict(
+    algo=dict(alpha_init=0.15, alpha_lr=0.1, learn_lr=True, sync_update=True),
+    weight_lr=0.3,
+    expected=dict(
+      value=74.07, std=0.58, bti=-6.66, source='La-MAML paper Table 1 (MNIST Rotations, Sync RA)'
+    ),
+  ),
 }
 
 
@@ -79,17 +97,24 @@ def get_config(arg: str = 'lamaml'):
   config.benchmark.num_tasks = 20
   config.benchmark.samples_per_task = 1000
   config.benchmark.normalize = False
-  config.benchmark.source = 'auto'   # a folder path reads IDX files; none: the bundled sample
+  config.benchmark.source = 'auto'  # a folder path reads IDX files; none: the bundled sample
   config.benchmark.path = os.environ.get('JCL_MNIST_DIR') or None
   config.model.widths = (100, 100)
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = variant['weight_lr']
-  config.algo = dict(name='lamaml', memory_size=200, replay_batch_size=10, glances=5,
-                     second_order=False, grad_clip_norm=2.0, inner_grad_clip=None,
-                     **variant['algo'])
+  config.algo = dict(
+    name='lamaml',
+    memory_size=200,
+    replay_batch_size=10,
+    glances=5,
+    second_order=False,
+    grad_clip_norm=2.0,
+    inner_grad_clip=None,
+    **variant['algo'],
+  )
   config.train.epochs = 1
   config.train.batch_size = 10
-  config.train.chunk_steps = 100            # one task = one scanned chunk
+  config.train.chunk_steps = 100  # one task = one scanned chunk
   # 10 scanned batches of 1000 = one task's 10k test images with no padding
   # (evaluation scans chunks of 10 batches: a batch of 10k would pad to 100k).
   config.train.eval_batch_size = 1000

@@ -33,6 +33,7 @@ normalization (`ToTensor` only). Real MNIST is read from the IDX files in
 `$JCL_MNIST_DIR`; without it the real-MNIST sample bundled with jcl (6000 /
 1000 images) is used, for a quick run only.
 """
+
 import os
 
 from jcl.config import default_config
@@ -74,9 +75,17 @@ def get_config(arg: str = 'rotated_mnist'):
     return config
   if variant:
     raise ValueError(f"configs/mcsgd.py: unknown variant {variant!r}; known: 'naive'")
-  config.algo = dict(name='mcsgd', memory_per_task=100, lmc_lr=0.05, lmc_momentum=0.8,
-                     lmc_batch_size=64, lmc_init_position=0.1, lmc_line_samples=10,
-                     lmc_epochs=1)
-  config.expected = dict(metric='acc', value=82.3, tolerance=2.0,
-                         source='MC-SGD paper, Rotated MNIST')
+  config.algo = dict(
+    name='mcsgd',
+    memory_per_task=100,
+    lmc_lr=0.05,
+    lmc_momentum=0.8,
+    lmc_batch_size=64,
+    lmc_init_position=0.1,
+    lmc_line_samples=10,
+    lmc_epochs=1,
+  )
+  config.expected = dict(
+    metric='acc', value=82.3, tolerance=2.0, source='MC-SGD paper, Rotated MNIST'
+  )
   return config

@@ -1,6 +1,7 @@
 """Online EWC (Schwarz et al. 2018) on an MNIST stream.
 
-  python -m experiments.train --config=configs/online_ewc.py:permuted_mnist --workdir=/tmp/online_ewc
+  python -m experiments.train --config=configs/online_ewc.py:permuted_mnist \
+      --workdir=/tmp/online_ewc
   python -m experiments.train --config=configs/online_ewc.py:rotated_mnist \
       --config.benchmark.path=../shared/data/mnist --workdir=/tmp/online_ewc
 
@@ -8,6 +9,7 @@ The argument after ':' picks the stream (permuted_mnist, rotated_mnist,
 split_mnist; see configs/common.py); without `benchmark.path` the real-MNIST
 sample bundled with jcl is used.
 """
+
 from configs.common import ONLINE_EWC, base_config
 
 

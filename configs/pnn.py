@@ -24,6 +24,7 @@ Measured on real MNIST (all training images, seed 0; ACC / forgetting, %):
                           (naive, one multi-head MLP: 87.09 / 9.36, with the
                           same 95.5 learning accuracy)
 """
+
 from configs.common import base_config
 
 STREAMS = ('split_mnist', 'split_mnist_multi_head', 'permuted_mnist_task')

@@ -5,6 +5,7 @@
 Runs offline in well under 2 minutes on 2 CPU cores and prints the accuracy
 matrix with ACC / BWT / FWT / forgetting.
 """
+
 from jcl.config import default_config
 
 

@@ -15,16 +15,17 @@ them costs DER about 10 points here: its stored logits of unseen classes
 then keep their initial values and pin the new classes' logits on old
 samples.
 """
+
 from configs.common import base_config
 
 # (learning rate, algorithm hyperparameters) per (method, buffer size), Seq-MNIST.
 SEQ_MNIST = {
-    ('er', 200): (0.01, {}),
-    ('er', 500): (0.1, {}),
-    ('der', 200): (0.03, {'alpha': 0.2}),
-    ('der', 500): (0.03, {'alpha': 1.0}),
-    ('derpp', 200): (0.03, {'alpha': 0.2, 'beta': 1.0}),
-    ('derpp', 500): (0.03, {'alpha': 1.0, 'beta': 0.5}),
+  ('er', 200): (0.01, {}),
+  ('er', 500): (0.1, {}),
+  ('der', 200): (0.03, {'alpha': 0.2}),
+  ('der', 500): (0.03, {'alpha': 1.0}),
+  ('derpp', 200): (0.03, {'alpha': 0.2, 'beta': 1.0}),
+  ('derpp', 500): (0.03, {'alpha': 1.0, 'beta': 0.5}),
 }
 
 

@@ -8,6 +8,7 @@ the output units, the capacity of per-task state (memories, heads), the
 scenario and the input normalization. Swap `algo` for any method (e.g.
 `--config.algo=...` in a config file of your own).
 """
+
 from jcl.config import default_config
 
 

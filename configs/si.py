@@ -8,6 +8,7 @@ The argument after ':' picks the stream (permuted_mnist, rotated_mnist,
 split_mnist; see configs/common.py); without `benchmark.path` the real-MNIST
 sample bundled with jcl is used.
 """
+
 from configs.common import SI_LAMBDA, base_config
 
 

@@ -33,6 +33,7 @@ so this config trains the first task at 0.01, the plastic baseline's rate
 (the regime then differs from it only by dropout and decay). The paper's
 Stable SGD figure on this stream is not reproduced (no `expected` entry).
 """
+
 from configs.mcsgd import rotated_mnist_regime
 
 
@@ -49,8 +50,9 @@ def get_config(arg: str = 'rotated_mnist'):
     config.optimizer.lr_decay = 1.0
     config.train.batch_size = 10
     config.algo = dict(name='naive')
-    config.expected = dict(metric='acc', value=46.3, tolerance=2.0,
-                           source='MC-SGD paper, Rotated MNIST, Naive SGD')
+    config.expected = dict(
+      metric='acc', value=46.3, tolerance=2.0, source='MC-SGD paper, Rotated MNIST, Naive SGD'
+    )
     return config
   if variant:
     raise ValueError(f"configs/stable_sgd.py: unknown variant {variant!r}; known: 'plastic'")

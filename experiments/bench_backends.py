@@ -8,8 +8,9 @@ and PyTorch backends the same initial weights (converted), and times
 training steps only (after a warm-up chunk, so compilation is excluded): JAX
 runs a jitted `lax.scan` over a chunk of K steps (`jcl.train.run_chunk_fn`,
 what `jcl.train.fit` runs) and, for comparison, the jitted step in a Python
-loop; PyTorch loops over the same K batches (`jcl.torch.fit.run_chunk`). The two are timed alternately `--repeats` times
-and the best of each is kept, which damps the noise of a shared machine.
+loop; PyTorch loops over the same K batches (`jcl.torch.fit.run_chunk`). The
+two are timed alternately `--repeats` times and the best of each is kept,
+which damps the noise of a shared machine.
 A La-MAML step is `glances` meta-updates of `B` inner steps each, hence its
 far lower throughput on both backends.
 Printed: samples/s of each backend and their ratio JAX / PyTorch.
@@ -20,6 +21,7 @@ Rows: Naive, EWC, ER (and La-MAML once `jcl.torch` has it) on the MLP
 size 10. PyTorch runs on `--threads` threads (default: all cores), XLA on
 its default thread pool (all cores).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,17 +48,18 @@ from jcl.types import Batch
 
 _ROWS = flags.DEFINE_list('rows', None, 'Rows to run (default: all), e.g. naive_mlp_10.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed chunks per backend (best kept).')
-_STEPS = flags.DEFINE_integer('steps', 100, 'Steps per timed chunk (ResNet rows: a fifth, '
-                              'La-MAML: a tenth).')
+_STEPS = flags.DEFINE_integer(
+  'steps', 100, 'Steps per timed chunk (ResNet rows: a fifth, La-MAML: a tenth).'
+)
 _THREADS = flags.DEFINE_integer('threads', None, 'PyTorch threads (default: os.cpu_count()).')
 
 MLP = ('mlp', dict(widths=(100, 100)), (28, 28, 1))
 RESNET = ('resnet18_reduced', dict(nf=20), (32, 32, 3))
 ALGORITHMS = {
-    'naive': specs.NaiveSpec(),
-    'ewc': specs.EWCSpec(ewc_lambda=2.0),
-    'er': specs.ERSpec(memory_size=200, replay_batch_size=10),
-    'lamaml': specs.LaMAMLSpec(memory_size=200, replay_batch_size=10),
+  'naive': specs.NaiveSpec(),
+  'ewc': specs.EWCSpec(ewc_lambda=2.0),
+  'er': specs.ERSpec(memory_size=200, replay_batch_size=10),
+  'lamaml': specs.LaMAMLSpec(memory_size=200, replay_batch_size=10),
 }
 
 
@@ -81,8 +84,12 @@ def chunk(input_shape, batch_size: int, steps: int, num_classes: int = 10, seed:
   else:
     x = rng.normal(size=(n, *input_shape)).astype(np.float32)
     y = rng.integers(0, num_classes, n)
-  return Batch(x.reshape(steps, batch_size, *input_shape), y.reshape(steps, batch_size).astype(np.int32),
-               np.zeros((steps, batch_size), np.int32), np.ones((steps, batch_size), np.float32))
+  return Batch(
+    x.reshape(steps, batch_size, *input_shape),
+    y.reshape(steps, batch_size).astype(np.int32),
+    np.zeros((steps, batch_size), np.int32),
+    np.ones((steps, batch_size), np.float32),
+  )
 
 
 def bench_row(algo: str, model, batch_size: int, steps: int, repeats: int):
@@ -93,8 +100,9 @@ def bench_row(algo: str, model, batch_size: int, steps: int, repeats: int):
   num_classes, num_tasks = 10, 5
   optimizer = specs.OptimizerSpec(learning_rate=0.01)
   flax_model = jax_models.make_model(name, num_classes=num_classes, **fields)
-  jstate = jax_ts.create_train_state(flax_model, optimizer, jax.random.PRNGKey(0), input_shape,
-                                     num_classes)
+  jstate = jax_ts.create_train_state(
+    flax_model, optimizer, jax.random.PRNGKey(0), input_shape, num_classes
+  )
   jalgo = jax_algorithms.build(spec, jax_algorithms.Context(input_shape, num_classes, num_tasks))
   jalgo_state = jalgo.init(jstate, jax.random.PRNGKey(1))
   jstate, jalgo_state = jalgo.begin_task(jstate, jalgo_state, 0)
@@ -104,8 +112,9 @@ def bench_row(algo: str, model, batch_size: int, steps: int, repeats: int):
   tmodel = torch_models.make_model(name, input_shape, num_classes=num_classes, **fields)
   tmodel.load_state_dict(convert.flax_to_torch({'params': jstate.params, **jstate.model_state}))
   tstate = torch_ts.create_train_state(tmodel, optimizer, num_classes=num_classes, seed=0)
-  talgo = torch_algorithms.build(spec, torch_algorithms.Context(input_shape, num_classes,
-                                                                num_tasks))
+  talgo = torch_algorithms.build(
+    spec, torch_algorithms.Context(input_shape, num_classes, num_tasks)
+  )
   talgo_state = talgo.init(tstate)
   tstate, talgo_state = talgo.begin_task(tstate, talgo_state, 0)
 
@@ -148,11 +157,15 @@ def main(argv):
   torch.set_num_threads(threads)
   available = rows()
   selected = _ROWS.value or list(available)
-  print(f'PyTorch {torch.__version__} on {threads} threads; JAX {jax.__version__} '
-        f'({jax.default_backend()}); {os.cpu_count()} cores; '
-        f'load average at start {os.getloadavg()[0]:.1f}')
-  print('| row | algorithm | model | B | JAX samples/s (scan) | JAX, step loop | PyTorch '
-        'samples/s | JAX scan / PyTorch |')
+  print(
+    f'PyTorch {torch.__version__} on {threads} threads; JAX {jax.__version__} '
+    f'({jax.default_backend()}); {os.cpu_count()} cores; '
+    f'load average at start {os.getloadavg()[0]:.1f}'
+  )
+  print(
+    '| row | algorithm | model | B | JAX samples/s (scan) | JAX, step loop | PyTorch '
+    'samples/s | JAX scan / PyTorch |'
+  )
   print('|---|---|---|---|---|---|---|---|')
   for row in selected:
     algo, model, batch_size = available[row]
@@ -162,9 +175,11 @@ def main(argv):
     steps = _STEPS.value // (10 if algo == 'lamaml' else 5 if model[0] != 'mlp' else 1)
     steps = max(steps, 2)
     sps = bench_row(algo, model, batch_size, steps, _REPEATS.value)
-    print(f"| {row} | {algo} | {model[0]} | {batch_size} | {sps['jax']:,.0f} | "
-          f"{sps['jax_loop']:,.0f} | {sps['torch']:,.0f} | {sps['jax'] / sps['torch']:.2f} |",
-          flush=True)
+    print(
+      f'| {row} | {algo} | {model[0]} | {batch_size} | {sps["jax"]:,.0f} | '
+      f'{sps["jax_loop"]:,.0f} | {sps["torch"]:,.0f} | {sps["jax"] / sps["torch"]:.2f} |',
+      flush=True,
+    )
   print(f'load average at end {os.getloadavg()[0]:.1f}')
 
 

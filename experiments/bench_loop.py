@@ -26,6 +26,7 @@ median over the repeats of the ratio measured within one repeat).
   python -m experiments.bench_loop                        # full: ~3 min a repeat
   python -m experiments.bench_loop --tasks=2 --samples=6000 --repeats=1   # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ def floor(variant: str, batch_size: int, tasks: int, samples: int, mnist_dir: st
   import optax
   from jcl.data import benchmarks
 
-  bench = benchmarks.make_benchmark('permuted_mnist', num_tasks=tasks, samples_per_task=samples,
-                                    source='idx', path=mnist_dir)
+  bench = benchmarks.make_benchmark(
+    'permuted_mnist', num_tasks=tasks, samples_per_task=samples, source='idx', path=mnist_dir
+  )
   train = [(t.train.x.reshape(len(t.train.x), -1), t.train.y) for t in bench.tasks]
 
   def init(key):
@@ -91,13 +93,15 @@ def floor(variant: str, batch_size: int, tasks: int, samples: int, mnist_dir: st
   def run_task(params, x, y, rng):
     opt_state = tx.init(params)
     steps = len(y) // batch_size
-    order = rng.permutation(len(y))[:steps * batch_size].reshape(steps, batch_size)
+    order = rng.permutation(len(y))[: steps * batch_size].reshape(steps, batch_size)
     if variant == 'device':
-      (params, _), losses = epoch_on_device(params, opt_state, jax.device_put(x),
-                                            jax.device_put(y), jax.device_put(order))
+      (params, _), losses = epoch_on_device(
+        params, opt_state, jax.device_put(x), jax.device_put(y), jax.device_put(order)
+      )
     else:
-      (params, _), losses = epoch_of_batches(params, opt_state, jax.device_put(x[order]),
-                                             jax.device_put(y[order]))
+      (params, _), losses = epoch_of_batches(
+        params, opt_state, jax.device_put(x[order]), jax.device_put(y[order])
+      )
     float(losses[-1])  # the loss reaches the host, as a loop logs it
     return params, steps * batch_size
 
@@ -119,10 +123,22 @@ def floor(variant: str, batch_size: int, tasks: int, samples: int, mnist_dir: st
 
 
 def run_floor(variant, batch_size, args) -> dict:
-  out = subprocess.run([sys.executable, '-m', 'experiments.bench_loop', f'--floor={variant}',
-                        f'--batch_sizes={batch_size}', f'--tasks={args.tasks}',
-                        f'--samples={args.samples}', f'--mnist_dir={args.mnist_dir}'],
-                       cwd=REPO, capture_output=True, text=True, check=False)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'experiments.bench_loop',
+      f'--floor={variant}',
+      f'--batch_sizes={batch_size}',
+      f'--tasks={args.tasks}',
+      f'--samples={args.samples}',
+      f'--mnist_dir={args.mnist_dir}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if out.returncode:
     raise RuntimeError(f'floor {variant} failed:\n{out.stderr[-3000:]}')
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -131,28 +147,62 @@ def run_floor(variant, batch_size, args) -> dict:
 def run_binary(algorithm, batch_size, args, workdir) -> dict:
   t0 = time.perf_counter()
   out = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', f'--config=configs/bench.py:{algorithm},'
-       f'{batch_size}', f'--workdir={workdir}', '--config.benchmark.source=idx',
-       f'--config.benchmark.path={args.mnist_dir}', f'--config.benchmark.num_tasks={args.tasks}',
-       f'--config.benchmark.samples_per_task={args.samples}'],
-      cwd=REPO, capture_output=True, text=True, check=False)
+    [
+      sys.executable,
+      '-m',
+      'experiments.train',
+      f'--config=configs/bench.py:{algorithm},{batch_size}',
+      f'--workdir={workdir}',
+      '--config.benchmark.source=idx',
+      f'--config.benchmark.path={args.mnist_dir}',
+      f'--config.benchmark.num_tasks={args.tasks}',
+      f'--config.benchmark.samples_per_task={args.samples}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   wall = time.perf_counter() - t0
   if out.returncode:
     raise RuntimeError(f'binary failed:\n{out.stderr[-3000:]}')
   with open(os.path.join(workdir, 'results.json')) as f:
     timings = json.load(f)['timings']
-  return {'samples_per_second': timings['train_samples_per_second'], **timings,
-          'process_seconds': wall}
+  return {
+    'samples_per_second': timings['train_samples_per_second'],
+    **timings,
+    'process_seconds': wall,
+  }
 
 
 def run_avalanche(batch_size, args, out_file) -> dict | None:
   python = os.path.join(AVALANCHE_ENV, 'venv', 'bin', 'python')
   if not os.path.exists(python):
     return None
-  subprocess.run([python, '-W', 'ignore', os.path.join(AVALANCHE, 'avalanche_bench.py'),
-                  '--configs', f'naive{batch_size}', '--eval', 'off', '--tasks', str(args.tasks),
-                  '--n-train', str(args.samples), '--threads', '2', '--data', args.mnist_dir,
-                  '--out', out_file], check=True, capture_output=True)
+  subprocess.run(
+    [
+      python,
+      '-W',
+      'ignore',
+      os.path.join(AVALANCHE, 'avalanche_bench.py'),
+      '--configs',
+      f'naive{batch_size}',
+      '--eval',
+      'off',
+      '--tasks',
+      str(args.tasks),
+      '--n-train',
+      str(args.samples),
+      '--threads',
+      '2',
+      '--data',
+      args.mnist_dir,
+      '--out',
+      out_file,
+    ],
+    check=True,
+    capture_output=True,
+  )
   with open(out_file) as f:
     return json.loads(f.read().strip().splitlines()[-1])
 
@@ -178,38 +228,61 @@ def main():
     for repeat in range(args.repeats):
       for b in batch_sizes:
         measured = {
-            'floor_device': run_floor('device', b, args),
-            'floor_host': run_floor('host', b, args),
-            'binary': run_binary('naive', b, args, os.path.join(tmp, f'run_{repeat}_{b}')),
+          'floor_device': run_floor('device', b, args),
+          'floor_host': run_floor('host', b, args),
+          'binary': run_binary('naive', b, args, os.path.join(tmp, f'run_{repeat}_{b}')),
         }
         aval = run_avalanche(b, args, os.path.join(tmp, f'avalanche_{repeat}_{b}.jsonl'))
         if aval:
           measured['avalanche'] = aval
-        best_floor = max(measured['floor_device']['samples_per_second'],
-                         measured['floor_host']['samples_per_second'])
+        best_floor = max(
+          measured['floor_device']['samples_per_second'],
+          measured['floor_host']['samples_per_second'],
+        )
         measured['binary_over_floor'] = measured['binary']['samples_per_second'] / best_floor
         rows[b].append(measured)
-        print(f"repeat {repeat} B={b}: floor device {measured['floor_device']['samples_per_second']:,.0f} "
-              f"host {measured['floor_host']['samples_per_second']:,.0f}, binary "
-              f"{measured['binary']['samples_per_second']:,.0f} samples/s -> "
-              f"{measured['binary_over_floor']:.3f}", flush=True)
+        rate = lambda key: measured[key]['samples_per_second']
+        print(
+          f'repeat {repeat} B={b}: floor device {rate("floor_device"):,.0f} '
+          f'host {rate("floor_host"):,.0f}, binary {rate("binary"):,.0f} samples/s -> '
+          f'{measured["binary_over_floor"]:.3f}',
+          flush=True,
+        )
 
   import numpy as np
-  print(f'\nPermuted MNIST {args.tasks} x {args.samples}, MLP 784-256-256-10, SGD 0.01 m 0.9, '
-        f'{args.repeats} interleaved repeats (best samples/s; ratio: median of per-repeat ratios)')
-  print(f"{'B':>4} {'floor dev':>10} {'floor host':>10} {'binary':>10} {'binary/floor':>12} "
-        f"{'avalanche':>10} {'binary/aval':>11} {'compile s':>9} {'eval s':>7} {'wall s':>7}")
+
+  print(
+    f'\nPermuted MNIST {args.tasks} x {args.samples}, MLP 784-256-256-10, SGD 0.01 m 0.9, '
+    f'{args.repeats} interleaved repeats (best samples/s; ratio: median of per-repeat ratios)'
+  )
+  print(
+    f'{"B":>4} {"floor dev":>10} {"floor host":>10} {"binary":>10} {"binary/floor":>12} '
+    f'{"avalanche":>10} {"binary/aval":>11} {"compile s":>9} {"eval s":>7} {"wall s":>7}'
+  )
   for b, measured in rows.items():
     best = lambda key: max(m[key]['samples_per_second'] for m in measured)
     ratio = float(np.median([m['binary_over_floor'] for m in measured]))
     aval = [m['avalanche']['samples_per_s'] for m in measured if 'avalanche' in m]
-    aval_ratio = (float(np.median([m['binary']['samples_per_second'] / m['avalanche']['samples_per_s']
-                                   for m in measured if 'avalanche' in m])) if aval else None)
+    aval_ratio = (
+      float(
+        np.median(
+          [
+            m['binary']['samples_per_second'] / m['avalanche']['samples_per_s']
+            for m in measured
+            if 'avalanche' in m
+          ]
+        )
+      )
+      if aval
+      else None
+    )
     last = measured[-1]['binary']
-    print(f"{b:4d} {best('floor_device'):10,.0f} {best('floor_host'):10,.0f} {best('binary'):10,.0f} "
-          f"{ratio:12.3f} {(f'{max(aval):,.0f}' if aval else '-'):>10} "
-          f"{(f'{aval_ratio:.1f}x' if aval_ratio else '-'):>11} {last['compile_seconds']:9.1f} "
-          f"{last['eval_seconds']:7.1f} {last['process_seconds']:7.1f}")
+    print(
+      f'{b:4d} {best("floor_device"):10,.0f} {best("floor_host"):10,.0f} {best("binary"):10,.0f} '
+      f'{ratio:12.3f} {(f"{max(aval):,.0f}" if aval else "-"):>10} '
+      f'{(f"{aval_ratio:.1f}x" if aval_ratio else "-"):>11} {last["compile_seconds"]:9.1f} '
+      f'{last["eval_seconds"]:7.1f} {last["process_seconds"]:7.1f}'
+    )
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({str(b): m for b, m in rows.items()}, f, indent=1)

@@ -10,6 +10,7 @@ task is compiled before timing starts by a warm-up run on it).
   python -m experiments.bench_replay                 # Permuted MNIST, 10 tasks x 6000
   python -m experiments.bench_replay --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,10 @@ from jcl.config import default_config
 
 DEFAULT_MNIST = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'mnist')
 METHODS = {
-    'naive': dict(name='naive'),
-    'er': dict(name='er', memory_size=500, replay_batch_size=10),
-    'derpp': dict(name='derpp', memory_size=500, replay_batch_size=10),
-    'agem': dict(name='agem', memory_per_task=50, memory_batch_size=10),
+  'naive': dict(name='naive'),
+  'er': dict(name='er', memory_size=500, replay_batch_size=10),
+  'derpp': dict(name='derpp', memory_size=500, replay_batch_size=10),
+  'agem': dict(name='agem', memory_per_task=50, memory_batch_size=10),
 }
 
 
@@ -41,7 +42,9 @@ class TaskTimer(callbacks_lib.Callback):
     self.start_seconds, self.start_samples = ctx.train_seconds, ctx.samples_seen
 
   def on_task_end(self, ctx):
-    self.rows.append((ctx.samples_seen - self.start_samples, ctx.train_seconds - self.start_seconds))
+    self.rows.append(
+      (ctx.samples_seen - self.start_samples, ctx.train_seconds - self.start_seconds)
+    )
 
 
 def config_for(method: str, args) -> object:
@@ -80,20 +83,31 @@ def main():
     per_task[method] = np.array([n / s for n, s in timer.rows])
     print(f'{method}: done in {time.perf_counter() - t:.1f}s', flush=True)
 
-  print(f'\nsamples/s per task (B={args.batch_size}, MLP 784-256-256-10; task 0 includes compilation)')
-  print('task ' + ''.join(f'{m:>10s}' for m in METHODS) + ''.join(f'{m + "/naive":>12s}' for m in METHODS if m != 'naive'))
+  print(
+    f'\nsamples/s per task (B={args.batch_size}, MLP 784-256-256-10; task 0 includes compilation)'
+  )
+  print(
+    'task '
+    + ''.join(f'{m:>10s}' for m in METHODS)
+    + ''.join(f'{m + "/naive":>12s}' for m in METHODS if m != 'naive')
+  )
   for k in range(args.tasks):
     rates = [per_task[m][k] for m in METHODS]
     ratios = [per_task['naive'][k] / per_task[m][k] for m in METHODS if m != 'naive']
-    print(f'{k:4d} ' + ''.join(f'{r:10.0f}' for r in rates) + ''.join(f'{r:11.2f}x' for r in ratios))
+    print(
+      f'{k:4d} ' + ''.join(f'{r:10.0f}' for r in rates) + ''.join(f'{r:11.2f}x' for r in ratios)
+    )
   steady = slice(1, None)
-  print('mean over tasks 1.. : ' + ', '.join(
-      f'{m} {per_task[m][steady].mean():.0f}/s' for m in METHODS))
+  print(
+    'mean over tasks 1.. : ' + ', '.join(f'{m} {per_task[m][steady].mean():.0f}/s' for m in METHODS)
+  )
   for m in METHODS:
     if m != 'naive':
       slow = per_task['naive'][steady] / per_task[m][steady]
-      print(f'{m}: {slow.mean():.2f}x slower than naive; slowdown of the last task over task 1: '
-            f'{slow[-1] / slow[0]:.2f}')
+      print(
+        f'{m}: {slow.mean():.2f}x slower than naive; slowdown of the last task over task 1: '
+        f'{slow[-1] / slow[0]:.2f}'
+      )
 
 
 if __name__ == '__main__':

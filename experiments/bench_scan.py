@@ -10,15 +10,16 @@ momentum 0.9, one epoch per task), for each (algorithm, batch size):
              from a Python loop (what a PyTorch-style loop does).
 
 It also measures the machine's float32 matmul FLOP/s and reports the share
-of it the scanned loop reaches (training FLOPs ~ 6 x weights x samples), and
-prints the Avalanche figures measured on this kind of machine by
-`../shared/bench/avalanche` for reference. Compilation is excluded (one
-warm-up chunk / step first); the timings cover training only, best of
-`--repeats` interleaved runs (these 2-core machines are noisy).
+of it the scanned loop reaches (training FLOPs ~ 6 x weights x samples).
+Compilation is excluded (one warm-up chunk / step first); the timings cover
+training only, best of `--repeats` interleaved runs (these 2-core machines
+are noisy). The whole binary against a minimal JAX loop and Avalanche, side
+by side, is `experiments/bench_loop.py`.
 
   python -m experiments.bench_scan                      # full
   python -m experiments.bench_scan --quick              # a few seconds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,6 @@ from jcl.data import benchmarks
 from jcl.data import stream
 from jcl.types import Batch
 
-# Samples/s of Avalanche 0.6.0 on this kind of 2-core machine (median of 7
-# runs, ../shared/bench/avalanche/README.md).
-AVALANCHE = {('naive', 10): 11.4e3, ('naive', 64): 29.2e3, ('ewc', 64): 10.8e3}
 DEFAULT_MNIST = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'mnist')
 
 
@@ -63,8 +61,12 @@ def matmul_flops(n: int = 1024, repeats: int = 20, trials: int = 5) -> float:
 def make_state(seed: int = 0) -> ts_lib.TrainState:
   model = models.MLP(widths=(256, 256), num_classes=10)
   return ts_lib.create_train_state(
-      model, specs.OptimizerSpec(learning_rate=0.01, momentum=0.9), jax.random.PRNGKey(seed),
-      (28, 28, 1), 10)
+    model,
+    specs.OptimizerSpec(learning_rate=0.01, momentum=0.9),
+    jax.random.PRNGKey(seed),
+    (28, 28, 1),
+    10,
+  )
 
 
 def time_scan(algo, split, batch_size, chunk_steps) -> tuple[float, int]:
@@ -72,9 +74,16 @@ def time_scan(algo, split, batch_size, chunk_steps) -> tuple[float, int]:
   algo_state = algo.init(state, jax.random.PRNGKey(1))
   state, algo_state = algo.begin_task(state, algo_state, 0)
   run = jax.jit(train_lib.run_chunk_fn(algo.step))
-  chunks = [Batch(*map(jnp.asarray, c)) for c in stream.epoch_chunks(
-      split, batch_size=batch_size, chunk_steps=chunk_steps, rng=np.random.default_rng(0),
-      drop_last=True)]
+  chunks = [
+    Batch(*map(jnp.asarray, c))
+    for c in stream.epoch_chunks(
+      split,
+      batch_size=batch_size,
+      chunk_steps=chunk_steps,
+      rng=np.random.default_rng(0),
+      drop_last=True,
+    )
+  ]
   warm = run(state, algo_state, chunks[0])
   jax.block_until_ready(warm)
   t = time.perf_counter()
@@ -95,7 +104,7 @@ def time_python(algo, split, batch_size) -> tuple[float, int]:
   ones = np.ones((batch_size,), np.float32)
 
   def batch(i):
-    idx = order[i * batch_size:(i + 1) * batch_size]
+    idx = order[i * batch_size : (i + 1) * batch_size]
     return Batch(split.x[idx], split.y[idx], split.t[idx], ones)
 
   jax.block_until_ready(step(state, batch(0), algo_state))
@@ -121,16 +130,21 @@ def main():
     args.repeats = 1
 
   source = dict(source='idx', path=args.mnist_dir) if os.path.isdir(args.mnist_dir) else {}
-  bench = benchmarks.make_benchmark('permuted_mnist', num_tasks=1, samples_per_task=samples,
-                                    **source)
+  bench = benchmarks.make_benchmark(
+    'permuted_mnist', num_tasks=1, samples_per_task=samples, **source
+  )
   split = bench.tasks[0].train
   flops = matmul_flops()
   weights = 784 * 256 + 256 * 256 + 256 * 10
-  print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), data: '
-        f"{'real MNIST' if source else 'bundled sample'}, {len(split)} samples/run")
+  print(
+    f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), data: '
+    f'{"real MNIST" if source else "bundled sample"}, {len(split)} samples/run'
+  )
   print(f'float32 matmul peak (1024^3): {flops / 1e9:.1f} GFLOP/s')
-  header = (f"{'algorithm':10s} {'B':>4s} {'scan/s':>10s} {'python/s':>10s} {'scan/python':>11s} "
-            f"{'avalanche/s':>11s} {'vs aval.':>8s} {'% peak':>7s}")
+  header = (
+    f'{"algorithm":10s} {"B":>4s} {"scan/s":>10s} {"python/s":>10s} {"scan/python":>11s} '
+    f'{"% peak":>7s}'
+  )
   print(header)
   rows = []
   for name, batch_size in (('naive', 10), ('naive', 64), ('ewc', 10), ('ewc', 64), ('si', 64)):
@@ -148,16 +162,20 @@ def main():
       t_scan, n_scan = time_scan(algo, split, batch_size, args.chunk_steps)
       t_py, n_py = time_python(algo, split, batch_size)
       scan_rate, py_rate = max(scan_rate, n_scan / t_scan), max(py_rate, n_py / t_py)
-    aval = AVALANCHE.get((name, batch_size))
     peak = 100 * 6 * weights * scan_rate / flops
-    row = dict(algorithm=name, batch_size=batch_size, scan_samples_per_s=scan_rate,
-               python_samples_per_s=py_rate, scan_over_python=scan_rate / py_rate,
-               avalanche_samples_per_s=aval, over_avalanche=aval and scan_rate / aval,
-               percent_of_matmul_peak=peak)
+    row = dict(
+      algorithm=name,
+      batch_size=batch_size,
+      scan_samples_per_s=scan_rate,
+      python_samples_per_s=py_rate,
+      scan_over_python=scan_rate / py_rate,
+      percent_of_matmul_peak=peak,
+    )
     rows.append(row)
-    print(f"{name:10s} {batch_size:4d} {scan_rate:10.0f} {py_rate:10.0f} {scan_rate / py_rate:10.1f}x "
-          f"{(f'{aval:.0f}' if aval else '-'):>11s} {(f'{scan_rate / aval:.1f}x' if aval else '-'):>8s} "
-          f"{peak:6.1f}%")
+    print(
+      f'{name:10s} {batch_size:4d} {scan_rate:10.0f} {py_rate:10.0f} {scan_rate / py_rate:10.1f}x '
+      f'{peak:6.1f}%'
+    )
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'matmul_flops': flops, 'rows': rows}, f, indent=1)

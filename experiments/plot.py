@@ -21,6 +21,7 @@ tasks (by default `compare.png` in the first WORKDIR's parent), where a
 replicated run contributes its best setting with a ± std band across seeds.
 Every path written is printed. Needs matplotlib (`pip install "jcl[plots]"`).
 """
+
 import os
 from typing import Sequence
 
@@ -30,16 +31,20 @@ from absl import flags
 from jcl import plots
 
 _COMPARE = flags.DEFINE_string(
-    'compare', None, 'PNG for the comparison of the runs (default with several WORKDIRs: '
-    'compare.png next to the first WORKDIR).')
+  'compare',
+  None,
+  'PNG for the comparison of the runs (default with several WORKDIRs: '
+  'compare.png next to the first WORKDIR).',
+)
 _LABELS = flags.DEFINE_list('labels', None, 'Legend labels for --compare, one per WORKDIR.')
 
 
 def main(argv: Sequence[str]) -> None:
   workdirs = list(argv[1:])
   if not workdirs:
-    raise app.UsageError('usage: python -m experiments.plot WORKDIR [WORKDIR ...] '
-                         '[--compare=out.png]')
+    raise app.UsageError(
+      'usage: python -m experiments.plot WORKDIR [WORKDIR ...] [--compare=out.png]'
+    )
   try:
     for workdir in workdirs:
       for path in plots.plot_results(workdir):

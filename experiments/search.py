@@ -12,6 +12,7 @@ Every trial is a run in WORKDIR/trials/NNNN; WORKDIR/best.json holds the best
 values and score, WORKDIR/trials.json every trial. `--report_only` rewrites
 them from the storage without running trials.
 """
+
 import json
 
 from absl import app
@@ -20,19 +21,32 @@ from ml_collections import config_flags
 
 from jcl import search
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.',
-                                          lock_config=True)
-_SPACE = flags.DEFINE_string('space', None, "Search space: 'path=loguniform(lo,hi);path=choice(a,b)'.")
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Path to an experiment config file.', lock_config=True
+)
+_SPACE = flags.DEFINE_string(
+  'space', None, "Search space: 'path=loguniform(lo,hi);path=choice(a,b)'."
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the trials, best.json, the journal.')
 _TRIALS = flags.DEFINE_integer('trials', 20, 'Trials of the study in all (every worker counts).')
 _WORKERS = flags.DEFINE_integer('workers', 1, 'Worker processes started on this machine.')
 _STUDY = flags.DEFINE_string('study', search.STUDY_NAME, 'Study name in the storage.')
-_STORAGE = flags.DEFINE_string('storage', None, 'SQLAlchemy URL (sqlite:///, postgresql://, '
-                               'mysql://) or a journal file path; default WORKDIR/optuna.log.')
-_METRIC = flags.DEFINE_string('metric', 'acc', 'Summary metric to optimise (acc, bwt, forgetting...).')
+_STORAGE = flags.DEFINE_string(
+  'storage',
+  None,
+  'SQLAlchemy URL (sqlite:///, postgresql://, '
+  'mysql://) or a journal file path; default WORKDIR/optuna.log.',
+)
+_METRIC = flags.DEFINE_string(
+  'metric', 'acc', 'Summary metric to optimise (acc, bwt, forgetting...).'
+)
 _SEED = flags.DEFINE_integer('seed', 0, "Seed of the first worker's sampler (worker i: seed + i).")
-_PRUNER = flags.DEFINE_enum('pruner', 'none', ['none', 'median'],
-                            'Stop trials whose accuracy after a task is below the median.')
+_PRUNER = flags.DEFINE_enum(
+  'pruner',
+  'none',
+  ['none', 'median'],
+  'Stop trials whose accuracy after a task is below the median.',
+)
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write best.json from the storage.')
 
 
@@ -40,15 +54,27 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _REPORT_ONLY.value:
-    best = search.report(_WORKDIR.value, study_name=_STUDY.value, storage=_STORAGE.value,
-                         metric=_METRIC.value)
+    best = search.report(
+      _WORKDIR.value, study_name=_STUDY.value, storage=_STORAGE.value, metric=_METRIC.value
+    )
   else:
     if _CONFIG.value is None or not _SPACE.value:
       raise app.UsageError('--config and --space are required (unless --report_only)')
-    best = search.search(_CONFIG.value, _SPACE.value, _WORKDIR.value, trials=_TRIALS.value,
-                         workers=_WORKERS.value, study_name=_STUDY.value, storage=_STORAGE.value,
-                         metric=_METRIC.value, seed=_SEED.value, pruner=_PRUNER.value)
-  print(json.dumps({k: best[k] for k in ('metric', 'value', 'params', 'trial', 'workdir')}, indent=1))
+    best = search.search(
+      _CONFIG.value,
+      _SPACE.value,
+      _WORKDIR.value,
+      trials=_TRIALS.value,
+      workers=_WORKERS.value,
+      study_name=_STUDY.value,
+      storage=_STORAGE.value,
+      metric=_METRIC.value,
+      seed=_SEED.value,
+      pruner=_PRUNER.value,
+    )
+  print(
+    json.dumps({k: best[k] for k in ('metric', 'value', 'params', 'trial', 'workdir')}, indent=1)
+  )
   print(f'best setting written to {_WORKDIR.value}/best.json')
 
 

@@ -16,6 +16,7 @@ BWT, FWT and forgetting (mean ± std per setting for seeds and grids).
 Quiet by default: the INFO logs of absl, Orbax and JAX are off unless
 `--verbosity=0` (or higher) asks for them.
 """
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -23,12 +24,20 @@ from ml_collections import config_flags
 
 from jcl import runs
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for results.json, logs, checkpoints '
-                               'and plots; rerunning in it resumes the run.')
-_BACKEND = flags.DEFINE_enum('backend', 'jax', sorted(runs.BACKENDS),
-                             'jax (jcl) or torch (jcl.torch: the same run on PyTorch).')
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Path to an experiment config file.', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir',
+  None,
+  'Directory for results.json, logs, checkpoints and plots; rerunning in it resumes the run.',
+)
+_BACKEND = flags.DEFINE_enum(
+  'backend',
+  'jax',
+  sorted(runs.BACKENDS),
+  'jax (jcl) or torch (jcl.torch: the same run on PyTorch).',
+)
 
 
 def quiet_unless_asked() -> None:

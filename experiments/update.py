@@ -11,6 +11,7 @@ Each session restores the model and the full algorithm state from
 and writes the new state, `results.json` and the plots there. See
 `jcl/session.py` for the data formats and the guarantees.
 """
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -19,11 +20,17 @@ from jcl import runs
 from jcl import session
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config with a `session` section (first session only).',
-    lock_config=True)
+  'config',
+  None,
+  'Experiment config with a `session` section (first session only).',
+  lock_config=True,
+)
 _STATE_DIR = flags.DEFINE_string('state_dir', None, 'Directory of the session state.')
-_DATA = flags.DEFINE_multi_string('data', None, 'Data of a new task (npz:PATH or tfds:NAME, '
-                                  'optionally ?classes=0,1); repeat for several tasks.')
+_DATA = flags.DEFINE_multi_string(
+  'data',
+  None,
+  'Data of a new task (npz:PATH or tfds:NAME, optionally ?classes=0,1); repeat for several tasks.',
+)
 
 
 def main(argv):

@@ -6,4 +6,5 @@ functions), `jcl.train` (the scanned loop), `jcl.metrics`, `jcl.loggers`,
 `jcl.callbacks`, `jcl.experiment` (configs to runs). Import what you use:
 `import jcl` alone loads no framework.
 """
+
 __version__ = '0.1.0'

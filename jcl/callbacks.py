@@ -18,6 +18,7 @@ current task's training (its `end_task` and evaluation still run);
 Every callback works on walks of several replicas (seeds / grid settings
 vmapped together): per-replica values have a leading axis R.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -29,8 +30,16 @@ from jcl.loop import FitContext, nan_to_none, none_to_nan, prediction_class_mask
 from jcl.loop import timed_evaluation
 from jcl.run_spec import record_differences
 
-__all__ = ['Callback', 'CheckpointCallback', 'EvaluationCallback', 'FitContext',
-           'LoggingCallback', 'ProgressCallback', 'nan_to_none', 'none_to_nan']
+__all__ = [
+  'Callback',
+  'CheckpointCallback',
+  'EvaluationCallback',
+  'FitContext',
+  'LoggingCallback',
+  'ProgressCallback',
+  'nan_to_none',
+  'none_to_nan',
+]
 
 
 class Callback:
@@ -92,8 +101,9 @@ class LoggingCallback(Callback):
 
   def on_fit_begin(self, ctx):
     if len(self.writers) != ctx.num_replicas:
-      raise ValueError(f'LoggingCallback: {len(self.writers)} writers for '
-                       f'{ctx.num_replicas} replicas')
+      raise ValueError(
+        f'LoggingCallback: {len(self.writers)} writers for {ctx.num_replicas} replicas'
+      )
     self._reset(ctx)
 
   def _reset(self, ctx):
@@ -122,26 +132,37 @@ class LoggingCallback(Callback):
 
   def on_task_end(self, ctx):
     from jcl import loggers  # NumPy only
+
     for r, writer in enumerate(self.writers):
       step = self._step(ctx, r)
       matrix = ctx.accuracy_matrices[r]
-      trained = matrix[:, :ctx.task + 1]
+      trained = matrix[:, : ctx.task + 1]
       initial = None if ctx.initial_accuracies is None else ctx.initial_accuracies[r]
       scalars = {'task': ctx.task}
       if not np.isnan(trained).all():
-        scalars.update({f'eval/{k}': v for k, v in
-                        metrics_lib.summarize(trained, b=initial).items()})
-        scalars.update({f'eval/task_{i}/acc': float(matrix[i, ctx.task])
-                        for i in range(ctx.num_tasks)})
+        scalars.update(
+          {f'eval/{k}': v for k, v in metrics_lib.summarize(trained, b=initial).items()}
+        )
+        scalars.update(
+          {f'eval/task_{i}/acc': float(matrix[i, ctx.task]) for i in range(ctx.num_tasks)}
+        )
         if ctx.task_il_matrices is not None:
           scalars['eval/task_il_acc'] = metrics_lib.average_accuracy(
-              ctx.task_il_matrices[r][:, :ctx.task + 1])
+            ctx.task_il_matrices[r][:, : ctx.task + 1]
+          )
       writer.write_scalars(step, scalars)
-      writer.write_texts(step, {'eval/accuracy_matrix': (
-          f'accuracy matrix after task {ctx.task} (%, task i after training task j):\n'
-          + metrics_lib.format_matrix(matrix))})
-      writer.write_images(step, {'eval/accuracy_matrix_image':
-                                 loggers.accuracy_matrix_image(matrix)})
+      writer.write_texts(
+        step,
+        {
+          'eval/accuracy_matrix': (
+            f'accuracy matrix after task {ctx.task} (%, task i after training task j):\n'
+            + metrics_lib.format_matrix(matrix)
+          )
+        },
+      )
+      writer.write_images(
+        step, {'eval/accuracy_matrix_image': loggers.accuracy_matrix_image(matrix)}
+      )
       writer.flush()
 
   def on_fit_end(self, ctx):
@@ -157,11 +178,16 @@ class ProgressCallback(Callback):
 
   def on_task_begin(self, ctx):
     from jcl.loggers import ProgressBar
-    label = self.desc or (ctx.labels[0] if ctx.num_replicas == 1 else
-                          f'{ctx.num_replicas} replicas')
-    self.bar = ProgressBar(total=ctx.chunks_per_epoch * ctx.epochs,
-                           desc=f'{label + " " if label else ""}task {ctx.task}',
-                           enabled=self.enabled, force=self.force)
+
+    label = self.desc or (
+      ctx.labels[0] if ctx.num_replicas == 1 else f'{ctx.num_replicas} replicas'
+    )
+    self.bar = ProgressBar(
+      total=ctx.chunks_per_epoch * ctx.epochs,
+      desc=f'{label + " " if label else ""}task {ctx.task}',
+      enabled=self.enabled,
+      force=self.force,
+    )
 
   def on_chunk_end(self, ctx):
     if self.bar is not None:
@@ -193,8 +219,9 @@ class CheckpointCallback(Callback):
       differing fields named.
   """
 
-  def __init__(self, checkpointer, every_chunks: int = 0,
-               run_record: Mapping[str, Any] | None = None):
+  def __init__(
+    self, checkpointer, every_chunks: int = 0, run_record: Mapping[str, Any] | None = None
+  ):
     self.checkpointer = checkpointer
     self.every_chunks = every_chunks
     self.run_record = dict(run_record) if run_record is not None else None
@@ -217,9 +244,11 @@ class CheckpointCallback(Callback):
       return
     differences = record_differences(stored, self.run_record)
     raise ValueError(
-        f'the checkpoints in {self.checkpointer.directory} were written by a different run '
-        'configuration:\n  ' + '\n  '.join(differences or ['(the records differ)']) +
-        '\nresume with the same config or use a fresh workdir')
+      f'the checkpoints in {self.checkpointer.directory} were written by a different run '
+      'configuration:\n  '
+      + '\n  '.join(differences or ['(the records differ)'])
+      + '\nresume with the same config or use a fresh workdir'
+    )
 
   def apply_record(self, ctx, record: dict[str, Any]) -> None:
     """Puts a restored record into `ctx` (subclasses adapt older records)."""

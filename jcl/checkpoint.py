@@ -11,6 +11,7 @@ Orbax writes each checkpoint to a temporary folder and renames it when
 complete, so a crash never leaves a half-written one. A checkpoint that
 cannot be read is reported by name and the previous one is used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,9 @@ def _fill_empty(tree: PyTree) -> PyTree:
 
 
 def _restore_empty(tree: PyTree, like: PyTree) -> PyTree:
-  return jax.tree.map(lambda x, l: x if np.size(l) else jnp.zeros(np.shape(l), l.dtype), tree, like)
+  return jax.tree.map(
+    lambda x, ref: x if np.size(ref) else jnp.zeros(np.shape(ref), ref.dtype), tree, like
+  )
 
 
 class CheckpointError(RuntimeError):
@@ -49,12 +52,14 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3):
     import orbax.checkpoint as ocp  # lazy: optional dependency (extra `checkpoint`)
+
     if max_to_keep < 2:
       raise ValueError(f'max_to_keep must be >= 2, got {max_to_keep}')
     self._ocp = ocp
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+    )
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -65,9 +70,13 @@ class Checkpointer:
     ocp = self._ocp
     steps = self.all_steps()
     step = steps[-1] + 1 if steps else 1
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_fill_empty(state)), record=ocp.args.JsonSave(record)),
-                       force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_fill_empty(state)), record=ocp.args.JsonSave(record)
+      ),
+      force=True,
+    )
     self._manager.wait_until_finished()
     return step
 
@@ -77,8 +86,9 @@ class Checkpointer:
     ocp = self._ocp
     for step in reversed(self.all_steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            record=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+          step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+        )
         return dict(restored['record'])
       except Exception:  # noqa: BLE001 - unreadable: `restore_latest` reports it
         continue
@@ -96,17 +106,25 @@ class Checkpointer:
     failures = []
     for step in reversed(self.all_steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()
+          ),
+        )
         return step, _restore_empty(restored['state'], like), dict(restored['record'])
       except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back
-        message = (f'checkpoint {os.path.join(self.directory, str(step))} is corrupt or '
-                   f'incompatible ({type(err).__name__}: {str(err)[:200]}); trying the previous one')
+        message = (
+          f'checkpoint {os.path.join(self.directory, str(step))} is corrupt or '
+          f'incompatible ({type(err).__name__}: {str(err)[:200]}); trying the previous one'
+        )
         logging.warning(message)
         print(message)
         failures.append(message)
     if failures:
-      raise CheckpointError('no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(failures))
+      raise CheckpointError(
+        'no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(failures)
+      )
     return None
 
   def close(self) -> None:

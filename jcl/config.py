@@ -24,6 +24,7 @@ Every default lives once, in those dataclasses; `default_config` copies
 them (`section_config`). `jcl.run_spec.RunSpec.from_config` validates a
 config and is the only thing the run sees.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,18 +43,26 @@ def benchmark_preset(name: str) -> ml_collections.ConfigDict:
   `../shared/data/mnist`) when one is given, else the real-MNIST sample
   shipped with jcl.
   """
-  common = dict(source='auto', path=ml_collections.FieldReference(None, field_type=str),
-                samples_per_task=ml_collections.FieldReference(None, field_type=int),
-                val_fraction=0.0)
+  common = dict(
+    source='auto',
+    path=ml_collections.FieldReference(None, field_type=str),
+    samples_per_task=ml_collections.FieldReference(None, field_type=int),
+    val_fraction=0.0,
+  )
   presets = {
-      'permuted_mnist': dict(name='permuted_mnist', num_tasks=10, scenario='domain'),
-      'rotated_mnist': dict(name='rotated_mnist', num_tasks=20, scenario='domain',
-                            angles='fixed_step', degrees_per_task=9.0),
-      'split_mnist': dict(name='split_mnist', num_tasks=5, scenario='task'),
-      # Class-incremental Split MNIST ("Seq-MNIST" of DER / Mammoth).
-      'split_mnist_class': dict(name='split_mnist', num_tasks=5, scenario='class'),
-      # GEM's "MNIST permutations": 20 tasks of 1000 samples, single pass.
-      'permuted_mnist_online': dict(name='permuted_mnist', num_tasks=20, scenario='domain'),
+    'permuted_mnist': dict(name='permuted_mnist', num_tasks=10, scenario='domain'),
+    'rotated_mnist': dict(
+      name='rotated_mnist',
+      num_tasks=20,
+      scenario='domain',
+      angles='fixed_step',
+      degrees_per_task=9.0,
+    ),
+    'split_mnist': dict(name='split_mnist', num_tasks=5, scenario='task'),
+    # Class-incremental Split MNIST ("Seq-MNIST" of DER / Mammoth).
+    'split_mnist_class': dict(name='split_mnist', num_tasks=5, scenario='class'),
+    # GEM's "MNIST permutations": 20 tasks of 1000 samples, single pass.
+    'permuted_mnist_online': dict(name='permuted_mnist', num_tasks=20, scenario='domain'),
   }
   if name not in presets:
     raise ValueError(f'unknown benchmark preset {name!r}; known: {", ".join(sorted(presets))}')

@@ -1,4 +1,5 @@
 """Accuracy of a model on every task, with fixed-shape scanned eval chunks."""
+
 from __future__ import annotations
 
 import jax
@@ -11,8 +12,9 @@ from jcl.types import Batch
 
 
 @jax.jit
-def count_correct(train_state: ts_lib.TrainState, chunk: Batch,
-                  task_classes: jax.Array | None = None) -> jax.Array:
+def count_correct(
+  train_state: ts_lib.TrainState, chunk: Batch, task_classes: jax.Array | None = None
+) -> jax.Array:
   """Correct predictions and sample count over a chunk `[K, B, ...]`, eval mode.
 
   Predictions are the argmax over the output units allowed by the state's
@@ -27,22 +29,32 @@ def count_correct(train_state: ts_lib.TrainState, chunk: Batch,
 
   def body(carry, batch):
     logits, _ = ts_lib.apply_model(train_state, train_state.params, batch.x, batch.t, train=False)
-    hit = lambda l: jnp.sum((jnp.argmax(l, -1) == batch.y) * batch.mask)
+    hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == batch.y) * batch.mask)
     correct = hit(base.masked_logits(logits, train_state.class_mask))
-    correct_given_task = (hit(base.masked_logits(logits, task_classes[batch.t]))
-                          if task_classes is not None else 0.0)
+    correct_given_task = (
+      hit(base.masked_logits(logits, task_classes[batch.t])) if task_classes is not None else 0.0
+    )
     return carry + jnp.stack([correct, correct_given_task, jnp.sum(batch.mask)]), None
 
   return jax.lax.scan(body, jnp.zeros((3,), jnp.float32), chunk)[0]
 
 
-def split_accuracy(train_state: ts_lib.TrainState, split, *, batch_size: int = 1000,
-                   chunk_steps: int = 10, task_classes=None) -> tuple[float, float]:
+def split_accuracy(
+  train_state: ts_lib.TrainState,
+  split,
+  *,
+  batch_size: int = 1000,
+  chunk_steps: int = 10,
+  task_classes=None,
+) -> tuple[float, float]:
   """`(accuracy, accuracy given the task)` (fractions) on a `TaskSplit`."""
   from jcl.data import stream  # local: keeps this module importable without the data layer
+
   totals = np.zeros(3)
   # No more scanned batches than the split fills (no all-padding batches).
-  chunk_steps = max(1, min(chunk_steps, stream.num_batches(len(split), batch_size, drop_last=False)))
+  chunk_steps = max(
+    1, min(chunk_steps, stream.num_batches(len(split), batch_size, drop_last=False))
+  )
   for chunk in stream.eval_chunks(split, batch_size=batch_size, chunk_steps=chunk_steps):
     totals += np.asarray(count_correct(train_state, Batch(*map(jnp.asarray, chunk)), task_classes))
   if totals[2] == 0:
@@ -50,20 +62,24 @@ def split_accuracy(train_state: ts_lib.TrainState, split, *, batch_size: int = 1
   return totals[0] / totals[2], totals[1] / totals[2]
 
 
-def evaluate_tasks(train_state: ts_lib.TrainState, splits, *, task_classes=None,
-                   **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+def evaluate_tasks(
+  train_state: ts_lib.TrainState, splits, *, task_classes=None, **kwargs
+) -> tuple[np.ndarray, np.ndarray | None]:
   """Accuracy on each split `[len(splits)]`, and with `task_classes` the
   task-incremental accuracy on each (else None)."""
-  pairs = np.array([split_accuracy(train_state, s, task_classes=task_classes, **kwargs)
-                    for s in splits])
+  pairs = np.array(
+    [split_accuracy(train_state, s, task_classes=task_classes, **kwargs) for s in splits]
+  )
   return pairs[:, 0], (pairs[:, 1] if task_classes is not None else None)
 
 
-def class_mask_for(benchmark, task_id: int, *, training: bool = False,
-                   mask_unseen_classes: bool = True) -> jax.Array:
+def class_mask_for(
+  benchmark, task_id: int, *, training: bool = False, mask_unseen_classes: bool = True
+) -> jax.Array:
   """Output units usable after training task `task_id` (`jcl.loop`'s
   `prediction_class_mask`, or in training `training_class_mask`)."""
   from jcl import loop
+
   if training:
     return jnp.asarray(loop.training_class_mask(benchmark, task_id, mask_unseen_classes))
   return jnp.asarray(loop.prediction_class_mask(benchmark, task_id))
@@ -79,6 +95,7 @@ def eval_chunks(benchmark, task_id: int, config) -> list[Batch]:
   """Task `task_id`'s evaluation split (`config.eval_split`) as host chunks of
   up to 10 batches of `config.eval_batch_size`, no more than the split fills."""
   from jcl.data import stream
+
   split = getattr(benchmark.tasks[task_id], config.eval_split)
   if split is None:
     raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
@@ -96,8 +113,9 @@ def accuracies(counts, size: int, given_task: bool, fetch=np.asarray):
   return acc, ((totals[..., 1] / totals[..., 2]).T if given_task else None)
 
 
-def evaluate_benchmark(train_state: ts_lib.TrainState, benchmark, split: str = 'test',
-                       batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray | None]:
+def evaluate_benchmark(
+  train_state: ts_lib.TrainState, benchmark, split: str = 'test', batch_size: int = 1000
+) -> tuple[np.ndarray, np.ndarray | None]:
   """Accuracy on every task of `benchmark` `[T]` (its 'test' or 'val' split);
   for class-incremental streams also the task-incremental accuracy
   (prediction among the sample's task classes). Predictions choose among the

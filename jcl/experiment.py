@@ -5,6 +5,7 @@
 algorithm, initial train state and loop config of a config, for a loop of
 your own. The rest is the backend interface `jcl.runs` uses (see there).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,7 @@ name = 'jax'
 @dataclasses.dataclass
 class Parts:
   """What a run is made of (one replica's, for seeds and grids)."""
+
   spec: RunSpec
   benchmark: benchmarks_lib.Benchmark
   model: Any
@@ -38,7 +40,7 @@ class Parts:
   context: algorithms.Context
   train_state: ts_lib.TrainState
   algo_rng: jax.Array
-  train_config: loop.TrainConfig   # after the algorithm's regime (`adapt_regime`)
+  train_config: loop.TrainConfig  # after the algorithm's regime (`adapt_regime`)
   hp: dict[str, float] = dataclasses.field(default_factory=dict)  # gridded values
 
 
@@ -50,8 +52,13 @@ def build_model(model_config: Mapping[str, Any], benchmark: benchmarks_lib.Bench
   task_classes = None
   if benchmark.scenario == 'task' and benchmark.num_heads == 1:
     task_classes = tuple(tuple(int(c) for c in cls) for cls in benchmark.task_classes)
-  return models.make_model(model_name, num_classes=benchmark.num_classes,
-                           num_heads=benchmark.num_heads, task_classes=task_classes, **kwargs)
+  return models.make_model(
+    model_name,
+    num_classes=benchmark.num_classes,
+    num_heads=benchmark.num_heads,
+    task_classes=task_classes,
+    **kwargs,
+  )
 
 
 def build(config, shared: dict[str, Any] | None = None, replica: Replica | None = None) -> Parts:
@@ -72,19 +79,31 @@ def build(config, shared: dict[str, Any] | None = None, replica: Replica | None 
     if cached is not None and cached.spec == spec:  # another setting of the same seed
       return dataclasses.replace(cached, hp=hp)
   benchmark = spec.build_benchmark()
-  context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
-                               benchmark.num_tasks)
+  context = algorithms.Context(
+    tuple(benchmark.input_shape), benchmark.num_classes, benchmark.num_tasks
+  )
   model_config, optimizer, train_config = algorithms.adapt_regime(
-      spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train)
+    spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train
+  )
   model = algorithms.adapt_model(spec.algorithm, build_model(model_config, benchmark), context)
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
-  state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
-                                    benchmark.num_classes)
+  state = ts_lib.create_train_state(
+    model, optimizer, init_rng, benchmark.input_shape, benchmark.num_classes
+  )
   if 'apply_fn' in shared:  # equal static fields: the replicas share compilations and stack
     state = state.replace(apply_fn=shared['apply_fn'])
   shared.setdefault('apply_fn', state.apply_fn)
-  parts = Parts(spec, benchmark, model, algorithms.build(spec.algorithm, context), context, state,
-                algo_rng, train_config, hp)
+  parts = Parts(
+    spec,
+    benchmark,
+    model,
+    algorithms.build(spec.algorithm, context),
+    context,
+    state,
+    algo_rng,
+    train_config,
+    hp,
+  )
   if replica is not None:
     shared['seed_parts'] = parts
   return parts
@@ -98,13 +117,19 @@ def _program(parts: Parts, shared: dict[str, Any]) -> train_lib.Program:
 
 def executor(parts: Parts, shared: dict[str, Any]) -> train_lib.JaxExecutor:
   """The executor of one replica (programs and evaluation data shared)."""
-  return train_lib.JaxExecutor(_program(parts, shared), parts.benchmark, parts.train_config,
-                               hp=parts.hp, eval_cache=shared.setdefault('eval', {}))
+  return train_lib.JaxExecutor(
+    _program(parts, shared),
+    parts.benchmark,
+    parts.train_config,
+    hp=parts.hp,
+    eval_cache=shared.setdefault('eval', {}),
+  )
 
 
 def init_algo_state(parts: Parts, shared: dict[str, Any]):
-  return _program(parts, shared).init(parts.train_state, parts.algo_rng,
-                                      train_lib.hp_arrays(parts.hp))
+  return _program(parts, shared).init(
+    parts.train_state, parts.algo_rng, train_lib.hp_arrays(parts.hp)
+  )
 
 
 def seeded(parts: Parts):
@@ -132,26 +157,40 @@ def vmapped(spec: RunSpec, replicas: list[Replica], mesh, shared: dict[str, Any]
     by_seed[seed] = parts
   members = [by_seed[r.seed] for r in replicas]
   first = members[0]
-  shapes = {(p.benchmark.scenario, p.benchmark.num_tasks, p.benchmark.num_classes,
-             tuple(p.benchmark.input_shape)) for p in members}
+  shapes = {
+    (
+      p.benchmark.scenario,
+      p.benchmark.num_tasks,
+      p.benchmark.num_classes,
+      tuple(p.benchmark.input_shape),
+    )
+    for p in members
+  }
   if len(shapes) > 1:
     raise ValueError('the seeds build streams of different shapes; set benchmark.seed')
   program = _program(first, shared)
-  executor_ = replicas_lib.VmappedExecutor(program, [p.benchmark for p in members],
-                                           [r.hparams for r in replicas], first.train_config,
-                                           mesh)
-  states = [(p.train_state, program.init(p.train_state, p.algo_rng, train_lib.hp_arrays(r.hparams)))
-            for p, r in zip(members, replicas)]
+  executor_ = replicas_lib.VmappedExecutor(
+    program, [p.benchmark for p in members], [r.hparams for r in replicas], first.train_config, mesh
+  )
+  states = [
+    (p.train_state, program.init(p.train_state, p.algo_rng, train_lib.hp_arrays(r.hparams)))
+    for p, r in zip(members, replicas)
+  ]
   train_state, algo_state = executor_.stack_states(states)
-  stream = loop.Stream([p.benchmark for p in members], [r.seed for r in replicas],
-                       first.train_config, labels=[r.label() for r in replicas],
-                       **loop.stream_needs(spec.algorithm, first.train_config))
+  stream = loop.Stream(
+    [p.benchmark for p in members],
+    [r.seed for r in replicas],
+    first.train_config,
+    labels=[r.label() for r in replicas],
+    **loop.stream_needs(spec.algorithm, first.train_config),
+  )
   return executor_, stream, train_state, algo_state
 
 
 def stack_states(states):
   """Per-replica states stacked `[R, ...]`."""
   import jax.numpy as jnp
+
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
@@ -162,6 +201,7 @@ def replica_mode(mode: str) -> str:
 
 def checkpointer(directory: str, max_to_keep: int):
   from jcl import checkpoint  # Orbax: imported when checkpoints are written
+
   return checkpoint.Checkpointer(directory, max_to_keep=max_to_keep)
 
 
@@ -175,8 +215,11 @@ def devices(mesh) -> list[str]:
 
 
 def environment() -> dict[str, Any]:
-  return {'jax': jax.__version__, 'backend': jax.default_backend(),
-          'python': platform.python_version()}
+  return {
+    'jax': jax.__version__,
+    'backend': jax.default_backend(),
+    'python': platform.python_version(),
+  }
 
 
 _PREPARED: dict[str, Any] = {}

@@ -26,6 +26,7 @@ More backends implement `MetricWriter` (subclassing `BaseWriter` gives no-op
 defaults) and are made available to `make_writer` with `register_writer`.
 Install the optional packages with `pip install 'jcl[loggers]'`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,25 +38,24 @@ import math
 import os
 import sys
 import time
-from typing import (Any, Callable, Mapping, Optional, Protocol, Sequence, Union,
-                    runtime_checkable)
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
 __all__ = [
-    'MetricWriter',
-    'BaseWriter',
-    'ConsoleWriter',
-    'JsonlWriter',
-    'CsvWriter',
-    'TensorBoardWriter',
-    'WandbWriter',
-    'MultiWriter',
-    'accuracy_matrix_image',
-    'register_writer',
-    'available_writers',
-    'make_writer',
-    'ProgressBar',
+  'MetricWriter',
+  'BaseWriter',
+  'ConsoleWriter',
+  'JsonlWriter',
+  'CsvWriter',
+  'TensorBoardWriter',
+  'WandbWriter',
+  'MultiWriter',
+  'accuracy_matrix_image',
+  'register_writer',
+  'available_writers',
+  'make_writer',
+  'ProgressBar',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -204,16 +204,16 @@ def _as_rgb_uint8(image: Any) -> np.ndarray:
   return np.clip(array, 0, 255).astype(np.uint8)
 
 
-def _import_optional(module: str, who: str, package: Optional[str] = None,
-                     extra: str = 'loggers'):
+def _import_optional(module: str, who: str, package: Optional[str] = None, extra: str = 'loggers'):
   """Imports an optional dependency, or raises an ImportError naming the pip extra."""
   try:
     return importlib.import_module(module)
   except ImportError as e:
     raise ImportError(
-        f'{who} needs the {module!r} package, which is not installed. Install the '
-        f"optional dependencies with: pip install 'jcl[{extra}]' "
-        f'(or: pip install {package or module}).') from e
+      f'{who} needs the {module!r} package, which is not installed. Install the '
+      f"optional dependencies with: pip install 'jcl[{extra}]' "
+      f'(or: pip install {package or module}).'
+    ) from e
 
 
 # ---------------------------------------------------------------------------
@@ -221,8 +221,9 @@ def _import_optional(module: str, who: str, package: Optional[str] = None,
 # ---------------------------------------------------------------------------
 
 # Viridis at 0, 1/4, 1/2, 3/4, 1: dark purple -> yellow, luminance increasing.
-_COLORMAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98],
-                      [253, 231, 37]], dtype=np.float64)
+_COLORMAP = np.array(
+  [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
+)
 _NAN_COLOR = (128, 128, 128)
 _GRID_COLOR = (255, 255, 255)
 
@@ -337,8 +338,10 @@ class JsonlWriter(BaseWriter):
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     for name, text in texts.items():
-      self._append(self.texts_path, {'step': int(step), 'time': time.time(),
-                                     'name': str(name), 'text': str(text)})
+      self._append(
+        self.texts_path,
+        {'step': int(step), 'time': time.time(), 'name': str(name), 'text': str(text)},
+      )
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     self._check_open()
@@ -447,6 +450,7 @@ class CsvWriter(BaseWriter):
 
 def _markdown_table(hparams: Mapping[str, Any]) -> str:
   """`| name | value |` Markdown table of a flat mapping."""
+
   def cell(x: Any) -> str:
     return str(x).replace('|', '\\|')
 
@@ -532,17 +536,28 @@ class WandbWriter(BaseWriter):
     mode: 'offline', 'online' or 'disabled'.
   """
 
-  def __init__(self, workdir: Optional[PathLike] = None, project: str = 'jcl',
-               name: Optional[str] = None, group: Optional[str] = None,
-               mode: Optional[str] = None, config: Optional[Mapping[str, Any]] = None):
+  def __init__(
+    self,
+    workdir: Optional[PathLike] = None,
+    project: str = 'jcl',
+    name: Optional[str] = None,
+    group: Optional[str] = None,
+    mode: Optional[str] = None,
+    config: Optional[Mapping[str, Any]] = None,
+  ):
     self._wandb = _import_optional('wandb', 'WandbWriter')
     workdir = None if workdir is None else os.fspath(workdir)
     if workdir is not None:
       os.makedirs(workdir, exist_ok=True)
     self.mode = mode or os.environ.get('WANDB_MODE', 'offline')
     self.run = self._wandb.init(
-        project=project, name=name, group=group, dir=workdir, mode=self.mode,
-        config=None if config is None else _to_python(dict(config)))
+      project=project,
+      name=name,
+      group=group,
+      dir=workdir,
+      mode=self.mode,
+      config=None if config is None else _to_python(dict(config)),
+    )
     self._last_step = 0
     self._step_keys: set[str] = set()  # Keys logged at `_last_step`.
     self._closed = False
@@ -554,8 +569,11 @@ class WandbWriter(BaseWriter):
     if step == self._last_step:
       clash = self._step_keys & set(data)
       if clash:
-        _log.warning('W&B: %s logged again at step %d; the new value replaces the old one.',
-                     sorted(clash), step)
+        _log.warning(
+          'W&B: %s logged again at step %d; the new value replaces the old one.',
+          sorted(clash),
+          step,
+        )
       self._step_keys |= set(data)
     self.run.log(dict(data), step=step)
 
@@ -565,14 +583,22 @@ class WandbWriter(BaseWriter):
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     if images:
       _import_optional('PIL', 'WandbWriter.write_images', 'pillow', 'images')
-      self._log({str(k): self._wandb.Image(_as_rgb_uint8(v)) for k, v in images.items()},
-                step, catch_up=True)
+      self._log(
+        {str(k): self._wandb.Image(_as_rgb_uint8(v)) for k, v in images.items()},
+        step,
+        catch_up=True,
+      )
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     if texts:
-      self._log({str(k): self._wandb.Html(f'<pre>{html.escape(str(v))}</pre>',
-                                          data_is_not_path=True)
-                 for k, v in texts.items()}, step, catch_up=True)
+      self._log(
+        {
+          str(k): self._wandb.Html(f'<pre>{html.escape(str(v))}</pre>', data_is_not_path=True)
+          for k, v in texts.items()
+        },
+        step,
+        catch_up=True,
+      )
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     self.run.config.update(_to_python(dict(hparams)), allow_val_change=True)
@@ -626,8 +652,9 @@ WriterFactory = Callable[..., MetricWriter]
 _FACTORIES: dict[str, tuple[WriterFactory, bool]] = {}
 
 
-def register_writer(name: str, factory: WriterFactory, *, needs_workdir: bool = False,
-                    overwrite: bool = False) -> None:
+def register_writer(
+  name: str, factory: WriterFactory, *, needs_workdir: bool = False, overwrite: bool = False
+) -> None:
   """Makes a backend available to `make_writer` under `name`.
 
   Args:
@@ -649,8 +676,14 @@ def available_writers() -> tuple[str, ...]:
   return tuple(sorted(_FACTORIES))
 
 
-def _make_wandb(workdir: Optional[str], *, run_name: Optional[str], group: Optional[str],
-                project: str, hparams: Optional[Mapping[str, Any]]) -> MetricWriter:
+def _make_wandb(
+  workdir: Optional[str],
+  *,
+  run_name: Optional[str],
+  group: Optional[str],
+  project: str,
+  hparams: Optional[Mapping[str, Any]],
+) -> MetricWriter:
   return WandbWriter(workdir, project=project, name=run_name, group=group, config=hparams)
 
 
@@ -658,15 +691,22 @@ register_writer('console', lambda workdir, **_: ConsoleWriter())
 register_writer('jsonl', lambda workdir, **_: JsonlWriter(workdir), needs_workdir=True)
 register_writer('csv', lambda workdir, **_: CsvWriter(workdir), needs_workdir=True)
 register_writer(
-    'tensorboard', lambda workdir, **_: TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
-    needs_workdir=True)
+  'tensorboard',
+  lambda workdir, **_: TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
+  needs_workdir=True,
+)
 register_writer('wandb', _make_wandb)
 
 
-def make_writer(names: Union[str, Sequence[str]], workdir: Optional[PathLike] = None, *,
-                run_name: Optional[str] = None, group: Optional[str] = None,
-                project: str = 'jcl',
-                hparams: Optional[Mapping[str, Any]] = None) -> MetricWriter:
+def make_writer(
+  names: Union[str, Sequence[str]],
+  workdir: Optional[PathLike] = None,
+  *,
+  run_name: Optional[str] = None,
+  group: Optional[str] = None,
+  project: str = 'jcl',
+  hparams: Optional[Mapping[str, Any]] = None,
+) -> MetricWriter:
   """Builds a writer from backend names.
 
   Args:
@@ -692,8 +732,7 @@ def make_writer(names: Union[str, Sequence[str]], workdir: Optional[PathLike] = 
   names = [n.strip() for entry in names for n in str(entry).split(',') if n.strip()]
   unknown = [n for n in names if n not in _FACTORIES]
   if unknown:
-    raise ValueError(f'Unknown writer name(s) {unknown}; available: '
-                     f'{list(available_writers())}.')
+    raise ValueError(f'Unknown writer name(s) {unknown}; available: {list(available_writers())}.')
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:
     raise ValueError(f'Writer name(s) {repeated} given more than once.')
@@ -707,8 +746,9 @@ def make_writer(names: Union[str, Sequence[str]], workdir: Optional[PathLike] = 
   built: list[MetricWriter] = []
   try:
     for n in names:
-      built.append(_FACTORIES[n][0](workdir, run_name=run_name, group=group,
-                                    project=project, hparams=hparams))
+      built.append(
+        _FACTORIES[n][0](workdir, run_name=run_name, group=group, project=project, hparams=hparams)
+      )
     writer = built[0] if len(built) == 1 else MultiWriter(built)
     if hparams is not None:
       writer.write_hparams(hparams)
@@ -746,12 +786,19 @@ class ProgressBar(_ContextManagerMixin):
     **tqdm_kwargs: passed on to `tqdm.tqdm` (e.g. `file=`, `leave=`).
   """
 
-  def __init__(self, total: Optional[int] = None, desc: Optional[str] = None,
-               enabled: bool = True, force: bool = False, **tqdm_kwargs):
+  def __init__(
+    self,
+    total: Optional[int] = None,
+    desc: Optional[str] = None,
+    enabled: bool = True,
+    force: bool = False,
+    **tqdm_kwargs,
+  ):
     self.enabled = bool(enabled) and (force or _stdout_is_tty())
     self._bar = None
     if self.enabled:
       from tqdm import tqdm  # Lazy: only needed when the bar is shown.
+
       self._bar = tqdm(total=total, desc=desc, **tqdm_kwargs)
 
   def update(self, n: int = 1) -> None:

@@ -32,6 +32,7 @@ loop.
 
 Imports neither JAX nor PyTorch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,18 @@ from jcl.data.benchmarks import Benchmark, TaskSplit, joint_task
 from jcl.data.stream import IndexChunk
 from jcl.run_spec import TrainConfig
 
-__all__ = ['ChunkResult', 'Executor', 'FitContext', 'FitResult', 'NonFiniteLossError', 'Stream',
-           'TrainConfig', 'nan_to_none', 'none_to_nan', 'walk']
+__all__ = [
+  'ChunkResult',
+  'Executor',
+  'FitContext',
+  'FitResult',
+  'NonFiniteLossError',
+  'Stream',
+  'TrainConfig',
+  'nan_to_none',
+  'none_to_nan',
+  'walk',
+]
 
 # Seed offset of `end_task`'s subsample of the task data.
 IMPORTANCE_SALT = 1 << 20
@@ -60,8 +71,10 @@ class NonFiniteLossError(FloatingPointError):
 
 def nan_to_none(rows):
   """A matrix as JSON-able lists, NaN (not trained yet) as None."""
-  return [[None if (isinstance(v, float) and math.isnan(v)) else v for v in r]
-          for r in np.asarray(rows, dtype=np.float64).tolist()]
+  return [
+    [None if (isinstance(v, float) and math.isnan(v)) else v for v in r]
+    for r in np.asarray(rows, dtype=np.float64).tolist()
+  ]
 
 
 def none_to_nan(rows) -> np.ndarray:
@@ -88,6 +101,7 @@ class Stream:
     end_task_samples: at most this many samples go to `end_task` (None: all).
     labels: per replica, its name in messages ('' for a single run).
   """
+
   benchmarks: Sequence[Benchmark]
   seeds: Sequence[int]
   config: TrainConfig
@@ -116,14 +130,18 @@ def stream_needs(spec: Any, config: TrainConfig) -> dict[str, Any]:
   """What an algorithm's spec declares the loop must provide (`Stream` fields)."""
   if spec is None:
     return dict(end_task_samples=config.importance_samples)
-  return dict(cumulative_data=spec.cumulative_data, uses_task_data=spec.uses_task_data,
-              end_task_samples=spec.end_task_samples(config.importance_samples))
+  return dict(
+    cumulative_data=spec.cumulative_data,
+    uses_task_data=spec.uses_task_data,
+    end_task_samples=spec.end_task_samples(config.importance_samples),
+  )
 
 
 @dataclasses.dataclass
 class ChunkResult:
   """What a chunk measured, per replica: the mean of each metric over its
   real steps, and the optimizer step count after it."""
+
   metrics: list[dict[str, float]]
   steps: list[int]
 
@@ -150,8 +168,7 @@ class Executor(Protocol):
     """One chunk per replica (the same object where replicas share it):
     `(states, pending)`; `chunk_result(pending)` gives its `ChunkResult`."""
 
-  def chunk_result(self, pending) -> ChunkResult:
-    ...
+  def chunk_result(self, pending) -> ChunkResult: ...
 
   def end_task(self, states, splits: Sequence[TaskSplit], chunks: Sequence[IndexChunk] | None):
     """`end_task` on rows `chunks` of each replica's task split (None: no
@@ -176,11 +193,12 @@ class FitContext:
   (`accuracy_matrix`, `chunk_metrics`, `history`, ...) are views of the only
   replica of a single run.
   """
+
   train_state: Any
   algo_state: Any
   num_tasks: int
-  accuracy_matrices: np.ndarray             # [R, T, T] fractions, NaN in untrained columns
-  initial_accuracies: np.ndarray | None     # [R, T], the untrained models (for FWT)
+  accuracy_matrices: np.ndarray  # [R, T, T] fractions, NaN in untrained columns
+  initial_accuracies: np.ndarray | None  # [R, T], the untrained models (for FWT)
   task_il_matrices: np.ndarray | None = None  # [R, T, T] class-IL: predictions among task classes
   labels: Sequence[str] = ('',)
   task: int = 0
@@ -196,14 +214,14 @@ class FitContext:
   train_seconds: float = 0.0
   eval_seconds: float = 0.0
   compile_seconds: float = 0.0
-  benchmark: Any = None                # the first replica's `jcl.data.Benchmark`
-  config: Any = None                   # the loop's `TrainConfig`
-  executor: Any = None                 # the walk's `Executor` (evaluation uses it)
+  benchmark: Any = None  # the first replica's `jcl.data.Benchmark`
+  config: Any = None  # the loop's `TrainConfig`
+  executor: Any = None  # the walk's `Executor` (evaluation uses it)
   # Where training starts: set by a callback's `restore` (a resumed run).
   resume_position: dict[str, Any] | None = None
-  finished: bool = False               # the whole stream is trained (a finished run resumed)
-  stop_task: bool = False              # set by a callback: end this task's training now
-  stop_fit: bool = False               # set by a callback: stop after this task
+  finished: bool = False  # the whole stream is trained (a finished run resumed)
+  stop_task: bool = False  # set by a callback: end this task's training now
+  stop_fit: bool = False  # set by a callback: stop after this task
 
   @property
   def num_replicas(self) -> int:
@@ -211,8 +229,10 @@ class FitContext:
 
   def _only(self, name: str):
     if self.num_replicas != 1:
-      raise AttributeError(f'{name} is a single-run view; this walk has {self.num_replicas} '
-                           f'replicas: use the per-replica fields (e.g. {name}s[r])')
+      raise AttributeError(
+        f'{name} is a single-run view; this walk has {self.num_replicas} '
+        f'replicas: use the per-replica fields (e.g. {name}s[r])'
+      )
 
   @property
   def accuracy_matrix(self) -> np.ndarray:
@@ -267,11 +287,14 @@ class FitContext:
   def timings(self) -> dict[str, float]:
     """Seconds of training (compilation excluded), evaluation and
     compilation, and the training throughput."""
-    return {'train_seconds': self.train_seconds, 'eval_seconds': self.eval_seconds,
-            'compile_seconds': self.compile_seconds,
-            'total_seconds': time.perf_counter() - self.start_time,
-            'samples_seen': self.samples_seen,
-            'train_samples_per_second': self.samples_seen / max(self.train_seconds, 1e-9)}
+    return {
+      'train_seconds': self.train_seconds,
+      'eval_seconds': self.eval_seconds,
+      'compile_seconds': self.compile_seconds,
+      'total_seconds': time.perf_counter() - self.start_time,
+      'samples_seen': self.samples_seen,
+      'train_samples_per_second': self.samples_seen / max(self.train_seconds, 1e-9),
+    }
 
   # Checkpoint records (`jcl.callbacks.CheckpointCallback`).
 
@@ -279,17 +302,23 @@ class FitContext:
     """The JSON record of a checkpoint: where the walk stands and what it measured."""
     initial = self.initial_accuracies
     return {
-        'position': {'task': self.task, 'epoch': epoch, 'next_chunk': next_chunk,
-                     'phase': phase},
-        'finished': phase == 'task_done' and (self.task == self.num_tasks - 1 or self.stop_fit),
-        'labels': list(self.labels),
-        'accuracy_matrices': [nan_to_none(m) for m in self.accuracy_matrices],
-        'task_il_accuracy_matrices': (None if self.task_il_matrices is None
-                                      else [nan_to_none(m) for m in self.task_il_matrices]),
-        'initial_accuracies': None if initial is None else np.asarray(initial).tolist(),
-        'histories': self.histories, 'errors': self.errors, 'samples_seen': self.samples_seen,
-        'seconds': {'train': self.train_seconds, 'eval': self.eval_seconds,
-                    'compile': self.compile_seconds}}
+      'position': {'task': self.task, 'epoch': epoch, 'next_chunk': next_chunk, 'phase': phase},
+      'finished': phase == 'task_done' and (self.task == self.num_tasks - 1 or self.stop_fit),
+      'labels': list(self.labels),
+      'accuracy_matrices': [nan_to_none(m) for m in self.accuracy_matrices],
+      'task_il_accuracy_matrices': (
+        None if self.task_il_matrices is None else [nan_to_none(m) for m in self.task_il_matrices]
+      ),
+      'initial_accuracies': None if initial is None else np.asarray(initial).tolist(),
+      'histories': self.histories,
+      'errors': self.errors,
+      'samples_seen': self.samples_seen,
+      'seconds': {
+        'train': self.train_seconds,
+        'eval': self.eval_seconds,
+        'compile': self.compile_seconds,
+      },
+    }
 
   def apply_record(self, record: dict[str, Any]) -> None:
     """Puts a checkpoint record back (the inverse of `record`)."""
@@ -298,7 +327,8 @@ class FitContext:
     self.accuracy_matrices = np.stack([none_to_nan(m) for m in record['accuracy_matrices']])
     if self.task_il_matrices is not None and record.get('task_il_accuracy_matrices'):
       self.task_il_matrices = np.stack(
-          [none_to_nan(m) for m in record['task_il_accuracy_matrices']])
+        [none_to_nan(m) for m in record['task_il_accuracy_matrices']]
+      )
     initial = record.get('initial_accuracies')
     self.initial_accuracies = None if initial is None else np.asarray(initial, np.float64)
     self.histories = [list(h) for h in record['histories']]
@@ -315,8 +345,9 @@ class FitContext:
 # -----------------------------------------------------------------------------
 
 
-def training_class_mask(benchmark: Benchmark, task_id: int,
-                        mask_unseen_classes: bool = True) -> np.ndarray:
+def training_class_mask(
+  benchmark: Benchmark, task_id: int, mask_unseen_classes: bool = True
+) -> np.ndarray:
   """bool `[C]`: the output units training may use during task `task_id`:
   the classes seen so far in class-incremental learning (unless
   `mask_unseen_classes` is off), all units otherwise."""
@@ -369,8 +400,9 @@ def _call(callbacks, hook: str, ctx: FitContext) -> None:
     getattr(cb, hook)(ctx)
 
 
-def walk(executor: Executor, stream: Stream, callbacks: Sequence[Any], train_state: Any,
-         algo_state: Any) -> FitContext:
+def walk(
+  executor: Executor, stream: Stream, callbacks: Sequence[Any], train_state: Any, algo_state: Any
+) -> FitContext:
   """Trains every task of `stream` in order; returns the final `FitContext`.
 
   Args:
@@ -389,13 +421,22 @@ def walk(executor: Executor, stream: Stream, callbacks: Sequence[Any], train_sta
   bench, config, size = stream.benchmark, stream.config, stream.num_replicas
   num_tasks = bench.num_tasks
   ctx = FitContext(
-      train_state=train_state, algo_state=algo_state, num_tasks=num_tasks,
-      accuracy_matrices=np.full((size, num_tasks, num_tasks), np.nan), initial_accuracies=None,
-      task_il_matrices=(np.full((size, num_tasks, num_tasks), np.nan)
-                        if bench.scenario == 'class' else None),
-      labels=list(stream.labels), epochs=config.epochs,
-      histories=[[] for _ in range(size)], errors=[None] * size,
-      benchmark=bench, config=config, executor=executor)
+    train_state=train_state,
+    algo_state=algo_state,
+    num_tasks=num_tasks,
+    accuracy_matrices=np.full((size, num_tasks, num_tasks), np.nan),
+    initial_accuracies=None,
+    task_il_matrices=(
+      np.full((size, num_tasks, num_tasks), np.nan) if bench.scenario == 'class' else None
+    ),
+    labels=list(stream.labels),
+    epochs=config.epochs,
+    histories=[[] for _ in range(size)],
+    errors=[None] * size,
+    benchmark=bench,
+    config=config,
+    executor=executor,
+  )
 
   for cb in callbacks:
     if hasattr(cb, 'restore') and cb.restore(ctx):
@@ -408,9 +449,16 @@ def walk(executor: Executor, stream: Stream, callbacks: Sequence[Any], train_sta
 
   for task_id in range(first_task, num_tasks):
     resuming = start['phase'] == 'train' and task_id == start['task']
-    _train_task(executor, stream, callbacks, ctx, task_id,
-                first_epoch=start['epoch'] if resuming else 0,
-                first_chunk=start['next_chunk'] if resuming else 0, resuming=resuming)
+    _train_task(
+      executor,
+      stream,
+      callbacks,
+      ctx,
+      task_id,
+      first_epoch=start['epoch'] if resuming else 0,
+      first_chunk=start['next_chunk'] if resuming else 0,
+      resuming=resuming,
+    )
     _call(callbacks, 'on_task_end', ctx)
     if ctx.stop_fit:
       break
@@ -441,21 +489,35 @@ def timed_evaluation(ctx: FitContext, class_mask: np.ndarray | None):
   return result
 
 
-def _train_task(executor, stream: Stream, callbacks, ctx: FitContext, task_id: int, *,
-                first_epoch: int, first_chunk: int, resuming: bool) -> None:
+def _train_task(
+  executor,
+  stream: Stream,
+  callbacks,
+  ctx: FitContext,
+  task_id: int,
+  *,
+  first_epoch: int,
+  first_chunk: int,
+  resuming: bool,
+) -> None:
   config, bench = stream.config, stream.benchmark
   clock = _Clock(executor)
   by_id = {id(b): b for b in stream.benchmarks}
-  splits = _per_replica([id(b) for b in stream.benchmarks], lambda key: training_split(
-      by_id[key], task_id, stream.cumulative_data))
+  splits = _per_replica(
+    [id(b) for b in stream.benchmarks],
+    lambda key: training_split(by_id[key], task_id, stream.cumulative_data),
+  )
   executor.place_task(task_id, splits)
   ctx.task, ctx.stop_task = task_id, False
-  ctx.chunks_per_epoch = stream_lib.num_chunks(max(len(s) for s in splits), config.batch_size,
-                                               config.chunk_steps, drop_last=config.drop_last)
+  ctx.chunks_per_epoch = stream_lib.num_chunks(
+    max(len(s) for s in splits), config.batch_size, config.chunk_steps, drop_last=config.drop_last
+  )
   if not resuming:  # a resumed state has had its begin_task already
     ctx.train_state, ctx.algo_state = executor.begin_task(
-        (ctx.train_state, ctx.algo_state), task_id,
-        training_class_mask(bench, task_id, config.mask_unseen_classes))
+      (ctx.train_state, ctx.algo_state),
+      task_id,
+      training_class_mask(bench, task_id, config.mask_unseen_classes),
+    )
   _call(callbacks, 'on_task_begin', ctx)
 
   for epoch in range(first_epoch, config.epochs):
@@ -465,27 +527,38 @@ def _train_task(executor, stream: Stream, callbacks, ctx: FitContext, task_id: i
     _call(callbacks, 'on_epoch_begin', ctx)
     skip = first_chunk if epoch == first_epoch else 0
     by_split = {id(s): s for s in splits}
-    orders = _per_replica([(id(s), seed) for s, seed in zip(splits, stream.seeds)],
-                          lambda key: list(stream_lib.epoch_index_chunks(
-                              len(by_split[key[0]]), batch_size=config.batch_size,
-                              chunk_steps=config.chunk_steps, drop_last=config.drop_last,
-                              rng=np.random.default_rng([key[1], task_id, epoch]), start=skip)))
+    orders = _per_replica(
+      [(id(s), seed) for s, seed in zip(splits, stream.seeds)],
+      lambda key: list(
+        stream_lib.epoch_index_chunks(
+          len(by_split[key[0]]),
+          batch_size=config.batch_size,
+          chunk_steps=config.chunk_steps,
+          drop_last=config.drop_last,
+          rng=np.random.default_rng([key[1], task_id, epoch]),
+          start=skip,
+        )
+      ),
+    )
     _train_epoch(executor, callbacks, ctx, orders, skip)
     _call(callbacks, 'on_epoch_end', ctx)
 
-  own = _per_replica([id(b) for b in stream.benchmarks],
-                     lambda key: by_id[key].tasks[task_id].train)
+  own = _per_replica(
+    [id(b) for b in stream.benchmarks], lambda key: by_id[key].tasks[task_id].train
+  )
   rows = None
   if stream.uses_task_data:
     by_split = {id(s): s for s in own}
     limit = stream.end_task_samples
     rows = _per_replica(
-        [(id(s), seed if limit else None) for s, seed in zip(own, stream.seeds)],
-        lambda key: stream_lib.subset_index_chunk(
-            len(by_split[key[0]]), config.end_task_batch_size,
-            end_task_rows(len(by_split[key[0]]), limit, key[1], task_id)))
-  ctx.train_state, ctx.algo_state = executor.end_task((ctx.train_state, ctx.algo_state), own,
-                                                      rows)
+      [(id(s), seed if limit else None) for s, seed in zip(own, stream.seeds)],
+      lambda key: stream_lib.subset_index_chunk(
+        len(by_split[key[0]]),
+        config.end_task_batch_size,
+        end_task_rows(len(by_split[key[0]]), limit, key[1], task_id),
+      ),
+    )
+  ctx.train_state, ctx.algo_state = executor.end_task((ctx.train_state, ctx.algo_state), own, rows)
   seconds, compiled = clock.stop()
   ctx.train_seconds += seconds
   ctx.compile_seconds += compiled
@@ -494,6 +567,7 @@ def _train_task(executor, stream: Stream, callbacks, ctx: FitContext, task_id: i
 @dataclasses.dataclass
 class _Inflight:
   """A dispatched chunk whose results are not fetched yet."""
+
   chunk_id: int
   samples: int
   states: Any
@@ -536,32 +610,36 @@ def _finish(executor, callbacks, ctx: FitContext, inflight: _Inflight) -> bool:
   ctx.samples_seen += inflight.samples
   ctx.replica_metrics = result.metrics
   for r, (means, step) in enumerate(zip(result.metrics, result.steps)):
-    ctx.histories[r].append({'task': ctx.task, 'epoch': ctx.epoch, 'chunk': ctx.chunk,
-                             'step': step, **means})
+    ctx.histories[r].append(
+      {'task': ctx.task, 'epoch': ctx.epoch, 'chunk': ctx.chunk, 'step': step, **means}
+    )
     if ctx.errors[r] is None and not all(math.isfinite(v) for v in means.values()):
       bad = {k: v for k, v in means.items() if not math.isfinite(v)}
       who = f'replica {ctx.labels[r]}: ' if ctx.labels[r] else ''
-      ctx.errors[r] = (f'{who}non-finite training metrics {bad} in task {ctx.task}, epoch '
-                       f'{ctx.epoch}, chunk {ctx.chunk} (step {step}); lower the learning rate '
-                       'or check the data')
+      ctx.errors[r] = (
+        f'{who}non-finite training metrics {bad} in task {ctx.task}, epoch '
+        f'{ctx.epoch}, chunk {ctx.chunk} (step {step}); lower the learning rate '
+        'or check the data'
+      )
   if all(ctx.errors):
-    error = NonFiniteLossError(ctx.errors[0] if len(ctx.errors) == 1 else
-                               'every replica diverged:\n' + '\n'.join(ctx.errors))
+    error = NonFiniteLossError(
+      ctx.errors[0] if len(ctx.errors) == 1 else 'every replica diverged:\n' + '\n'.join(ctx.errors)
+    )
     error.context = ctx
     raise error
   _call(callbacks, 'on_chunk_end', ctx)
-  return (not ctx.stop_task and ctx.train_state is committed[0]
-          and ctx.algo_state is committed[1])
+  return not ctx.stop_task and ctx.train_state is committed[0] and ctx.algo_state is committed[1]
 
 
 @dataclasses.dataclass
 class FitResult:
   """What a single run returns on either backend (the states are the backend's own)."""
+
   train_state: Any
   algo_state: Any
-  accuracy_matrix: np.ndarray    # R[i, j]: accuracy on task i after training task j (fractions)
-  initial_accuracy: np.ndarray   # [T] accuracy of the untrained model
-  summary: dict[str, float]      # ACC, BWT, FWT, forgetting, ... (fractions)
+  accuracy_matrix: np.ndarray  # R[i, j]: accuracy on task i after training task j (fractions)
+  initial_accuracy: np.ndarray  # [T] accuracy of the untrained model
+  summary: dict[str, float]  # ACC, BWT, FWT, forgetting, ... (fractions)
   history: list[dict[str, Any]]  # per-chunk mean metrics
   timings: dict[str, float]
   # Class-incremental runs: the same matrix with predictions restricted to
@@ -571,27 +649,38 @@ class FitResult:
   already_finished: bool = False
 
   @classmethod
-  def from_context(cls, ctx: FitContext, replica: int = 0, train_state=None,
-                   algo_state=None) -> 'FitResult':
+  def from_context(
+    cls, ctx: FitContext, replica: int = 0, train_state=None, algo_state=None
+  ) -> 'FitResult':
     """Replica `replica` of a walk (its states given for several replicas)."""
     summary = ctx.summaries()[replica]
-    initial = (ctx.initial_accuracies[replica] if ctx.initial_accuracies is not None
-               else np.full(ctx.num_tasks, np.nan))
+    initial = (
+      ctx.initial_accuracies[replica]
+      if ctx.initial_accuracies is not None
+      else np.full(ctx.num_tasks, np.nan)
+    )
     task_il = None if ctx.task_il_matrices is None else ctx.task_il_matrices[replica]
-    return cls(ctx.train_state if train_state is None else train_state,
-               ctx.algo_state if algo_state is None else algo_state,
-               ctx.accuracy_matrices[replica], np.asarray(initial), summary,
-               ctx.histories[replica], ctx.timings(), task_il, already_finished=False)
+    return cls(
+      ctx.train_state if train_state is None else train_state,
+      ctx.algo_state if algo_state is None else algo_state,
+      ctx.accuracy_matrices[replica],
+      np.asarray(initial),
+      summary,
+      ctx.histories[replica],
+      ctx.timings(),
+      task_il,
+      already_finished=False,
+    )
 
   def to_json(self) -> dict[str, Any]:
     extra = {}
     if self.task_il_accuracy_matrix is not None:
       extra['task_il_accuracy_matrix'] = nan_to_none(self.task_il_accuracy_matrix)
     return {
-        **extra,
-        'accuracy_matrix': nan_to_none(self.accuracy_matrix),
-        'initial_accuracy': np.asarray(self.initial_accuracy).tolist(),
-        'summary': self.summary,
-        'timings': self.timings,
-        'history': self.history,
+      **extra,
+      'accuracy_matrix': nan_to_none(self.accuracy_matrix),
+      'initial_accuracy': np.asarray(self.initial_accuracy).tolist(),
+      'summary': self.summary,
+      'timings': self.timings,
+      'history': self.history,
     }

@@ -39,6 +39,7 @@ References:
   [La-MAML] Gupta, Yadav & Paull, "La-MAML: Look-ahead Meta Learning for
     Continual Learning", NeurIPS 2020.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -48,21 +49,21 @@ import numpy as np
 ArrayLike = Any
 
 __all__ = [
-    'empty_accuracy_matrix',
-    'num_trained_tasks',
-    'average_accuracy',
-    'retained_accuracy',
-    'backward_transfer',
-    'bti',
-    'forward_transfer',
-    'forgetting',
-    'average_forgetting',
-    'max_forgetting',
-    'intransigence',
-    'average_intransigence',
-    'learning_accuracy',
-    'summarize',
-    'format_matrix',
+  'empty_accuracy_matrix',
+  'num_trained_tasks',
+  'average_accuracy',
+  'retained_accuracy',
+  'backward_transfer',
+  'bti',
+  'forward_transfer',
+  'forgetting',
+  'average_forgetting',
+  'max_forgetting',
+  'intransigence',
+  'average_intransigence',
+  'learning_accuracy',
+  'summarize',
+  'format_matrix',
 ]
 
 # Tolerance for accuracies that are fractions in [0, 1] up to rounding.
@@ -83,11 +84,11 @@ def _as_float_array(x: ArrayLike, name: str) -> np.ndarray:
 
 def _check_range(values: np.ndarray, name: str) -> None:
   finite = values[np.isfinite(values)]
-  if finite.size and (finite.min() < -_RANGE_ATOL or
-                      finite.max() > 1 + _RANGE_ATOL):
+  if finite.size and (finite.min() < -_RANGE_ATOL or finite.max() > 1 + _RANGE_ATOL):
     raise ValueError(
-        f'{name} must hold accuracies as fractions in [0, 1], got values in '
-        f'[{finite.min():g}, {finite.max():g}]. Divide percentages by 100.')
+      f'{name} must hold accuracies as fractions in [0, 1], got values in '
+      f'[{finite.min():g}, {finite.max():g}]. Divide percentages by 100.'
+    )
 
 
 def _validate(R: ArrayLike) -> tuple[np.ndarray, int]:
@@ -109,8 +110,9 @@ def _validate(R: ArrayLike) -> tuple[np.ndarray, int]:
   R = _as_float_array(R, 'R')
   if R.ndim != 2:
     raise ValueError(
-        'R must be a 2-D accuracy matrix [T_eval, T_trained] with R[i, j] the '
-        f'accuracy on task i after training task j; got shape {R.shape}.')
+      'R must be a 2-D accuracy matrix [T_eval, T_trained] with R[i, j] the '
+      f'accuracy on task i after training task j; got shape {R.shape}.'
+    )
   if R.shape[0] == 0 or R.shape[1] == 0:
     raise ValueError(f'R must not be empty; got shape {R.shape}.')
   if np.isinf(R).any():
@@ -125,35 +127,37 @@ def _validate(R: ArrayLike) -> tuple[np.ndarray, int]:
   if trained[k:].any():
     later = int(k + np.argmax(trained[k:]))
     raise ValueError(
-        f'Column {k} of R is all NaN (not trained yet) but column {later} is '
-        'filled; untrained columns must come after all trained ones.')
+      f'Column {k} of R is all NaN (not trained yet) but column {later} is '
+      'filled; untrained columns must come after all trained ones.'
+    )
   if R.shape[0] < k:
     raise ValueError(
-        f'R has {k} trained columns but only {R.shape[0]} rows; every trained '
-        'task must be evaluated (need T_eval >= number of trained tasks).')
+      f'R has {k} trained columns but only {R.shape[0]} rows; every trained '
+      'task must be evaluated (need T_eval >= number of trained tasks).'
+    )
   # On and above the diagonal (task i already trained at column j >= i).
   seen = np.triu(np.ones((k, k), dtype=bool))
   missing = seen & np.isnan(R[:k, :k])
   if missing.any():
     i, j = np.argwhere(missing)[0]
     raise ValueError(
-        f'R[{i}, {j}] is NaN, but task {i} was trained before column {j} was '
-        'filled: every trained task must be evaluated after every trained '
-        'task.')
+      f'R[{i}, {j}] is NaN, but task {i} was trained before column {j} was '
+      'filled: every trained task must be evaluated after every trained '
+      'task.'
+    )
   return R, k
 
 
-def _validate_vector(v: ArrayLike, R: np.ndarray, k: int, name: str,
-                     what: str) -> np.ndarray:
+def _validate_vector(v: ArrayLike, R: np.ndarray, k: int, name: str, what: str) -> np.ndarray:
   """Checks a per-task vector `[T_eval]`; returns it as float64."""
   v = _as_float_array(v, name)
   if v.ndim != 1:
-    raise ValueError(f'{name} must be a 1-D vector [T] of {what}; got shape '
-                     f'{v.shape}.')
+    raise ValueError(f'{name} must be a 1-D vector [T] of {what}; got shape {v.shape}.')
   if v.shape[0] != R.shape[0]:
     raise ValueError(
-        f'{name} must have one entry per task (row of R): expected length '
-        f'{R.shape[0]}, got {v.shape[0]}.')
+      f'{name} must have one entry per task (row of R): expected length '
+      f'{R.shape[0]}, got {v.shape[0]}.'
+    )
   if not np.isfinite(v[:k]).all():
     i = int(np.argmin(np.isfinite(v[:k])))
     raise ValueError(f'{name}[{i}] must be finite, got {v[i]}.')
@@ -166,8 +170,7 @@ def _validate_vector(v: ArrayLike, R: np.ndarray, k: int, name: str,
 # ---------------------------------------------------------------------------
 
 
-def empty_accuracy_matrix(num_tasks: int,
-                          num_eval_tasks: Optional[int] = None) -> np.ndarray:
+def empty_accuracy_matrix(num_tasks: int, num_eval_tasks: Optional[int] = None) -> np.ndarray:
   """Returns an all-NaN accuracy matrix to fill one column per trained task.
 
   Args:
@@ -182,8 +185,9 @@ def empty_accuracy_matrix(num_tasks: int,
   if num_eval_tasks is None:
     num_eval_tasks = num_tasks
   if num_tasks < 1 or num_eval_tasks < 1:
-    raise ValueError('num_tasks and num_eval_tasks must be >= 1, got '
-                     f'{num_tasks} and {num_eval_tasks}.')
+    raise ValueError(
+      f'num_tasks and num_eval_tasks must be >= 1, got {num_tasks} and {num_eval_tasks}.'
+    )
   return np.full((num_eval_tasks, num_tasks), np.nan, dtype=np.float64)
 
 
@@ -253,7 +257,7 @@ def backward_transfer(R: ArrayLike) -> float:
   R, k = _validate(R)
   if k < 2:
     return 0.0
-  return float(np.mean(R[:k - 1, k - 1] - np.diag(R)[:k - 1]))
+  return float(np.mean(R[: k - 1, k - 1] - np.diag(R)[: k - 1]))
 
 
 def bti(R: ArrayLike) -> float:
@@ -305,8 +309,9 @@ def forward_transfer(R: ArrayLike, b: ArrayLike) -> float:
   if np.isnan(before).any():
     i = int(np.argmax(np.isnan(before))) + 1
     raise ValueError(
-        f'R[{i}, {i - 1}] is NaN: forward transfer needs every task evaluated '
-        'just before it is trained.')
+      f'R[{i}, {i - 1}] is NaN: forward transfer needs every task evaluated '
+      'just before it is trained.'
+    )
   return float(np.mean(before - b[1:k]))
 
 
@@ -331,10 +336,10 @@ def forgetting(R: ArrayLike) -> np.ndarray:
   R, k = _validate(R)
   if k < 2:
     return np.zeros((0,), dtype=np.float64)
-  block = R[:k - 1, :k - 1]  # rows i < T-1, columns l <= T-2.
+  block = R[: k - 1, : k - 1]  # rows i < T-1, columns l <= T-2.
   seen = np.triu(np.ones_like(block, dtype=bool))  # l >= i.
   best = np.where(seen, block, -np.inf).max(axis=1)
-  return best - R[:k - 1, k - 1]
+  return best - R[: k - 1, k - 1]
 
 
 def average_forgetting(R: ArrayLike) -> float:
@@ -381,8 +386,7 @@ def intransigence(R: ArrayLike, reference: ArrayLike) -> np.ndarray:
     `[T]` float64 vector of I_k for the trained tasks.
   """
   R, k = _validate(R)
-  reference = _validate_vector(reference, R, k, 'reference',
-                               'joint-training accuracies')
+  reference = _validate_vector(reference, R, k, 'reference', 'joint-training accuracies')
   return reference[:k] - np.diag(R)[:k]
 
 
@@ -416,9 +420,9 @@ def learning_accuracy(R: ArrayLike) -> float:
   return float(np.mean(np.diag(R)[:k]))
 
 
-def summarize(R: ArrayLike,
-              b: Optional[ArrayLike] = None,
-              reference: Optional[ArrayLike] = None) -> dict[str, float]:
+def summarize(
+  R: ArrayLike, b: Optional[ArrayLike] = None, reference: Optional[ArrayLike] = None
+) -> dict[str, float]:
   """Computes every applicable metric of an accuracy matrix.
 
   Keys (all values are Python floats, in the units of `R`):
@@ -442,11 +446,16 @@ def summarize(R: ArrayLike,
 
   Returns:
     A dict from metric name to value.
+
+  >>> R = [[0.9, 0.6], [0.1, 0.8]]      # task 0 forgets 0.3 while task 1 is learnt
+  >>> s = summarize(R, b=[0.1, 0.1])
+  >>> round(s['acc'], 4), round(s['bwt'], 4), round(s['forgetting'], 4), round(s['fwt'], 4)
+  (0.7, -0.3, 0.3, 0.0)
   """
   R, k = _validate(R)
   out = {
-      'acc': average_accuracy(R),
-      'learning_accuracy': learning_accuracy(R),
+    'acc': average_accuracy(R),
+    'learning_accuracy': learning_accuracy(R),
   }
   if k >= 2:
     out['bwt'] = backward_transfer(R)
@@ -461,8 +470,7 @@ def summarize(R: ArrayLike,
   return out
 
 
-def format_matrix(R: ArrayLike, precision: int = 1,
-                  percent: bool = True) -> str:
+def format_matrix(R: ArrayLike, precision: int = 1, percent: bool = True) -> str:
   """Formats an accuracy matrix as a readable table for console printing.
 
   Rows are `task i` (the evaluated task), columns `after j` (the last trained
@@ -487,18 +495,12 @@ def format_matrix(R: ArrayLike, precision: int = 1,
   if precision < 0:
     raise ValueError(f'precision must be >= 0, got {precision}.')
   values = R * 100.0 if percent else R
-  cells = [['-' if np.isnan(v) else f'{v:.{precision}f}' for v in row]
-           for row in values]
+  cells = [['-' if np.isnan(v) else f'{v:.{precision}f}' for v in row] for row in values]
   row_labels = [f'task {i}' for i in range(R.shape[0])]
   col_labels = [f'after {j}' for j in range(R.shape[1])]
   label_width = max((len(s) for s in row_labels), default=0)
-  widths = [
-      max([len(col_labels[j])] + [len(row[j]) for row in cells])
-      for j in range(R.shape[1])
-  ]
-  lines = [' ' * label_width + ''.join(
-      f'  {c:>{w}}' for c, w in zip(col_labels, widths))]
+  widths = [max([len(col_labels[j])] + [len(row[j]) for row in cells]) for j in range(R.shape[1])]
+  lines = [' ' * label_width + ''.join(f'  {c:>{w}}' for c, w in zip(col_labels, widths))]
   for label, row in zip(row_labels, cells):
-    lines.append(f'{label:<{label_width}}' + ''.join(
-        f'  {c:>{w}}' for c, w in zip(row, widths)))
+    lines.append(f'{label:<{label_width}}' + ''.join(f'  {c:>{w}}' for c, w in zip(row, widths)))
   return '\n'.join(lines)

@@ -39,6 +39,7 @@ Typical use::
   plots.plot_results('/tmp/run')  # accuracy_matrix.png, task_accuracy.png
   plots.compare_runs(['/tmp/ewc', '/tmp/er'], '/tmp/compare.png')
 """
+
 from __future__ import annotations
 
 import json
@@ -51,18 +52,18 @@ import numpy as np
 ArrayLike = Any
 
 __all__ = [
-    'load_results',
-    'is_replicated',
-    'as_matrix',
-    'seen_task_accuracy',
-    'mean_std',
-    'setting_name',
-    'setting_statistics',
-    'plot_accuracy_matrix',
-    'plot_task_curves',
-    'plot_task_curves_over_seeds',
-    'plot_results',
-    'compare_runs',
+  'load_results',
+  'is_replicated',
+  'as_matrix',
+  'seen_task_accuracy',
+  'mean_std',
+  'setting_name',
+  'setting_statistics',
+  'plot_accuracy_matrix',
+  'plot_task_curves',
+  'plot_task_curves_over_seeds',
+  'plot_results',
+  'compare_runs',
 ]
 
 RESULTS_FILE = 'results.json'
@@ -75,10 +76,12 @@ def _pyplot():
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError('jcl.plots needs matplotlib: pip install "jcl[plots]" '
-                      '(or pip install matplotlib).') from e
+    raise ImportError(
+      'jcl.plots needs matplotlib: pip install "jcl[plots]" (or pip install matplotlib).'
+    ) from e
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   return plt
 
 
@@ -127,7 +130,7 @@ def seen_task_accuracy(R: ArrayLike) -> np.ndarray:
   M = as_matrix(R)
   out = []
   for j in range(M.shape[1]):
-    seen = M[:min(j + 1, M.shape[0]), j]
+    seen = M[: min(j + 1, M.shape[0]), j]
     if not np.isfinite(seen).any():
       break
     out.append(float(np.nanmean(seen)))
@@ -157,12 +160,14 @@ def _save(fig, path: str) -> str:
   os.makedirs(directory, exist_ok=True)
   fig.savefig(path, dpi=120, bbox_inches='tight')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   plt.close(fig)
   return path
 
 
-def plot_accuracy_matrix(R: ArrayLike, path: str, title: Optional[str] = None,
-                         std: Optional[ArrayLike] = None) -> str:
+def plot_accuracy_matrix(
+  R: ArrayLike, path: str, title: Optional[str] = None, std: Optional[ArrayLike] = None
+) -> str:
   """Draws the accuracy matrix as an annotated heatmap, in percent.
 
   Rows are "task i" (the evaluated task), columns "after task j"; every finite
@@ -195,7 +200,7 @@ def plot_accuracy_matrix(R: ArrayLike, path: str, title: Optional[str] = None,
   image = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, vmin=0.0, vmax=100.0, aspect='auto')
   colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
   colorbar.set_label('accuracy (%)' if S is None else 'mean accuracy (%)')
-  if size <= 30:   # beyond, the cells are too small for text
+  if size <= 30:  # beyond, the cells are too small for text
     fontsize, fmt = (9, '{:.1f}') if size <= 10 else (8, '{:.0f}') if size <= 20 else (6, '{:.0f}')
     if with_std:
       fontsize -= 1
@@ -206,8 +211,15 @@ def plot_accuracy_matrix(R: ArrayLike, path: str, title: Optional[str] = None,
           text = fmt.format(v)
           if with_std and math.isfinite(S[i, j]):
             text += '\n± ' + fmt.format(S[i, j])
-          ax.text(j, i, text, ha='center', va='center', fontsize=fontsize,
-                  color='black' if v > 60.0 else 'white')
+          ax.text(
+            j,
+            i,
+            text,
+            ha='center',
+            va='center',
+            fontsize=fontsize,
+            color='black' if v > 60.0 else 'white',
+          )
   step = max(1, size // 20)
   ax.set_xticks(range(0, n_cols, step))
   ax.set_xticklabels([str(j) for j in range(0, n_cols, step)])
@@ -224,13 +236,27 @@ def _band(ax, x, mean, std, color, alpha):
   """Shades `mean ± std` where both are finite."""
   ok = np.isfinite(mean) & np.isfinite(std)
   if ok.any():
-    ax.fill_between(x, np.where(ok, mean - std, 0.0), np.where(ok, mean + std, 0.0), where=ok,
-                    color=color, alpha=alpha, linewidth=0.0)
+    ax.fill_between(
+      x,
+      np.where(ok, mean - std, 0.0),
+      np.where(ok, mean + std, 0.0),
+      where=ok,
+      color=color,
+      alpha=alpha,
+      linewidth=0.0,
+    )
 
 
-def _draw_task_curves(M: np.ndarray, S: Optional[np.ndarray], seen: np.ndarray,
-                      seen_std: Optional[np.ndarray], path: str, title: str,
-                      init: Optional[np.ndarray], init_std: Optional[np.ndarray]) -> str:
+def _draw_task_curves(
+  M: np.ndarray,
+  S: Optional[np.ndarray],
+  seen: np.ndarray,
+  seen_std: Optional[np.ndarray],
+  path: str,
+  title: str,
+  init: Optional[np.ndarray],
+  init_std: Optional[np.ndarray],
+) -> str:
   """Draws task curves, all in percent: `M`, `S` `[T_eval, T_trained]` (S: std or None),
   `seen`, `seen_std` `[k]`, `init`, `init_std` `[T_eval]` or None."""
   plt = _pyplot()
@@ -239,33 +265,58 @@ def _draw_task_curves(M: np.ndarray, S: Optional[np.ndarray], seen: np.ndarray,
   if init is not None:
     M = np.concatenate([init[:, None], M], axis=1)
     if S is not None:
-      S = np.concatenate([(np.zeros_like(init) if init_std is None else init_std)[:, None], S],
-                         axis=1)
+      S = np.concatenate(
+        [(np.zeros_like(init) if init_std is None else init_std)[:, None], S], axis=1
+      )
     x = np.concatenate([[0.0], x])
-  offset = 1 if init is not None else 0   # column index of "after task 0"
+  offset = 1 if init is not None else 0  # column index of "after task 0"
 
   fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(x) + 3.0), 4.5))
   colors = plt.get_cmap('tab10' if n_rows <= 10 else 'tab20' if n_rows <= 20 else 'viridis')
   for i in range(n_rows):
     color = colors(i % 20 if n_rows <= 20 else i / max(1, n_rows - 1))
-    trained = offset + i   # column index where task i has just been trained
+    trained = offset + i  # column index where task i has just been trained
     before = slice(0, min(trained + 1, M.shape[1]))
     after = slice(trained, M.shape[1])
     if trained > 0:
-      ax.plot(x[before], M[i, before], linestyle='--', color=color, alpha=0.6, linewidth=1.0,
-              marker='.', markersize=4)
+      ax.plot(
+        x[before],
+        M[i, before],
+        linestyle='--',
+        color=color,
+        alpha=0.6,
+        linewidth=1.0,
+        marker='.',
+        markersize=4,
+      )
       if S is not None:
         _band(ax, x[before], M[i, before], S[i, before], color, 0.07)
-    ax.plot(x[after], M[i, after], linestyle='-', color=color, linewidth=1.5, marker='o',
-            markersize=4, label=f'task {i}' if n_rows <= 20 else None)
+    ax.plot(
+      x[after],
+      M[i, after],
+      linestyle='-',
+      color=color,
+      linewidth=1.5,
+      marker='o',
+      markersize=4,
+      label=f'task {i}' if n_rows <= 20 else None,
+    )
     if S is not None:
       _band(ax, x[after], M[i, after], S[i, after], color, 0.18)
   if seen.size:
-    xs = x[offset:offset + seen.size]
-    acc = f'ACC {seen[-1]:.1f}%' if seen_std is None else (
-        f'ACC {seen[-1]:.1f} ± {seen_std[-1]:.1f}%')
-    ax.plot(xs, seen, color='black', linewidth=3.0, marker='s', markersize=5,
-            label=f'avg. seen tasks ({acc})')
+    xs = x[offset : offset + seen.size]
+    acc = (
+      f'ACC {seen[-1]:.1f}%' if seen_std is None else (f'ACC {seen[-1]:.1f} ± {seen_std[-1]:.1f}%')
+    )
+    ax.plot(
+      xs,
+      seen,
+      color='black',
+      linewidth=3.0,
+      marker='s',
+      markersize=5,
+      label=f'avg. seen tasks ({acc})',
+    )
     if seen_std is not None:
       _band(ax, xs, seen, seen_std, 'black', 0.15)
   ax.set_xticks(x)
@@ -280,8 +331,12 @@ def _draw_task_curves(M: np.ndarray, S: Optional[np.ndarray], seen: np.ndarray,
   return _save(fig, path)
 
 
-def plot_task_curves(R: ArrayLike, path: str, title: Optional[str] = None,
-                     initial_accuracy: Optional[Sequence[float]] = None) -> str:
+def plot_task_curves(
+  R: ArrayLike,
+  path: str,
+  title: Optional[str] = None,
+  initial_accuracy: Optional[Sequence[float]] = None,
+) -> str:
   """Draws each task's accuracy along the stream, and the seen-task average.
 
   The x axis is the number of tasks trained so far (column j of `R` is at
@@ -305,9 +360,16 @@ def plot_task_curves(R: ArrayLike, path: str, title: Optional[str] = None,
     init = 100.0 * _as_vector(initial_accuracy)
     if init.shape != (M.shape[0],):
       raise ValueError(f'initial_accuracy has shape {init.shape}, expected ({M.shape[0]},)')
-  return _draw_task_curves(100.0 * M, None, 100.0 * seen_task_accuracy(M), None, path,
-                           title or 'accuracy per task (dashed: before the task is trained)',
-                           init, None)
+  return _draw_task_curves(
+    100.0 * M,
+    None,
+    100.0 * seen_task_accuracy(M),
+    None,
+    path,
+    title or 'accuracy per task (dashed: before the task is trained)',
+    init,
+    None,
+  )
 
 
 def _as_stack(matrices: ArrayLike) -> np.ndarray:
@@ -336,8 +398,12 @@ def _seen_mean_std(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean_std(np.stack([c[:k] for c in curves]))
 
 
-def plot_task_curves_over_seeds(matrices: ArrayLike, path: str, title: Optional[str] = None,
-                                initial_accuracy: Optional[ArrayLike] = None) -> str:
+def plot_task_curves_over_seeds(
+  matrices: ArrayLike,
+  path: str,
+  title: Optional[str] = None,
+  initial_accuracy: Optional[ArrayLike] = None,
+) -> str:
   """`plot_task_curves` of several seeds: the mean as the line, ± one std shaded.
 
   The seen-task average (black) is the mean ± std over seeds of each seed's
@@ -361,10 +427,20 @@ def plot_task_curves_over_seeds(matrices: ArrayLike, path: str, title: Optional[
       raise ValueError(f'initial_accuracy has shape {inits.shape}, expected {stack.shape[:2]}')
     init, init_std = mean_std(100.0 * inits)
   seen, seen_std = _seen_mean_std(stack)
-  default = (f'accuracy per task, mean ± std over {stack.shape[0]} seeds '
-             '(dashed: before the task is trained)')
-  return _draw_task_curves(100.0 * mean, 100.0 * std, 100.0 * seen, 100.0 * seen_std, path,
-                           title or default, init, init_std)
+  default = (
+    f'accuracy per task, mean ± std over {stack.shape[0]} seeds '
+    '(dashed: before the task is trained)'
+  )
+  return _draw_task_curves(
+    100.0 * mean,
+    100.0 * std,
+    100.0 * seen,
+    100.0 * seen_std,
+    path,
+    title or default,
+    init,
+    init_std,
+  )
 
 
 def is_replicated(document: dict[str, Any]) -> bool:
@@ -392,7 +468,8 @@ def _validate_replicated(document: dict[str, Any], path: str) -> None:
       raise ValueError(f'{where}: "hparams" must be a mapping')
   table = document.get('table', [])
   if not isinstance(table, list) or not all(
-      isinstance(row, dict) and isinstance(row.get('hparams', {}), dict) for row in table):
+    isinstance(row, dict) and isinstance(row.get('hparams', {}), dict) for row in table
+  ):
     raise ValueError(f'{path}: "table" must be a list of rows with "hparams" mappings')
 
 
@@ -454,8 +531,9 @@ def _summary_line(document: dict[str, Any]) -> str:
   for key in _SUMMARY_KEYS:
     v = summary.get(key)
     if isinstance(v, (int, float)) and math.isfinite(v):
-      parts.append(f'{key.upper()} {100 * v:+.1f}' if key in ('bwt', 'fwt')
-                   else f'{key.upper()} {100 * v:.1f}')
+      parts.append(
+        f'{key.upper()} {100 * v:+.1f}' if key in ('bwt', 'fwt') else f'{key.upper()} {100 * v:.1f}'
+      )
   return ', '.join(parts)
 
 
@@ -482,20 +560,40 @@ def _hparams_key(hparams: dict[str, Any]) -> str:
 def _stats_of(replicas: list[dict[str, Any]], members: list[int]) -> dict[str, Any]:
   """Mean/std over the non-diverged `members` of a setting (arrays None when none is left)."""
   kept = [r for r in members if not replicas[r].get('error')]
-  out = {'seeds': [replicas[r].get('seed') for r in kept],
-         'diverged_seeds': [replicas[r].get('seed') for r in members if r not in kept],
-         'replica_indices': kept}
-  none = dict.fromkeys(('mean_accuracy_matrix', 'std_accuracy_matrix', 'seen_mean', 'seen_std',
-                        'initial_mean', 'initial_std', 'initial_accuracy', 'accuracy_matrices',
-                        'task_il_accuracy_matrices'))
+  out = {
+    'seeds': [replicas[r].get('seed') for r in kept],
+    'diverged_seeds': [replicas[r].get('seed') for r in members if r not in kept],
+    'replica_indices': kept,
+  }
+  none = dict.fromkeys(
+    (
+      'mean_accuracy_matrix',
+      'std_accuracy_matrix',
+      'seen_mean',
+      'seen_std',
+      'initial_mean',
+      'initial_std',
+      'initial_accuracy',
+      'accuracy_matrices',
+      'task_il_accuracy_matrices',
+    )
+  )
   if not kept:
     return {**out, **none, 'summary_mean': {}, 'summary_std': {}}
   stack = _as_stack([replicas[r]['accuracy_matrix'] for r in kept])
   mean, std = mean_std(stack)
   seen, seen_std = _seen_mean_std(stack)
-  out.update(accuracy_matrices=stack, mean_accuracy_matrix=mean, std_accuracy_matrix=std,
-             seen_mean=seen, seen_std=seen_std, initial_mean=None, initial_std=None,
-             initial_accuracy=None, task_il_accuracy_matrices=None)
+  out.update(
+    accuracy_matrices=stack,
+    mean_accuracy_matrix=mean,
+    std_accuracy_matrix=std,
+    seen_mean=seen,
+    seen_std=seen_std,
+    initial_mean=None,
+    initial_std=None,
+    initial_accuracy=None,
+    task_il_accuracy_matrices=None,
+  )
   inits = [replicas[r].get('initial_accuracy') for r in kept]
   if all(v is not None and len(v) == stack.shape[1] for v in inits):
     out['initial_accuracy'] = np.stack([_as_vector(v) for v in inits])
@@ -548,8 +646,14 @@ def setting_statistics(document: dict[str, Any]) -> list[dict[str, Any]]:
       order.append(key)
   ranked_by_table = bool(order)
   order += [key for key in groups if key not in order]
-  settings = [{'hparams': hparams_of[key], 'name': setting_name(hparams_of[key]),
-               **_stats_of(replicas, groups[key])} for key in order]
+  settings = [
+    {
+      'hparams': hparams_of[key],
+      'name': setting_name(hparams_of[key]),
+      **_stats_of(replicas, groups[key]),
+    }
+    for key in order
+  ]
   if not ranked_by_table:
 
     def final(setting):
@@ -586,41 +690,63 @@ def _plot_replicated(document: dict[str, Any], workdir: str) -> list[str]:
   paths = []
   for s in settings:
     if not s['seeds']:
-      continue   # every seed diverged: nothing to draw
+      continue  # every seed diverged: nothing to draw
     tag = f'_{s["rank"]}' if several else ''
     head = f'{run}: {s["name"]}' if s['name'] else run
     seeds = _seeds_note(s)
     summary = _pm_line(s['summary_mean'], s['summary_std'])
     suffix = f'\n{summary}' if summary else ''
-    paths.append(plot_accuracy_matrix(
-        s['mean_accuracy_matrix'], os.path.join(workdir, f'accuracy_matrix{tag}.png'),
+    paths.append(
+      plot_accuracy_matrix(
+        s['mean_accuracy_matrix'],
+        os.path.join(workdir, f'accuracy_matrix{tag}.png'),
         title=f'{head}\nmean ± std accuracy R[i, j] (%) over {seeds}{suffix}',
-        std=s['std_accuracy_matrix']))
-    paths.append(plot_task_curves_over_seeds(
-        s['accuracy_matrices'], os.path.join(workdir, f'task_accuracy{tag}.png'),
+        std=s['std_accuracy_matrix'],
+      )
+    )
+    paths.append(
+      plot_task_curves_over_seeds(
+        s['accuracy_matrices'],
+        os.path.join(workdir, f'task_accuracy{tag}.png'),
         title=f'{head}\naccuracy per task, mean ± std over {seeds}{suffix}',
-        initial_accuracy=s['initial_accuracy']))
+        initial_accuracy=s['initial_accuracy'],
+      )
+    )
     if s['task_il_accuracy_matrices'] is not None:
       mean, std = mean_std(s['task_il_accuracy_matrices'])
-      paths.append(plot_accuracy_matrix(
-          mean, os.path.join(workdir, f'task_il_accuracy_matrix{tag}.png'),
-          title=f'{head}\nmean ± std task-IL accuracy R[i, j] (%) over {seeds}', std=std))
+      paths.append(
+        plot_accuracy_matrix(
+          mean,
+          os.path.join(workdir, f'task_il_accuracy_matrix{tag}.png'),
+          title=f'{head}\nmean ± std task-IL accuracy R[i, j] (%) over {seeds}',
+          std=std,
+        )
+      )
   if several:
     alive = [s for s in settings if s['seeds'] and s['seen_mean'].size]
     curves = []
     for s in alive:
       m, sd = 100.0 * s['seen_mean'], 100.0 * s['seen_std']
-      seeds = f'{len(s["seeds"])} seeds' + (f', {len(s["diverged_seeds"])} diverged'
-                                            if s['diverged_seeds'] else '')
-      curves.append((f'{s["rank"]}. {s["name"] or run}: ACC {m[-1]:.1f} ± {sd[-1]:.1f}% '
-                     f'({seeds})', m, sd))
+      seeds = f'{len(s["seeds"])} seeds' + (
+        f', {len(s["diverged_seeds"])} diverged' if s['diverged_seeds'] else ''
+      )
+      curves.append(
+        (f'{s["rank"]}. {s["name"] or run}: ACC {m[-1]:.1f} ± {sd[-1]:.1f}% ({seeds})', m, sd)
+      )
     if curves:
       skipped = len(settings) - len(alive)
-      note = (f'\n({skipped} setting{"s" if skipped != 1 else ""} left out: every seed diverged)'
-              if skipped else '')
-      paths.append(_plot_seen_curves(
-          curves, os.path.join(workdir, 'settings.png'),
-          f'{run}: average accuracy over seen tasks, mean ± std over seeds{note}'))
+      note = (
+        f'\n({skipped} setting{"s" if skipped != 1 else ""} left out: every seed diverged)'
+        if skipped
+        else ''
+      )
+      paths.append(
+        _plot_seen_curves(
+          curves,
+          os.path.join(workdir, 'settings.png'),
+          f'{run}: average accuracy over seen tasks, mean ± std over seeds{note}',
+        )
+      )
   return paths
 
 
@@ -660,10 +786,15 @@ def plot_results(workdir: str) -> list[str]:
   if initial is not None and len(initial) != len(R):
     initial = None
   paths = [
-      plot_accuracy_matrix(R, os.path.join(workdir, 'accuracy_matrix.png'),
-                           title=f'{name}: accuracy R[i, j] (%){suffix}'),
-      plot_task_curves(R, os.path.join(workdir, 'task_accuracy.png'),
-                       title=f'{name}: accuracy per task{suffix}', initial_accuracy=initial),
+    plot_accuracy_matrix(
+      R, os.path.join(workdir, 'accuracy_matrix.png'), title=f'{name}: accuracy R[i, j] (%){suffix}'
+    ),
+    plot_task_curves(
+      R,
+      os.path.join(workdir, 'task_accuracy.png'),
+      title=f'{name}: accuracy per task{suffix}',
+      initial_accuracy=initial,
+    ),
   ]
   task_il = document.get('task_il_accuracy_matrix')
   if task_il is not None:
@@ -671,14 +802,21 @@ def plot_results(workdir: str) -> list[str]:
       as_matrix(task_il)
     except ValueError as e:
       raise ValueError(
-          f'{os.path.join(workdir, RESULTS_FILE)}: task_il_accuracy_matrix: {e}') from e
-    paths.append(plot_accuracy_matrix(task_il, os.path.join(workdir, 'task_il_accuracy_matrix.png'),
-                                      title=f'{name}: task-IL accuracy R[i, j] (%)'))
+        f'{os.path.join(workdir, RESULTS_FILE)}: task_il_accuracy_matrix: {e}'
+      ) from e
+    paths.append(
+      plot_accuracy_matrix(
+        task_il,
+        os.path.join(workdir, 'task_il_accuracy_matrix.png'),
+        title=f'{name}: task-IL accuracy R[i, j] (%)',
+      )
+    )
   return paths
 
 
-def _plot_seen_curves(curves: Sequence[tuple[str, np.ndarray, Optional[np.ndarray]]], path: str,
-                      title: str) -> str:
+def _plot_seen_curves(
+  curves: Sequence[tuple[str, np.ndarray, Optional[np.ndarray]]], path: str, title: str
+) -> str:
   """One line per `(label, mean [k], std [k] or None)` (percent), std shaded."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -713,8 +851,7 @@ def _best_setting(document: dict[str, Any]) -> Optional[dict[str, Any]]:
   return None
 
 
-def compare_runs(workdirs: Sequence[str], path: str,
-                 labels: Optional[Sequence[str]] = None) -> str:
+def compare_runs(workdirs: Sequence[str], path: str, labels: Optional[Sequence[str]] = None) -> str:
   """Draws the average accuracy over seen tasks after each task, for several runs.
 
   A replicated run contributes its best setting (`table[0]`; the next ranked
@@ -741,13 +878,17 @@ def compare_runs(workdirs: Sequence[str], path: str,
   documents = [load_results(w) for w in workdirs]
   best = [_best_setting(d) if is_replicated(d) else None for d in documents]
   if labels is None:
-    labels = [_run_label(d, os.path.basename(os.path.normpath(w)))
-              for d, w in zip(documents, workdirs)]
-    labels = [f'{label} [{b["name"]}]' if b is not None and b['name'] else label
-              for label, b in zip(labels, best)]
-    if len(set(labels)) < len(labels):   # same algo/benchmark: tell the runs apart
-      labels = [f'{label} ({os.path.basename(os.path.normpath(w))})'
-                for label, w in zip(labels, workdirs)]
+    labels = [
+      _run_label(d, os.path.basename(os.path.normpath(w))) for d, w in zip(documents, workdirs)
+    ]
+    labels = [
+      f'{label} [{b["name"]}]' if b is not None and b['name'] else label
+      for label, b in zip(labels, best)
+    ]
+    if len(set(labels)) < len(labels):  # same algo/benchmark: tell the runs apart
+      labels = [
+        f'{label} ({os.path.basename(os.path.normpath(w))})' for label, w in zip(labels, workdirs)
+      ]
   curves = []
   for document, setting, label in zip(documents, best, labels):
     if not is_replicated(document):
@@ -757,6 +898,11 @@ def compare_runs(workdirs: Sequence[str], path: str,
     elif setting is not None:
       seen, std = 100.0 * setting['seen_mean'], 100.0 * setting['seen_std']
       n = len(setting['seeds'])
-      curves.append((f'{label}: ACC {seen[-1]:.1f} ± {std[-1]:.1f}% ({n} seed'
-                     f'{"s" if n != 1 else ""})', seen, std))
+      curves.append(
+        (
+          f'{label}: ACC {seen[-1]:.1f} ± {std[-1]:.1f}% ({n} seed{"s" if n != 1 else ""})',
+          seen,
+          std,
+        )
+      )
   return _plot_seen_curves(curves, path, 'average accuracy over seen tasks')

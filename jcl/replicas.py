@@ -53,12 +53,12 @@ before JAX touches a device (`jcl.runs.run` does, with
 replicas, the global arrays are assembled from them with
 `jax.make_array_from_callback`, and process 0 writes the results.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -70,9 +70,22 @@ from jcl.run_spec import Replica, RunSpec, parse_grid
 from jcl.runs import ReplicasResult, aggregate, format_summary
 from jcl.types import Batch
 
-__all__ = ['MODES', 'Replica', 'ReplicasResult', 'VmappedExecutor', 'aggregate', 'config_for',
-           'default_mode', 'format_summary', 'initialize_distributed', 'is_replicated',
-           'make_mesh', 'parse_grid', 'replicas_of', 'run']
+__all__ = [
+  'MODES',
+  'Replica',
+  'ReplicasResult',
+  'VmappedExecutor',
+  'aggregate',
+  'config_for',
+  'default_mode',
+  'format_summary',
+  'initialize_distributed',
+  'is_replicated',
+  'make_mesh',
+  'parse_grid',
+  'replicas_of',
+  'run',
+]
 
 REPLICA_AXIS, BATCH_AXIS = 'replica', 'batch'
 MODES = run_spec_lib.MODES
@@ -111,8 +124,9 @@ def config_for(config, replica: Replica):
   return single
 
 
-def run(config, workdir: str | None = None, *, mode: str | None = None,
-        mesh: Mesh | None | str = 'auto') -> ReplicasResult:
+def run(
+  config, workdir: str | None = None, *, mode: str | None = None, mesh: Mesh | None | str = 'auto'
+) -> ReplicasResult:
   """Trains every replica of `config` (`jcl.runs.run`; see the module docstring).
 
   Args:
@@ -123,14 +137,8 @@ def run(config, workdir: str | None = None, *, mode: str | None = None,
       (`make_mesh`), None runs on the default device.
   """
   from jcl import runs
-  spec = RunSpec.from_config(config)
-  if not spec.replicated:  # one replica: still a ReplicasResult
-    spec = RunSpec.from_config({**run_spec_lib.as_plain(config), 'grid': '',
-                                'num_seeds': 1})
-  result = runs.run(spec, workdir, mode=mode, mesh=mesh) if spec.replicated else None
-  if result is None:
-    raise ValueError('replicas.run needs num_seeds > 1 or a grid; use jcl.runs.run')
-  return result
+
+  return runs.run(config, workdir, mode=mode, mesh=mesh, as_replicas=True)
 
 
 # -----------------------------------------------------------------------------
@@ -161,12 +169,15 @@ def make_mesh(batch_shards: int = 1, devices: Sequence[Any] | None = None) -> Me
   batch axis; None with a single device."""
   devices = list(devices if devices is not None else jax.devices())
   if len(devices) % batch_shards:
-    raise ValueError(f'replicas.batch_shards={batch_shards} does not divide the '
-                     f'{len(devices)} devices')
+    raise ValueError(
+      f'replicas.batch_shards={batch_shards} does not divide the {len(devices)} devices'
+    )
   if len(devices) == 1:
     return None
-  return Mesh(np.array(devices).reshape(len(devices) // batch_shards, batch_shards),
-              (REPLICA_AXIS, BATCH_AXIS))
+  return Mesh(
+    np.array(devices).reshape(len(devices) // batch_shards, batch_shards),
+    (REPLICA_AXIS, BATCH_AXIS),
+  )
 
 
 def _place(tree, mesh: Mesh | None, spec_of):
@@ -192,6 +203,7 @@ def fetch(tree):
   def get(leaf):
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
       from jax.experimental import multihost_utils
+
       return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
     return np.asarray(jax.device_get(leaf))
 
@@ -207,22 +219,27 @@ def same_benchmark(a, b) -> bool:
   """Whether two benchmarks hold the same tasks (e.g. a seed-independent stream)."""
   if a is b:
     return True
-  if (a.name, a.scenario, a.num_tasks, a.num_classes) != (b.name, b.scenario, b.num_tasks,
-                                                          b.num_classes):
+  if (a.name, a.scenario, a.num_tasks, a.num_classes) != (
+    b.name,
+    b.scenario,
+    b.num_tasks,
+    b.num_classes,
+  ):
     return False
   for ta, tb in zip(a.tasks, b.tasks):
     for split in ('train', 'val', 'test'):
       sa, sb = getattr(ta, split), getattr(tb, split)
       if (sa is None) != (sb is None):
         return False
-      if sa is not None and not all(np.array_equal(getattr(sa, f), getattr(sb, f))
-                                    for f in ('x', 'y', 't')):
+      if sa is not None and not all(
+        np.array_equal(getattr(sa, f), getattr(sb, f)) for f in ('x', 'y', 't')
+      ):
         return False
   return True
 
 
 def _stack(trees):
-  return jax.tree.map(lambda *leaves: np.stack([np.asarray(l) for l in leaves]), *trees)
+  return jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
 
 
 class VmappedExecutor:
@@ -232,20 +249,28 @@ class VmappedExecutor:
 
   asynchronous = True
 
-  def __init__(self, program: train_lib.Program, benchmarks: Sequence[Any],
-               hparams: Sequence[Mapping[str, float]], config: loop.TrainConfig,
-               mesh: Mesh | None):
+  def __init__(
+    self,
+    program: train_lib.Program,
+    benchmarks: Sequence[Any],
+    hparams: Sequence[Mapping[str, float]],
+    config: loop.TrainConfig,
+    mesh: Mesh | None,
+  ):
     self.program, self.config, self.mesh = program, config, mesh
     self.benchmarks = list(benchmarks)
     self.num_replicas = len(self.benchmarks)
     replica_shards = 1 if mesh is None else mesh.shape[REPLICA_AXIS]
     self.batch_shards = 1 if mesh is None else mesh.shape[BATCH_AXIS]
     if config.batch_size % self.batch_shards:
-      raise ValueError(f'replicas.batch_shards={self.batch_shards} does not divide the batch '
-                       f'size {config.batch_size}')
+      raise ValueError(
+        f'replicas.batch_shards={self.batch_shards} does not divide the batch '
+        f'size {config.batch_size}'
+      )
     self.padded = -(-self.num_replicas // replica_shards) * replica_shards
     self.rows = list(range(self.num_replicas)) + [self.num_replicas - 1] * (
-        self.padded - self.num_replicas)
+      self.padded - self.num_replicas
+    )
     hps = [{k: np.float32(v) for k, v in hparams[r].items()} for r in self.rows]
     self.hp = self._put_replicated(_stack(hps)) if hps[0] else {}
     self._data: tuple[tuple[int, ...], Any, Any] | None = None
@@ -262,7 +287,7 @@ class VmappedExecutor:
 
   def replica_states(self, states):
     """The stacked states without the padding rows."""
-    return jax.tree.map(lambda leaf: leaf[:self.num_replicas], states)
+    return jax.tree.map(lambda leaf: leaf[: self.num_replicas], states)
 
   # Placement: the leading replica axis sharded; the batch axis of row
   # numbers sharded when it divides.
@@ -273,10 +298,11 @@ class VmappedExecutor:
   def _put_rows(self, tree, batched: bool):
     def spec(leaf):
       lead = (REPLICA_AXIS,) if batched else ()
-      rest = leaf.shape[len(lead):]
+      rest = leaf.shape[len(lead) :]
       if len(rest) >= 2 and self.batch_shards > 1 and rest[1] % self.batch_shards == 0:
         return P(*lead, None, BATCH_AXIS)
       return P(*lead)
+
     return _place(tree, self.mesh, spec)
 
   def _shared_or_stacked(self, items: Sequence[Any]):
@@ -293,17 +319,34 @@ class VmappedExecutor:
       return self._data[1], self._data[2]
     shared, batched = self._shared_or_stacked(splits)
     if not batched:
-      data = Batch(*_place((np.asarray(shared.x, np.float32), np.asarray(shared.y, np.int32),
-                            np.asarray(shared.t, np.int32)), self.mesh, lambda leaf: P()), None)
+      data = Batch(
+        *_place(
+          (
+            np.asarray(shared.x, np.float32),
+            np.asarray(shared.y, np.int32),
+            np.asarray(shared.t, np.int32),
+          ),
+          self.mesh,
+          lambda leaf: P(),
+        ),
+        None,
+      )
       axis = None
     else:
       n = max(len(s) for s in shared)
       pad = lambda a, dtype: np.concatenate(
-          [np.asarray(a, dtype), np.zeros((n - len(a),) + a.shape[1:], dtype)])
-      data = Batch(*self._put_replicated((
-          np.stack([pad(s.x, np.float32) for s in shared]),
-          np.stack([pad(s.y, np.int32) for s in shared]),
-          np.stack([pad(s.t, np.int32) for s in shared]))), None)
+        [np.asarray(a, dtype), np.zeros((n - len(a),) + a.shape[1:], dtype)]
+      )
+      data = Batch(
+        *self._put_replicated(
+          (
+            np.stack([pad(s.x, np.float32) for s in shared]),
+            np.stack([pad(s.y, np.int32) for s in shared]),
+            np.stack([pad(s.t, np.int32) for s in shared]),
+          )
+        ),
+        None,
+      )
       axis = Batch(0, 0, 0, None)  # a shorter split's padding rows are zeros, as `gather`'s
     self._data = (key, data, axis)
     return data, axis
@@ -317,8 +360,12 @@ class VmappedExecutor:
     masks = [c.mask for c in shared]
     mask_shared = all(np.array_equal(m, masks[0]) for m in masks)
     mask = masks[0] if mask_shared else np.stack(masks)
-    return (self._put_rows(idx, True), self._put_rows(mask, not mask_shared), 0,
-            None if mask_shared else 0)
+    return (
+      self._put_rows(idx, True),
+      self._put_rows(mask, not mask_shared),
+      0,
+      None if mask_shared else 0,
+    )
 
   def place_task(self, task_id: int, splits) -> None:
     del task_id
@@ -326,26 +373,31 @@ class VmappedExecutor:
 
   def begin_task(self, states, task_id: int, class_mask: np.ndarray):
     train_state, algo_state = states
-    masks = self._put_replicated(np.broadcast_to(np.asarray(class_mask),
-                                                 (self.padded, *np.shape(class_mask))))
+    masks = self._put_replicated(
+      np.broadcast_to(np.asarray(class_mask), (self.padded, *np.shape(class_mask)))
+    )
     train_state = train_state.replace(class_mask=masks)
     return jax.vmap(self.program.begin_task, in_axes=(0, 0, None, 0))(
-        train_state, algo_state, task_id, self.hp)
+      train_state, algo_state, task_id, self.hp
+    )
 
   def run_chunk(self, states, chunks):
     data, data_axis = self._data[1], self._data[2]
     idx, mask, idx_axis, mask_axis = self._rows(chunks)
     skip_padding = any(c.padding_steps for c in chunks)
-    fn = self.program.vmapped('run_chunk', 0, 0, data_axis, idx_axis, mask_axis, 0,
-                              static={'skip_padding': skip_padding})
+    fn = self.program.vmapped(
+      'run_chunk', 0, 0, data_axis, idx_axis, mask_axis, 0, static={'skip_padding': skip_padding}
+    )
     train_state, algo_state, means, step = fn(*states, data, idx, mask, self.hp)
     return (train_state, algo_state), (means, step)
 
   def chunk_result(self, pending) -> loop.ChunkResult:
     means, step = fetch(pending)
     size = self.num_replicas
-    return loop.ChunkResult([{k: float(v[r]) for k, v in means.items()} for r in range(size)],
-                            [int(s) for s in np.asarray(step)[:size]])
+    return loop.ChunkResult(
+      [{k: float(v[r]) for k, v in means.items()} for r in range(size)],
+      [int(s) for s in np.asarray(step)[:size]],
+    )
 
   def end_task(self, states, splits, chunks):
     if chunks is None:
@@ -362,8 +414,10 @@ class VmappedExecutor:
     """Every task's evaluation chunks, placed once: per task, `(data, in_axes)` pairs."""
     if self._eval is None:
       self._eval = []
-      per_benchmark = {id(b): [evaluation.eval_chunks(b, task, self.config)
-                               for task in range(b.num_tasks)] for b in self.benchmarks}
+      per_benchmark = {
+        id(b): [evaluation.eval_chunks(b, task, self.config) for task in range(b.num_tasks)]
+        for b in self.benchmarks
+      }
       for task in range(self.benchmarks[0].num_tasks):
         per_replica = [per_benchmark[id(b)][task] for b in self.benchmarks]
         placed = []
@@ -372,8 +426,9 @@ class VmappedExecutor:
           if not batched:
             placed.append((self._put_rows(shared, False), None))
           else:
-            stacked = Batch(*(np.stack([np.asarray(getattr(c, f)) for c in shared])
-                              for f in Batch._fields))
+            stacked = Batch(
+              *(np.stack([np.asarray(getattr(c, f)) for c in shared]) for f in Batch._fields)
+            )
             placed.append((self._put_rows(stacked, True), 0))
         self._eval.append(placed)
     return self._eval
@@ -384,6 +439,11 @@ class VmappedExecutor:
       masks = np.broadcast_to(np.asarray(class_mask), (self.padded, *np.shape(class_mask)))
       train_state = train_state.replace(class_mask=self._put_replicated(masks))
     table = evaluation.task_table(self.benchmarks[0])
-    counts = [[self.program.vmapped('count_correct', 0, axis, None)(train_state, data, table)
-               for data, axis in chunks] for chunks in self._eval_chunks()]
+    counts = [
+      [
+        self.program.vmapped('count_correct', 0, axis, None)(train_state, data, table)
+        for data, axis in chunks
+      ]
+      for chunks in self._eval_chunks()
+    ]
     return evaluation.accuracies(counts, self.num_replicas, table is not None, fetch=fetch)

@@ -21,6 +21,7 @@ from them.
 
 Imports neither JAX nor PyTorch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,6 +92,7 @@ class TrainConfig:
       units, as Mammoth and the DER paper do. Prediction always chooses
       among the classes seen so far.
   """
+
   epochs: int = 1
   batch_size: int = 10
   chunk_steps: int = 500
@@ -120,14 +122,17 @@ class BenchmarkSpec:
   the benchmark is seeded with the run's seed (so seeds draw different
   permutations, class orders, ...).
   """
+
   name: str
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     from jcl.data import benchmarks  # NumPy only
+
     if self.name not in benchmarks.BENCHMARKS:
-      _fail('benchmark', 'name', f'must be one of {sorted(benchmarks.BENCHMARKS)}, '
-            f'got {self.name!r}')
+      _fail(
+        'benchmark', 'name', f'must be one of {sorted(benchmarks.BENCHMARKS)}, got {self.name!r}'
+      )
     allowed = benchmarks.builder_options(self.name)
     unknown = sorted(set(self.options) - set(allowed))
     if unknown:
@@ -136,6 +141,7 @@ class BenchmarkSpec:
   def build(self, seed: int):
     """The `jcl.data.Benchmark` (seeded by `seed` unless the options set one)."""
     from jcl.data import benchmarks
+
     return benchmarks.make_benchmark(self.name, **{'seed': seed, **dict(self.options)})
 
 
@@ -143,6 +149,7 @@ class BenchmarkSpec:
 class ModelSpec:
   """A model name of the backend's model registry and its fields (widths,
   dropout, ...); the output head comes from the benchmark's scenario."""
+
   name: str
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -166,6 +173,7 @@ class LogSpec:
     run_name: the run's name for W&B (default: the workdir's name); the
       replicas of a run are named after it and grouped under it.
   """
+
   loggers: tuple[str, ...] = ('console', 'jsonl')
   progress: bool = True
   every_chunks: int = 2
@@ -191,6 +199,7 @@ class CheckpointSpec:
     max_to_keep: recent checkpoints kept (>= 2, so a corrupt newest one
       leaves a good one behind).
   """
+
   enabled: bool = True
   every_chunks: int = 0
   max_to_keep: int = 3
@@ -202,7 +211,15 @@ class CheckpointSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Replica:
-  """One run of a config: its `seed` and its gridded values `{path: value}`."""
+  """One run of a config: its `seed` and its gridded values `{path: value}`.
+
+  >>> replica = Replica(1, {'optimizer.learning_rate': 0.1, 'algo.ewc_lambda': 10.0})
+  >>> replica.label()
+  'seed=1 optimizer.learning_rate=0.1 algo.ewc_lambda=10'
+  >>> replica.dirname()
+  'seed_1-learning_rate_0.1-ewc_lambda_10'
+  """
+
   seed: int
   hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
@@ -212,8 +229,9 @@ class Replica:
 
   def dirname(self) -> str:
     """A folder name for the replica's files, e.g. `seed_1-learning_rate_0.1`."""
-    parts = [f'seed_{self.seed}'] + [f'{k.rpartition(".")[2]}_{v:g}'
-                                      for k, v in self.hparams.items()]
+    parts = [f'seed_{self.seed}'] + [
+      f'{k.rpartition(".")[2]}_{v:g}' for k, v in self.hparams.items()
+    ]
     return re.sub(r'[^A-Za-z0-9_.=+-]', '_', '-'.join(parts))
 
 
@@ -224,6 +242,11 @@ def parse_grid(grid: Any) -> dict[str, tuple[float, ...]]:
     grid: None or '' (no grid); a string `'path=v1,v2;path=v1,v2'`; or a
       mapping from dotted paths, or a nested mapping `{'algo': {'ewc_lambda':
       [1, 10]}}`, to values.
+
+  >>> parse_grid('optimizer.learning_rate=0.01,0.1; algo.ewc_lambda=1')
+  {'optimizer.learning_rate': (0.01, 0.1), 'algo.ewc_lambda': (1.0,)}
+  >>> parse_grid({'algo': {'alpha': [0.1, 0.2]}})
+  {'algo.alpha': (0.1, 0.2)}
   """
   if grid is None or (isinstance(grid, str) and not grid.strip()):
     return {}
@@ -238,8 +261,9 @@ def parse_grid(grid: Any) -> dict[str, tuple[float, ...]]:
       try:
         axes[path.strip()] = tuple(float(v) for v in values.split(',') if v.strip())
       except ValueError:
-        raise ValueError(f'grid: the values of {path.strip()!r} must be numbers, got '
-                         f'{values!r}') from None
+        raise ValueError(
+          f'grid: the values of {path.strip()!r} must be numbers, got {values!r}'
+        ) from None
     return axes
   if hasattr(grid, 'to_dict'):
     grid = grid.to_dict()
@@ -273,6 +297,7 @@ class ReplicasSpec:
     rank_by: the summary metric that ranks the settings.
     distributed: `jax.distributed.initialize()` first (multi-host).
   """
+
   num_seeds: int = 1
   grid: tuple[tuple[str, tuple[float, ...]], ...] = ()
   mode: str = 'auto'
@@ -298,8 +323,9 @@ class ReplicasSpec:
 
 
 def _grid_fields(algorithm: specs_lib.AlgorithmSpec) -> set[str]:
-  return {f.name for f in dataclasses.fields(algorithm)
-          if isinstance(getattr(algorithm, f.name), float)}
+  return {
+    f.name for f in dataclasses.fields(algorithm) if isinstance(getattr(algorithm, f.name), float)
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +339,7 @@ class RunSpec:
       seeds and reruns.
     config: the config as JSON-able data (what results.json records).
   """
+
   seed: int
   benchmark: BenchmarkSpec
   model: ModelSpec
@@ -326,8 +353,16 @@ class RunSpec:
   config: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
   # The sections of an ml_collections config and the top-level keys.
-  SECTIONS: ClassVar[tuple[str, ...]] = ('benchmark', 'model', 'algo', 'optimizer', 'train', 'log',
-                                         'checkpoint', 'replicas')
+  SECTIONS: ClassVar[tuple[str, ...]] = (
+    'benchmark',
+    'model',
+    'algo',
+    'optimizer',
+    'train',
+    'log',
+    'checkpoint',
+    'replicas',
+  )
   TOP_LEVEL: ClassVar[tuple[str, ...]] = ('seed', 'num_seeds', 'grid', 'compilation_cache')
 
   def __post_init__(self):
@@ -345,16 +380,19 @@ class RunSpec:
           dataclasses.replace(self.algorithm, **{field: v})  # validates
       else:
         raise ValueError(
-            f'grid: cannot grid {path!r} in one program; gridded values must live in the state '
-            f'or be used as numbers by the step: {LEARNING_RATE!r} or a float field of '
-            f'{self.algorithm.name}: {", ".join("algo." + f for f in sorted(floats)) or "none"}')
+          f'grid: cannot grid {path!r} in one program; gridded values must live in the state '
+          f'or be used as numbers by the step: {LEARNING_RATE!r} or a float field of '
+          f'{self.algorithm.name}: {", ".join("algo." + f for f in sorted(floats)) or "none"}'
+        )
 
   def build_benchmark(self):
     """The run's `Benchmark`, checked against the algorithm's scenarios."""
     benchmark = self.benchmark.build(self.seed)
     if benchmark.scenario not in self.algorithm.scenarios:
-      raise ValueError(f'{self.algorithm.name} does not apply to {benchmark.scenario}-incremental '
-                       f'learning; it supports: {", ".join(self.algorithm.scenarios)}')
+      raise ValueError(
+        f'{self.algorithm.name} does not apply to {benchmark.scenario}-incremental '
+        f'learning; it supports: {", ".join(self.algorithm.scenarios)}'
+      )
     return benchmark
 
   # --------------------------------------------------------------------------
@@ -365,17 +403,31 @@ class RunSpec:
   def from_config(cls, config: Any) -> 'RunSpec':
     """The `RunSpec` of an ml_collections config (or a nested mapping).
 
+    >>> spec = RunSpec.from_config({'seed': 3, 'benchmark': {'name': 'split_mnist'},
+    ...                             'model': {'name': 'mlp'}, 'algo': {'name': 'ewc'},
+    ...                             'num_seeds': 2, 'grid': 'algo.ewc_lambda=1,10'})
+    >>> [r.label() for r in spec.replica_list()]
+    ['seed=3 algo.ewc_lambda=1', 'seed=4 algo.ewc_lambda=1',
+     'seed=3 algo.ewc_lambda=10', 'seed=4 algo.ewc_lambda=10']
+    >>> spec.for_replica(spec.replica_list()[3]).algorithm.ewc_lambda
+    10.0
+    >>> RunSpec.from_config({'benchmark': {'name': 'split_mnist'}, 'model': {'name': 'mlp'},
+    ...                      'train': {'batch_sise': 10}})
+    Traceback (most recent call last):
+    ...
+    ValueError: train: unknown field(s) ['batch_sise']; known: [...]
+
     Raises:
       ValueError: an unknown section or field, or a bad value (named).
     """
     if isinstance(config, RunSpec):
       return config
     values = as_plain(config)
-    unknown = sorted(set(values) - set(cls.SECTIONS) - set(cls.TOP_LEVEL) -
-                     set(IGNORED_SECTIONS))
+    unknown = sorted(set(values) - set(cls.SECTIONS) - set(cls.TOP_LEVEL) - set(IGNORED_SECTIONS))
     if unknown:
-      raise ValueError(f'config: unknown section(s) {unknown}; known: '
-                       f'{sorted(cls.SECTIONS + cls.TOP_LEVEL)}')
+      raise ValueError(
+        f'config: unknown section(s) {unknown}; known: {sorted(cls.SECTIONS + cls.TOP_LEVEL)}'
+      )
     seed = values.get('seed', 0)
     benchmark = dict(values.get('benchmark') or {})
     if 'name' not in benchmark:
@@ -391,17 +443,18 @@ class RunSpec:
     train = dict(values.get('train') or {})
     train.pop('seed', None)
     return cls(
-        seed=seed,
-        benchmark=BenchmarkSpec(benchmark.pop('name'), benchmark),
-        model=ModelSpec(model.pop('name'), model),
-        algorithm=specs_lib.spec_from_config(values.get('algo') or {'name': 'naive'}),
-        optimizer=_section(specs_lib.OptimizerSpec, 'optimizer', values.get('optimizer')),
-        train=_section(TrainConfig, 'train', {**train, 'seed': seed}),
-        log=_section(LogSpec, 'log', values.get('log')),
-        checkpoint=_section(CheckpointSpec, 'checkpoint', values.get('checkpoint')),
-        replicas=_section(ReplicasSpec, 'replicas', replicas),
-        compilation_cache=values.get('compilation_cache', 'auto'),
-        config=_json_able(values))
+      seed=seed,
+      benchmark=BenchmarkSpec(benchmark.pop('name'), benchmark),
+      model=ModelSpec(model.pop('name'), model),
+      algorithm=specs_lib.spec_from_config(values.get('algo') or {'name': 'naive'}),
+      optimizer=_section(specs_lib.OptimizerSpec, 'optimizer', values.get('optimizer')),
+      train=_section(TrainConfig, 'train', {**train, 'seed': seed}),
+      log=_section(LogSpec, 'log', values.get('log')),
+      checkpoint=_section(CheckpointSpec, 'checkpoint', values.get('checkpoint')),
+      replicas=_section(ReplicasSpec, 'replicas', replicas),
+      compilation_cache=values.get('compilation_cache', 'auto'),
+      config=_json_able(values),
+    )
 
   # --------------------------------------------------------------------------
   # Replicas.
@@ -428,9 +481,14 @@ class RunSpec:
         optimizer = dataclasses.replace(optimizer, learning_rate=float(value))
       elif section == 'algo':
         algorithm = dataclasses.replace(algorithm, **{field: float(value)})
-    return dataclasses.replace(self, seed=replica.seed, algorithm=algorithm, optimizer=optimizer,
-                               train=dataclasses.replace(self.train, seed=replica.seed),
-                               replicas=dataclasses.replace(self.replicas, num_seeds=1, grid=()))
+    return dataclasses.replace(
+      self,
+      seed=replica.seed,
+      algorithm=algorithm,
+      optimizer=optimizer,
+      train=dataclasses.replace(self.train, seed=replica.seed),
+      replicas=dataclasses.replace(self.replicas, num_seeds=1, grid=()),
+    )
 
   # --------------------------------------------------------------------------
   # What a checkpoint records, and how two runs differ.
@@ -445,12 +503,14 @@ class RunSpec:
     flat.update(_flatten('model', {'name': self.model.name, **self.model.options}))
     flat.update(_flatten('algo', self.algorithm.to_dict()))
     flat.update(_flatten('optimizer', dataclasses.asdict(self.optimizer)))
-    flat.update(_flatten('train', {k: v for k, v in dataclasses.asdict(self.train).items()
-                                   if k != 'seed'}))
+    flat.update(
+      _flatten('train', {k: v for k, v in dataclasses.asdict(self.train).items() if k != 'seed'})
+    )
     if self.replicated:
       flat['num_seeds'] = self.replicas.num_seeds
-      flat['grid'] = ';'.join(f'{p}={",".join(f"{v:g}" for v in vs)}'
-                              for p, vs in self.replicas.grid)
+      flat['grid'] = ';'.join(
+        f'{p}={",".join(f"{v:g}" for v in vs)}' for p, vs in self.replicas.grid
+      )
       flat['replicas.mode'] = mode or self.replicas.mode
       flat['replicas.batch_shards'] = self.replicas.batch_shards
     return _json_able(flat)
@@ -489,7 +549,12 @@ def _json_able(value: Any) -> Any:
 
 
 def record_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """`['optimizer.learning_rate: 0.05 in the checkpoint, 0.5 now', ...]`."""
+  """The fields in which two records differ, for a message.
+
+  >>> record_differences({'seed': 0, 'optimizer.learning_rate': 0.05},
+  ...                    {'seed': 0, 'optimizer.learning_rate': 0.5})
+  ['optimizer.learning_rate: 0.05 in the checkpoint, 0.5 now']
+  """
   lines = []
   for key in sorted(set(stored) | set(current)):
     a, b = stored.get(key, '(absent)'), current.get(key, '(absent)')

@@ -31,6 +31,7 @@ shared)` (see `jcl.experiment`).
 
 Imports neither JAX nor PyTorch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,6 +89,7 @@ class ReplicasResult:
       in sequential mode, the program's divided by R in vmap mode).
     already_finished: a rerun of a finished run (nothing trained).
   """
+
   replicas: list[Replica]
   accuracy_matrices: np.ndarray
   initial_accuracy: np.ndarray
@@ -108,12 +110,20 @@ class ReplicasResult:
     """Replica `index` as the `FitResult` of a single run (`pick(tree, index)`
     takes its states out of the stacked ones)."""
     pick = pick or (lambda tree, i: tree[i] if isinstance(tree, list) else tree)
-    task_il = (None if self.task_il_accuracy_matrices is None
-               else self.task_il_accuracy_matrices[index])
+    task_il = (
+      None if self.task_il_accuracy_matrices is None else self.task_il_accuracy_matrices[index]
+    )
     timings = self.replica_timings[index] if self.replica_timings else dict(self.timings)
-    return FitResult(pick(self.train_state, index), pick(self.algo_state, index),
-                     self.accuracy_matrices[index], self.initial_accuracy[index],
-                     self.summaries[index], self.histories[index], dict(timings), task_il)
+    return FitResult(
+      pick(self.train_state, index),
+      pick(self.algo_state, index),
+      self.accuracy_matrices[index],
+      self.initial_accuracy[index],
+      self.summaries[index],
+      self.histories[index],
+      dict(timings),
+      task_il,
+    )
 
   def best(self) -> dict[str, Any]:
     """The best setting: the first row of `table`."""
@@ -122,24 +132,44 @@ class ReplicasResult:
   def to_json(self) -> dict[str, Any]:
     runs = []
     for r, replica in enumerate(self.replicas):
-      entry = {'seed': replica.seed, 'hparams': dict(replica.hparams), 'label': replica.label(),
-               'accuracy_matrix': nan_to_none(self.accuracy_matrices[r]),
-               'initial_accuracy': np.asarray(self.initial_accuracy[r]).tolist(),
-               'summary': self.summaries[r]}
+      entry = {
+        'seed': replica.seed,
+        'hparams': dict(replica.hparams),
+        'label': replica.label(),
+        'accuracy_matrix': nan_to_none(self.accuracy_matrices[r]),
+        'initial_accuracy': np.asarray(self.initial_accuracy[r]).tolist(),
+        'summary': self.summaries[r],
+      }
       if self.task_il_accuracy_matrices is not None:
         entry['task_il_accuracy_matrix'] = nan_to_none(self.task_il_accuracy_matrices[r])
       if self.errors[r]:
         entry['error'] = self.errors[r]
       runs.append(entry)
-    table = [dict(row, mean_accuracy_matrix=nan_to_none(row['mean_accuracy_matrix']),
-                  std_accuracy_matrix=nan_to_none(row['std_accuracy_matrix']))
-             for row in self.table]
-    return {'mode': self.mode, 'devices': self.devices, 'replicas': runs, 'table': table,
-            'best': table[0], 'timings': self.timings, 'replica_timings': self.replica_timings}
+    table = [
+      dict(
+        row,
+        mean_accuracy_matrix=nan_to_none(row['mean_accuracy_matrix']),
+        std_accuracy_matrix=nan_to_none(row['std_accuracy_matrix']),
+      )
+      for row in self.table
+    ]
+    return {
+      'mode': self.mode,
+      'devices': self.devices,
+      'replicas': runs,
+      'table': table,
+      'best': table[0],
+      'timings': self.timings,
+      'replica_timings': self.replica_timings,
+    }
 
 
-def aggregate(replicas: Sequence[Replica], summaries: Sequence[dict[str, float]],
-              accuracy_matrices: np.ndarray, rank_by: str = 'acc') -> list[dict[str, Any]]:
+def aggregate(
+  replicas: Sequence[Replica],
+  summaries: Sequence[dict[str, float]],
+  accuracy_matrices: np.ndarray,
+  rank_by: str = 'acc',
+) -> list[dict[str, Any]]:
   """Per setting: mean and sample std over seeds of every metric, best first by `rank_by`.
 
   A setting with a diverged seed (NaN metric) ranks last.
@@ -150,15 +180,23 @@ def aggregate(replicas: Sequence[Replica], summaries: Sequence[dict[str, float]]
   rows = []
   for key, members in groups.items():
     names = sorted(set().union(*(summaries[r] for r in members)))
-    values = {k: np.array([summaries[r].get(k, np.nan) for r in members], np.float64)
-              for k in names}
-    rows.append({
-        'hparams': dict(key), 'seeds': [replicas[r].seed for r in members],
+    values = {
+      k: np.array([summaries[r].get(k, np.nan) for r in members], np.float64) for k in names
+    }
+    rows.append(
+      {
+        'hparams': dict(key),
+        'seeds': [replicas[r].seed for r in members],
         'mean': {k: float(np.mean(v)) for k, v in values.items()},
         'std': {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
         'mean_accuracy_matrix': np.mean(accuracy_matrices[members], axis=0),
-        'std_accuracy_matrix': (np.std(accuracy_matrices[members], axis=0, ddof=1)
-                                if len(members) > 1 else np.zeros_like(accuracy_matrices[0]))})
+        'std_accuracy_matrix': (
+          np.std(accuracy_matrices[members], axis=0, ddof=1)
+          if len(members) > 1
+          else np.zeros_like(accuracy_matrices[0])
+        ),
+      }
+    )
   sign = 1.0 if rank_by in LOWER_IS_BETTER else -1.0
 
   def score(row):
@@ -193,8 +231,9 @@ def config_json(config) -> Any:
   return json.loads(json.dumps(dict(config), default=json_default))
 
 
-def write_results(workdir: str, config, payload: Mapping[str, Any],
-                  environment: Mapping[str, Any]) -> str:
+def write_results(
+  workdir: str, config, payload: Mapping[str, Any], environment: Mapping[str, Any]
+) -> str:
   """Atomically writes `workdir/results.json` (a crash never leaves half a
   file): the config, the backend's `environment`, then `payload`."""
   path = os.path.join(workdir, RESULTS_FILE)
@@ -210,6 +249,7 @@ def draw_plots(workdir: str) -> list[str]:
   """The plots of `workdir/results.json` as PNGs in `workdir` (skipped, with a
   message, when matplotlib is not installed)."""
   from jcl import plots
+
   try:
     return plots.plot_results(workdir)
   except ImportError as err:
@@ -223,14 +263,21 @@ def format_summary(result) -> str:
   if isinstance(result, ReplicasResult):
     return _format_replicas(result)
   s = result.summary
-  lines = ['accuracy matrix R[i, j] (%, task i after training task j):',
-           metrics_lib.format_matrix(result.accuracy_matrix)]
-  parts = [f'{k.upper()} {100 * s[k]:+.2f}' if k in ('bwt', 'fwt') else f'{k} {100 * s[k]:.2f}'
-           for k in ('acc', 'bwt', 'fwt', 'forgetting') if k in s]
+  lines = [
+    'accuracy matrix R[i, j] (%, task i after training task j):',
+    metrics_lib.format_matrix(result.accuracy_matrix),
+  ]
+  parts = [
+    f'{k.upper()} {100 * s[k]:+.2f}' if k in ('bwt', 'fwt') else f'{k} {100 * s[k]:.2f}'
+    for k in ('acc', 'bwt', 'fwt', 'forgetting')
+    if k in s
+  ]
   lines.append(' | '.join(parts))
   t = result.timings
-  lines.append(f"train {t['train_seconds']:.1f}s ({t['train_samples_per_second']:.0f} samples/s), "
-               f"eval {t['eval_seconds']:.1f}s, compile {t.get('compile_seconds', 0.0):.1f}s")
+  lines.append(
+    f'train {t["train_seconds"]:.1f}s ({t["train_samples_per_second"]:.0f} samples/s), '
+    f'eval {t["eval_seconds"]:.1f}s, compile {t.get("compile_seconds", 0.0):.1f}s'
+  )
   return '\n'.join(lines)
 
 
@@ -239,16 +286,21 @@ def _format_replicas(result: ReplicasResult, rank_by: str = 'acc') -> str:
   lines = [f'{len(result.replicas)} replicas ({result.mode}), ranked by {rank_by}:']
   for rank, row in enumerate(result.table, 1):
     setting = ' '.join(f'{k}={v:g}' for k, v in row['hparams'].items()) or '(config)'
-    cells = [f"{k} {100 * row['mean'][k]:.2f} ± {100 * row['std'][k]:.2f}"
-             for k in keys if k in row['mean']]
-    lines.append(f"{rank:>2}. {setting} [{len(row['seeds'])} seeds]: " + ' | '.join(cells))
+    cells = [
+      f'{k} {100 * row["mean"][k]:.2f} ± {100 * row["std"][k]:.2f}'
+      for k in keys
+      if k in row['mean']
+    ]
+    lines.append(f'{rank:>2}. {setting} [{len(row["seeds"])} seeds]: ' + ' | '.join(cells))
   for error in (e for e in result.errors if e):
     lines.append(f'failed: {error}')
   lines.append('mean accuracy matrix of the best setting (%):')
   lines.append(metrics_lib.format_matrix(result.table[0]['mean_accuracy_matrix']))
   t = result.timings
-  lines.append(f"train {t['train_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s, "
-               f"compile {t.get('compile_seconds', 0.0):.1f}s, wall {t['wall_seconds']:.1f}s")
+  lines.append(
+    f'train {t["train_seconds"]:.1f}s, eval {t["eval_seconds"]:.1f}s, '
+    f'compile {t.get("compile_seconds", 0.0):.1f}s, wall {t["wall_seconds"]:.1f}s'
+  )
   return '\n'.join(lines)
 
 
@@ -257,8 +309,17 @@ def _format_replicas(result: ReplicasResult, rank_by: str = 'acc') -> str:
 # -----------------------------------------------------------------------------
 
 
-def run(config, workdir: str | None = None, *, backend: str = 'jax', extra_callbacks=(),
-        mode: str | None = None, mesh: Any = 'auto', device: Any = None):
+def run(
+  config,
+  workdir: str | None = None,
+  *,
+  backend: str = 'jax',
+  extra_callbacks=(),
+  mode: str | None = None,
+  mesh: Any = 'auto',
+  device: Any = None,
+  as_replicas: bool = False,
+):
   """Runs `config` (an ml_collections config or a `RunSpec`) in the mode it asks for.
 
   Args:
@@ -271,6 +332,7 @@ def run(config, workdir: str | None = None, *, backend: str = 'jax', extra_callb
     mode: overrides `config.replicas.mode` for seeds and grids.
     mesh: the device mesh of the vmap mode ('auto': all devices).
     device: the torch device (torch backend).
+    as_replicas: run even a single seed as replicas (a `ReplicasResult`).
 
   Returns:
     A `FitResult` for one run, a `ReplicasResult` for seeds and grids.
@@ -286,19 +348,21 @@ def run(config, workdir: str | None = None, *, backend: str = 'jax', extra_callb
   if workdir:
     os.makedirs(workdir, exist_ok=True)
   shared: dict[str, Any] = {'device': device}
-  if spec.replicated:
+  if spec.replicated or as_replicas:
     return _run_replicas(spec, workdir, impl, extra_callbacks, mode, mesh, shared)
   t_start = time.perf_counter()
-  result, parts = _walk_one(spec, None, workdir, impl, extra_callbacks, label='',
-                            files=workdir, shared=shared)
+  result, parts = _walk_one(
+    spec, None, workdir, impl, extra_callbacks, label='', files=workdir, shared=shared
+  )
   result.timings['wall_seconds'] = time.perf_counter() - t_start
   if workdir and impl.is_writer():
     path = os.path.join(workdir, RESULTS_FILE)
     if result.already_finished and os.path.exists(path):
       print(f'{workdir}: this run has already finished; {path} is left as it was')
       return result
-    write_results(workdir, spec, {**result.to_json(), **_facts(spec, parts.benchmark)},
-                  impl.environment())
+    write_results(
+      workdir, spec, {**result.to_json(), **_facts(spec, parts.benchmark)}, impl.environment()
+    )
     if spec.log.plots:
       draw_plots(workdir)
   return result
@@ -306,8 +370,11 @@ def run(config, workdir: str | None = None, *, backend: str = 'jax', extra_callb
 
 def _facts(spec: RunSpec, benchmark) -> dict[str, Any]:
   """What results.json says of the stream and the algorithm."""
-  return {'benchmark': benchmark.name, 'scenario': benchmark.scenario,
-          'algorithm': spec.algorithm.to_dict()}
+  return {
+    'benchmark': benchmark.name,
+    'scenario': benchmark.scenario,
+    'algorithm': spec.algorithm.to_dict(),
+  }
 
 
 def _run_name(spec: RunSpec, workdir: str | None) -> str:
@@ -316,47 +383,80 @@ def _run_name(spec: RunSpec, workdir: str | None) -> str:
 
 def _writer(spec: RunSpec, files: str | None, run_name: str, group: str | None, record):
   return loggers_lib.make_writer(
-      [n for n in spec.log.loggers if files or n in ('console', 'wandb')], files,
-      run_name=run_name, group=group, project=spec.log.project, hparams=record)
+    [n for n in spec.log.loggers if files or n in ('console', 'wandb')],
+    files,
+    run_name=run_name,
+    group=group,
+    project=spec.log.project,
+    hparams=record,
+  )
 
 
 def _checkpointing(spec: RunSpec, impl, directory: str | None, record):
   """`(checkpointer, CheckpointCallback)` in `directory`, or `(None, None)`."""
   if not directory or not spec.checkpoint.enabled:
     return None, None
-  checkpointer = impl.checkpointer(os.path.join(directory, 'checkpoints'),
-                                   spec.checkpoint.max_to_keep)
+  checkpointer = impl.checkpointer(
+    os.path.join(directory, 'checkpoints'), spec.checkpoint.max_to_keep
+  )
   return checkpointer, callbacks_lib.CheckpointCallback(
-      checkpointer, every_chunks=spec.checkpoint.every_chunks, run_record=record)
+    checkpointer, every_chunks=spec.checkpoint.every_chunks, run_record=record
+  )
 
 
-def _walk_one(spec: RunSpec, replica: Replica | None, workdir: str | None, impl,
-              extra_callbacks, *, label: str, files: str | None, shared: dict[str, Any],
-              group: str | None = None):
+def _walk_one(
+  spec: RunSpec,
+  replica: Replica | None,
+  workdir: str | None,
+  impl,
+  extra_callbacks,
+  *,
+  label: str,
+  files: str | None,
+  shared: dict[str, Any],
+  group: str | None = None,
+):
   """The walk of a single run, or of `replica` of a run of seeds / a grid
   (sequential mode): `(FitResult, parts)`; writers and checkpoints in `files`."""
   parts = impl.build(spec, shared=shared, replica=replica)
   own = spec.for_replica(replica) if replica is not None else spec
   record = own.record()
-  writer = _writer(spec, files, f'{_run_name(spec, workdir)}{"/" + label if label else ""}',
-                   group, record)
+  writer = _writer(
+    spec, files, f'{_run_name(spec, workdir)}{"/" + label if label else ""}', group, record
+  )
   checkpointer, checkpoint_cb = _checkpointing(spec, impl, files, record)
-  callbacks = [callbacks_lib.EvaluationCallback(),
-               callbacks_lib.LoggingCallback([writer], every_chunks=spec.log.every_chunks),
-               callbacks_lib.ProgressCallback(enabled=spec.log.progress, desc=label),
-               *extra_callbacks, *([checkpoint_cb] if checkpoint_cb else [])]
-  stream = loop.Stream([parts.benchmark], [own.seed], parts.train_config,
-                       labels=[label], **loop.stream_needs(spec.algorithm, parts.train_config))
+  callbacks = [
+    callbacks_lib.EvaluationCallback(),
+    callbacks_lib.LoggingCallback([writer], every_chunks=spec.log.every_chunks),
+    callbacks_lib.ProgressCallback(enabled=spec.log.progress, desc=label),
+    *extra_callbacks,
+    *([checkpoint_cb] if checkpoint_cb else []),
+  ]
+  stream = loop.Stream(
+    [parts.benchmark],
+    [own.seed],
+    parts.train_config,
+    labels=[label],
+    **loop.stream_needs(spec.algorithm, parts.train_config),
+  )
   executor = impl.executor(parts, shared=shared)
   try:
     with impl.seeded(parts):
-      ctx = loop.walk(executor, stream, callbacks, parts.train_state,
-                      impl.init_algo_state(parts, shared=shared))
+      ctx = loop.walk(
+        executor, stream, callbacks, parts.train_state, impl.init_algo_state(parts, shared=shared)
+      )
   except NonFiniteLossError as err:
     if workdir and not label and impl.is_writer():
-      write_results(workdir, spec, {
-          'error': str(err), 'accuracy_matrix': nan_to_none(err.context.accuracy_matrices[0]),
-          'history': err.context.histories[0]}, impl.environment())
+      write_results(
+        workdir,
+        spec,
+        {
+          'error': str(err),
+          'accuracy_matrix': nan_to_none(err.context.accuracy_matrices[0]),
+          'history': err.context.histories[0],
+        },
+        impl.environment(),
+      )
     raise
   finally:
     writer.close()
@@ -371,8 +471,9 @@ def _replica_files(workdir: str | None, replica: Replica) -> str | None:
   return os.path.join(workdir, 'replicas', replica.dirname()) if workdir else None
 
 
-def _run_replicas(spec: RunSpec, workdir: str | None, impl, extra_callbacks, mode, mesh,
-                  shared: dict[str, Any]):
+def _run_replicas(
+  spec: RunSpec, workdir: str | None, impl, extra_callbacks, mode, mesh, shared: dict[str, Any]
+):
   t_start = time.perf_counter()
   mode = impl.replica_mode(mode or spec.replicas.mode)
   replicas = spec.replica_list()
@@ -384,32 +485,56 @@ def _run_replicas(spec: RunSpec, workdir: str | None, impl, extra_callbacks, mod
   results, states, errors, finished, benchmark, devices = outcome
   acc = np.stack([r.accuracy_matrix for r in results])
   initial = np.stack([r.initial_accuracy for r in results])
-  task_il = (None if results[0].task_il_accuracy_matrix is None
-             else np.stack([r.task_il_accuracy_matrix for r in results]))
+  task_il = (
+    None
+    if results[0].task_il_accuracy_matrix is None
+    else np.stack([r.task_il_accuracy_matrix for r in results])
+  )
   summaries = [r.summary for r in results]
-  seconds = {k: sum(r.timings[k] for r in results) if mode == 'sequential' else
-             results[0].timings[k] for k in ('train_seconds', 'eval_seconds', 'compile_seconds',
-                                             'samples_seen')}
-  seconds['train_samples_per_second'] = seconds['samples_seen'] / max(seconds['train_seconds'],
-                                                                      1e-9)
+  seconds = {
+    k: sum(r.timings[k] for r in results) if mode == 'sequential' else results[0].timings[k]
+    for k in ('train_seconds', 'eval_seconds', 'compile_seconds', 'samples_seen')
+  }
+  seconds['train_samples_per_second'] = seconds['samples_seen'] / max(
+    seconds['train_seconds'], 1e-9
+  )
   seconds['wall_seconds'] = time.perf_counter() - t_start
-  replica_timings = ([r.timings for r in results] if mode == 'sequential' else
-                     [{k: v / len(results) if k.endswith('seconds') or k == 'samples_seen' else v
-                       for k, v in results[0].timings.items()} for _ in results])
+  replica_timings = (
+    [r.timings for r in results]
+    if mode == 'sequential'
+    else [
+      {
+        k: v / len(results) if k.endswith('seconds') or k == 'samples_seen' else v
+        for k, v in results[0].timings.items()
+      }
+      for _ in results
+    ]
+  )
   result = ReplicasResult(
-      replicas=replicas, accuracy_matrices=acc, initial_accuracy=initial,
-      task_il_accuracy_matrices=task_il, summaries=summaries,
-      histories=[r.history for r in results], errors=errors,
-      table=aggregate(replicas, summaries, acc, spec.replicas.rank_by),
-      train_state=states[0], algo_state=states[1], mode=mode, timings=seconds, devices=devices,
-      replica_timings=replica_timings, already_finished=finished)
+    replicas=replicas,
+    accuracy_matrices=acc,
+    initial_accuracy=initial,
+    task_il_accuracy_matrices=task_il,
+    summaries=summaries,
+    histories=[r.history for r in results],
+    errors=errors,
+    table=aggregate(replicas, summaries, acc, spec.replicas.rank_by),
+    train_state=states[0],
+    algo_state=states[1],
+    mode=mode,
+    timings=seconds,
+    devices=devices,
+    replica_timings=replica_timings,
+    already_finished=finished,
+  )
   if workdir and impl.is_writer():
     path = os.path.join(workdir, RESULTS_FILE)
     if finished and os.path.exists(path):
       print(f'{workdir}: this run has already finished; {path} is left as it was')
     else:
-      write_results(workdir, spec, {**result.to_json(), **_facts(spec, benchmark)},
-                    impl.environment())
+      write_results(
+        workdir, spec, {**result.to_json(), **_facts(spec, benchmark)}, impl.environment()
+      )
       if spec.log.plots:
         draw_plots(workdir)
   if all(errors):
@@ -425,8 +550,16 @@ def _run_sequential(spec, workdir, impl, extra_callbacks, replicas, run_name, sh
     label = replica.label()
     try:
       result, parts = _walk_one(
-          spec, replica, workdir, impl, extra_callbacks, label=label,
-          files=_replica_files(workdir, replica), shared=shared, group=run_name)
+        spec,
+        replica,
+        workdir,
+        impl,
+        extra_callbacks,
+        label=label,
+        files=_replica_files(workdir, replica),
+        shared=shared,
+        group=run_name,
+      )
       errors.append(None)
       states.append((result.train_state, result.algo_state))
       finished = finished and result.already_finished
@@ -440,10 +573,11 @@ def _run_sequential(spec, workdir, impl, extra_callbacks, replicas, run_name, sh
       states.append((ctx.train_state, ctx.algo_state))
       finished = False
     results.append(result)
-  train_states, algo_states = impl.stack_states([s[0] for s in states]), impl.stack_states(
-      [s[1] for s in states])
-  return (results, (train_states, algo_states), errors, finished, benchmark,
-          impl.devices(None))
+  train_states, algo_states = (
+    impl.stack_states([s[0] for s in states]),
+    impl.stack_states([s[1] for s in states]),
+  )
+  return (results, (train_states, algo_states), errors, finished, benchmark, impl.devices(None))
 
 
 def _run_vmapped(spec, workdir, impl, extra_callbacks, replicas, mesh, run_name, shared):
@@ -454,13 +588,23 @@ def _run_vmapped(spec, workdir, impl, extra_callbacks, replicas, mesh, run_name,
   try:
     for replica in replicas:
       replica_spec = spec.for_replica(replica)
-      writers.append(_writer(spec, _replica_files(workdir, replica), f'{run_name}/{replica.label()}',
-                             run_name, replica_spec.record()))
+      writers.append(
+        _writer(
+          spec,
+          _replica_files(workdir, replica),
+          f'{run_name}/{replica.label()}',
+          run_name,
+          replica_spec.record(),
+        )
+      )
     checkpointer, checkpoint_cb = _checkpointing(spec, impl, workdir, record)
-    callbacks = [callbacks_lib.EvaluationCallback(),
-                 callbacks_lib.LoggingCallback(writers, every_chunks=spec.log.every_chunks),
-                 callbacks_lib.ProgressCallback(enabled=spec.log.progress),
-                 *extra_callbacks, *([checkpoint_cb] if checkpoint_cb else [])]
+    callbacks = [
+      callbacks_lib.EvaluationCallback(),
+      callbacks_lib.LoggingCallback(writers, every_chunks=spec.log.every_chunks),
+      callbacks_lib.ProgressCallback(enabled=spec.log.progress),
+      *extra_callbacks,
+      *([checkpoint_cb] if checkpoint_cb else []),
+    ]
     try:
       ctx = loop.walk(executor, stream, callbacks, train_state, algo_state)
     except NonFiniteLossError as err:
@@ -471,9 +615,16 @@ def _run_vmapped(spec, workdir, impl, extra_callbacks, replicas, mesh, run_name,
     if checkpointer is not None:
       checkpointer.close()
   train_state, algo_state = executor.replica_states((ctx.train_state, ctx.algo_state))
-  results = [FitResult.from_context(ctx, r, train_state=None, algo_state=None)
-             for r in range(len(replicas))]
+  results = [
+    FitResult.from_context(ctx, r, train_state=None, algo_state=None) for r in range(len(replicas))
+  ]
   for result in results:
     result.already_finished = ctx.finished
-  return (results, (train_state, algo_state), list(ctx.errors), ctx.finished, stream.benchmark,
-          impl.devices(getattr(executor, 'mesh', None)))
+  return (
+    results,
+    (train_state, algo_state),
+    list(ctx.errors),
+    ctx.finished,
+    stream.benchmark,
+    impl.devices(getattr(executor, 'mesh', None)),
+  )

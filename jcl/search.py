@@ -33,6 +33,7 @@ Each trial writes its run to `WORKDIR/trials/NNNN/results.json`; the
 workdir's `best.json` holds the best trial's values, score and run
 directory, and `trials.json` every trial.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,10 @@ def parse_space(space: Any) -> dict[str, Any]:
       continue
     match = _DISTRIBUTION.match(str(text))
     if not match:
-      raise ValueError(f'space: cannot read {path}={text!r}; use uniform(lo,hi), '
-                       'loguniform(lo,hi), int(lo,hi), logint(lo,hi) or choice(a,b,...)')
+      raise ValueError(
+        f'space: cannot read {path}={text!r}; use uniform(lo,hi), '
+        'loguniform(lo,hi), int(lo,hi), logint(lo,hi) or choice(a,b,...)'
+      )
     kind, args = match.group(1), [a.strip() for a in match.group(2).split(',') if a.strip()]
     if kind == 'choice':
       out[path] = distributions.CategoricalDistribution([_literal(a) for a in args])
@@ -90,8 +93,9 @@ def parse_space(space: Any) -> dict[str, Any]:
     if kind in ('int', 'logint'):
       out[path] = distributions.IntDistribution(int(args[0]), int(args[1]), log=kind == 'logint')
     else:
-      out[path] = distributions.FloatDistribution(float(args[0]), float(args[1]),
-                                                  log=kind == 'loguniform')
+      out[path] = distributions.FloatDistribution(
+        float(args[0]), float(args[1]), log=kind == 'loguniform'
+      )
   return out
 
 
@@ -142,6 +146,7 @@ def storage_for(storage: str | None, workdir: str):
 
 def direction_of(metric: str) -> str:
   from jcl.run_spec import LOWER_IS_BETTER
+
   return 'minimize' if metric in LOWER_IS_BETTER else 'maximize'
 
 
@@ -151,10 +156,12 @@ def suggest(trial, path: str, distribution) -> Any:
   if isinstance(distribution, distributions.CategoricalDistribution):
     return trial.suggest_categorical(path, distribution.choices)
   if isinstance(distribution, distributions.IntDistribution):
-    return trial.suggest_int(path, distribution.low, distribution.high, log=distribution.log,
-                             step=distribution.step)
-  return trial.suggest_float(path, distribution.low, distribution.high, log=distribution.log,
-                             step=distribution.step)
+    return trial.suggest_int(
+      path, distribution.low, distribution.high, log=distribution.log, step=distribution.step
+    )
+  return trial.suggest_float(
+    path, distribution.low, distribution.high, log=distribution.log, step=distribution.step
+  )
 
 
 def _task_reporter(trial):
@@ -164,10 +171,9 @@ def _task_reporter(trial):
   from jcl import callbacks
 
   class ReportTasks(callbacks.Callback):
-
     def on_task_end(self, ctx):
       k = ctx.task
-      trial.report(float(np.mean(ctx.accuracy_matrix[:k + 1, k])), step=k)
+      trial.report(float(np.mean(ctx.accuracy_matrix[: k + 1, k])), step=k)
       if trial.should_prune():
         raise _optuna().TrialPruned(f'pruned after task {k}')
 
@@ -199,45 +205,91 @@ def objective(config, space: Mapping[str, Any], workdir: str, metric: str = 'acc
   return run_trial
 
 
-def open_study(workdir: str, *, study_name: str = STUDY_NAME, storage: str | None = None,
-               metric: str = 'acc', sampler_seed: int | None = None, pruner: str = 'none'):
+def open_study(
+  workdir: str,
+  *,
+  study_name: str = STUDY_NAME,
+  storage: str | None = None,
+  metric: str = 'acc',
+  sampler_seed: int | None = None,
+  pruner: str = 'none',
+):
   """The study in the storage, created if new (TPE sampler; median pruner or none)."""
   optuna = _optuna()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   return optuna.create_study(
-      study_name=study_name, storage=storage_for(storage, workdir), load_if_exists=True,
-      direction=direction_of(metric), sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-      pruner=optuna.pruners.MedianPruner() if pruner == 'median' else optuna.pruners.NopPruner())
+    study_name=study_name,
+    storage=storage_for(storage, workdir),
+    load_if_exists=True,
+    direction=direction_of(metric),
+    sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+    pruner=optuna.pruners.MedianPruner() if pruner == 'median' else optuna.pruners.NopPruner(),
+  )
 
 
-def work(config, space, workdir: str, *, trials: int, study_name: str = STUDY_NAME,
-         storage: str | None = None, metric: str = 'acc', sampler_seed: int | None = None,
-         pruner: str = 'none', max_trials_here: int | None = None) -> None:
+def work(
+  config,
+  space,
+  workdir: str,
+  *,
+  trials: int,
+  study_name: str = STUDY_NAME,
+  storage: str | None = None,
+  metric: str = 'acc',
+  sampler_seed: int | None = None,
+  pruner: str = 'none',
+  max_trials_here: int | None = None,
+) -> None:
   """One worker: takes trials of the shared study until it holds `trials`
   (counting running ones) or this worker ran `max_trials_here`."""
   optuna = _optuna()
   space = parse_space(space)
-  study = open_study(workdir, study_name=study_name, storage=storage, metric=metric,
-                     sampler_seed=sampler_seed, pruner=pruner)
+  study = open_study(
+    workdir,
+    study_name=study_name,
+    storage=storage,
+    metric=metric,
+    sampler_seed=sampler_seed,
+    pruner=pruner,
+  )
   states = tuple(optuna.trial.TrialState)
   limit = optuna.study.MaxTrialsCallback(trials, states=states)
   if len(study.get_trials(deepcopy=False, states=states)) >= trials:
     return
-  study.optimize(objective(config, space, workdir, metric), n_trials=max_trials_here,
-                 callbacks=[limit], catch=(FloatingPointError,))
+  study.optimize(
+    objective(config, space, workdir, metric),
+    n_trials=max_trials_here,
+    callbacks=[limit],
+    catch=(FloatingPointError,),
+  )
 
 
 def _work_from_file(path: str, index: int) -> None:
   """A worker process's entry point: the arguments `search` wrote to `path`."""
   with open(path) as f:
     args = json.load(f)
-  work(ml_collections.ConfigDict(json.loads(args.pop('config'))), args.pop('space'),
-       args.pop('workdir'), sampler_seed=args.pop('seed') + index, **args)
+  work(
+    ml_collections.ConfigDict(json.loads(args.pop('config'))),
+    args.pop('space'),
+    args.pop('workdir'),
+    sampler_seed=args.pop('seed') + index,
+    **args,
+  )
 
 
-def search(config, space, workdir: str, *, trials: int, workers: int = 1,
-           study_name: str = STUDY_NAME, storage: str | None = None, metric: str = 'acc',
-           seed: int = 0, pruner: str = 'none') -> dict[str, Any]:
+def search(
+  config,
+  space,
+  workdir: str,
+  *,
+  trials: int,
+  workers: int = 1,
+  study_name: str = STUDY_NAME,
+  storage: str | None = None,
+  metric: str = 'acc',
+  seed: int = 0,
+  pruner: str = 'none',
+) -> dict[str, Any]:
   """Runs `trials` trials with `workers` local workers on a shared storage,
   then writes and returns the best (`report`).
 
@@ -255,16 +307,40 @@ def search(config, space, workdir: str, *, trials: int, workers: int = 1,
   open_study(workdir, study_name=study_name, storage=storage, metric=metric)  # before the workers
   args_path = os.path.join(workdir, 'search_args.json')
   with open(args_path, 'w') as f:
-    json.dump({'config': config.to_json_best_effort(), 'space': space, 'workdir': workdir,
-               'trials': trials, 'study_name': study_name, 'storage': storage_arg,
-               'metric': metric, 'seed': seed, 'pruner': pruner,
-               'max_trials_here': -(-trials // workers)}, f, indent=1)
+    json.dump(
+      {
+        'config': config.to_json_best_effort(),
+        'space': space,
+        'workdir': workdir,
+        'trials': trials,
+        'study_name': study_name,
+        'storage': storage_arg,
+        'metric': metric,
+        'seed': seed,
+        'pruner': pruner,
+        'max_trials_here': -(-trials // workers),
+      },
+      f,
+      indent=1,
+    )
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-  processes = [subprocess.Popen([sys.executable, '-m', 'jcl.search', args_path, str(i)], env=env)
-               for i in range(1, workers)]
+  processes = [
+    subprocess.Popen([sys.executable, '-m', 'jcl.search', args_path, str(i)], env=env)
+    for i in range(1, workers)
+  ]
   try:
-    work(config, space, workdir, trials=trials, study_name=study_name, storage=storage_arg,
-         metric=metric, sampler_seed=seed, pruner=pruner, max_trials_here=-(-trials // workers))
+    work(
+      config,
+      space,
+      workdir,
+      trials=trials,
+      study_name=study_name,
+      storage=storage_arg,
+      metric=metric,
+      sampler_seed=seed,
+      pruner=pruner,
+      max_trials_here=-(-trials // workers),
+    )
   finally:
     failed = [code for code in (p.wait() for p in processes) if code]
   if failed:
@@ -287,22 +363,42 @@ def _distribution_text(distribution) -> str:
   return f'{kind}({distribution.low},{distribution.high})'
 
 
-def report(workdir: str, *, study_name: str = STUDY_NAME, storage: str | None = None,
-           metric: str = 'acc') -> dict[str, Any]:
+def report(
+  workdir: str, *, study_name: str = STUDY_NAME, storage: str | None = None, metric: str = 'acc'
+) -> dict[str, Any]:
   """Writes `WORKDIR/best.json` (the best trial) and `trials.json` (all trials)."""
   optuna = _optuna()
   study = optuna.load_study(study_name=study_name, storage=storage_for(storage, workdir))
-  trials = [{'number': t.number, 'state': t.state.name, 'params': t.params, 'value': t.value,
-             **t.user_attrs} for t in study.get_trials(deepcopy=False)]
-  complete = [t for t in trials if t['state'] == 'COMPLETE' and t['value'] is not None
-              and math.isfinite(t['value'])]
+  trials = [
+    {
+      'number': t.number,
+      'state': t.state.name,
+      'params': t.params,
+      'value': t.value,
+      **t.user_attrs,
+    }
+    for t in study.get_trials(deepcopy=False)
+  ]
+  complete = [
+    t
+    for t in trials
+    if t['state'] == 'COMPLETE' and t['value'] is not None and math.isfinite(t['value'])
+  ]
   if not complete:
     raise RuntimeError(f'no trial of study {study_name!r} completed')
   best = study.best_trial
-  document = {'study': study_name, 'metric': metric, 'direction': direction_of(metric),
-              'value': best.value, 'params': best.params, 'trial': best.number,
-              'workdir': best.user_attrs.get('workdir'), 'summary': best.user_attrs.get('summary'),
-              'completed_trials': len(complete), 'trials': len(trials)}
+  document = {
+    'study': study_name,
+    'metric': metric,
+    'direction': direction_of(metric),
+    'value': best.value,
+    'params': best.params,
+    'trial': best.number,
+    'workdir': best.user_attrs.get('workdir'),
+    'summary': best.user_attrs.get('summary'),
+    'completed_trials': len(complete),
+    'trials': len(trials),
+  }
   for name, payload in (('best.json', document), ('trials.json', trials)):
     tmp = os.path.join(workdir, name + '.tmp')
     with open(tmp, 'w') as f:

@@ -30,6 +30,7 @@ The `session` section of the config: `num_classes` (output units),
 'class', or 'task' with one head per task), `normalize` (standardize with the
 dataset's constants; otherwise pixels / 255).
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ def parse_data(spec: str) -> tuple[str, str, dict[str, str]]:
     if spec.endswith('.npz'):
       kind, rest = 'npz', spec
     else:
-      raise SessionError(f'task data {spec!r}: expected npz:PATH or tfds:NAME '
-                         '(optionally followed by ?classes=0,1)')
+      raise SessionError(
+        f'task data {spec!r}: expected npz:PATH or tfds:NAME (optionally followed by ?classes=0,1)'
+      )
   target, _, query = rest.partition('?')
   options = dict(parse.parse_qsl(query, strict_parsing=bool(query)))
   unknown = sorted(set(options) - {'classes', 'data_dir'})
@@ -93,26 +95,38 @@ def load_task(spec: str, task_id: int, *, normalize: bool = True) -> tuple[Task,
     dataset = sources.load_npz(target)
   else:
     dataset = sources.load_tfds(target, options.get('data_dir'))
-  x_train, y_train, x_test, y_test = (dataset.x_train, dataset.y_train, dataset.x_test,
-                                      dataset.y_test)
+  x_train, y_train, x_test, y_test = (
+    dataset.x_train,
+    dataset.y_train,
+    dataset.x_test,
+    dataset.y_test,
+  )
   if 'classes' in options:
     keep = [int(c) for c in options['classes'].split(',')]
     train_idx, test_idx = np.isin(y_train, keep), np.isin(y_test, keep)
     if not train_idx.any() or not test_idx.any():
       raise SessionError(f'task data {spec!r}: no examples of classes {keep}')
-    x_train, y_train, x_test, y_test = (x_train[train_idx], y_train[train_idx],
-                                        x_test[test_idx], y_test[test_idx])
+    x_train, y_train, x_test, y_test = (
+      x_train[train_idx],
+      y_train[train_idx],
+      x_test[test_idx],
+      y_test[test_idx],
+    )
   if normalize:
-    mean, std = transforms.normalization_constants(sources.canonical_name(dataset.name),
-                                                   dataset.x_train)
+    mean, std = transforms.normalization_constants(
+      sources.canonical_name(dataset.name), dataset.x_train
+    )
     to_float = lambda x: transforms.to_float(x, mean, std)
   else:
     to_float = transforms.to_float
-  split = lambda x, y: TaskSplit(to_float(x), np.asarray(y, np.int32),
-                                 np.full(len(y), task_id, np.int32))
+  split = lambda x, y: TaskSplit(
+    to_float(x), np.asarray(y, np.int32), np.full(len(y), task_id, np.int32)
+  )
   classes = tuple(int(c) for c in np.unique(y_train))
-  return (Task(task_id, classes, split(x_train, y_train), None, split(x_test, y_test)),
-          dataset.num_classes)
+  return (
+    Task(task_id, classes, split(x_train, y_train), None, split(x_test, y_test)),
+    dataset.num_classes,
+  )
 
 
 def session_benchmark(data: Sequence[str], session_config) -> Benchmark:
@@ -122,22 +136,34 @@ def session_benchmark(data: Sequence[str], session_config) -> Benchmark:
     raise SessionError(f"session: invalid 'scenario': must be one of {SCENARIOS}, got {scenario!r}")
   num_classes, max_tasks = int(session_config['num_classes']), int(session_config['max_tasks'])
   if len(data) > max_tasks:
-    raise SessionError(f'session: {len(data)} tasks exceed max_tasks={max_tasks}; the state '
-                       'was sized for at most that many')
+    raise SessionError(
+      f'session: {len(data)} tasks exceed max_tasks={max_tasks}; the state '
+      'was sized for at most that many'
+    )
   tasks = []
   for task_id, spec in enumerate(data):
-    task, dataset_classes = load_task(spec, task_id, normalize=session_config.get('normalize', True))
+    task, dataset_classes = load_task(
+      spec, task_id, normalize=session_config.get('normalize', True)
+    )
     if max(task.classes) >= num_classes:
-      raise SessionError(f'task data {spec!r}: labels up to {max(task.classes)} do not fit the '
-                         f'model\'s {num_classes} output units (session.num_classes)')
+      raise SessionError(
+        f'task data {spec!r}: labels up to {max(task.classes)} do not fit the '
+        f"model's {num_classes} output units (session.num_classes)"
+      )
     tasks.append(task)
   shapes = {t.train.x.shape[1:] for t in tasks}
   if len(shapes) > 1:
     raise SessionError(f'task inputs have different shapes {sorted(shapes)}: {list(data)}')
-  return Benchmark(name='session', scenario=scenario, tasks=tuple(tasks), num_classes=num_classes,
-                   num_heads=max_tasks if scenario == 'task' else 1,
-                   input_shape=tuple(shapes.pop()), task_classes=tuple(t.classes for t in tasks),
-                   info={'data': list(data)})
+  return Benchmark(
+    name='session',
+    scenario=scenario,
+    tasks=tuple(tasks),
+    num_classes=num_classes,
+    num_heads=max_tasks if scenario == 'task' else 1,
+    input_shape=tuple(shapes.pop()),
+    task_classes=tuple(t.classes for t in tasks),
+    info={'data': list(data)},
+  )
 
 
 def _read_session(state_dir: str) -> dict[str, Any] | None:
@@ -168,13 +194,15 @@ class _EvaluateNewTasks(callbacks_lib.Callback):
     self.initial = initial
 
   def on_fit_begin(self, ctx):
-    ctx.initial_accuracy = np.where(np.isnan(ctx.initial_accuracy), self.initial,
-                                    ctx.initial_accuracy)
+    ctx.initial_accuracy = np.where(
+      np.isnan(ctx.initial_accuracy), self.initial, ctx.initial_accuracy
+    )
     position = ctx.resume_position or {}
     if position.get('phase') == 'task_done':
       last = position['task']
       column, given_task = loop.timed_evaluation(
-          ctx, loop.prediction_class_mask(ctx.benchmark, last))
+        ctx, loop.prediction_class_mask(ctx.benchmark, last)
+      )
       column = column[0]
       new = np.isnan(ctx.accuracy_matrix[:, last])
       ctx.accuracy_matrix[new, last] = column[new]
@@ -189,21 +217,34 @@ class _SessionCheckpoint(callbacks_lib.CheckpointCallback):
 
   def apply_record(self, ctx, record):
     n = ctx.num_tasks
-    pad = lambda m: None if m is None else [
-        [*(row + [None] * (n - len(row)))] for row in m] + [[None] * n] * (n - len(m))
-    record = {**record,
-              'finished': record.get('finished') and len(record['accuracy_matrices'][0]) == n,
-              'accuracy_matrices': [pad(m) for m in record['accuracy_matrices']],
-              'task_il_accuracy_matrices': (
-                  None if record.get('task_il_accuracy_matrices') is None
-                  else [pad(m) for m in record['task_il_accuracy_matrices']]),
-              'initial_accuracies': [list(a) + [float('nan')] * (n - len(a))
-                                     for a in record['initial_accuracies']]}
+    pad = lambda m: (
+      None
+      if m is None
+      else [[*(row + [None] * (n - len(row)))] for row in m] + [[None] * n] * (n - len(m))
+    )
+    record = {
+      **record,
+      'finished': record.get('finished') and len(record['accuracy_matrices'][0]) == n,
+      'accuracy_matrices': [pad(m) for m in record['accuracy_matrices']],
+      'task_il_accuracy_matrices': (
+        None
+        if record.get('task_il_accuracy_matrices') is None
+        else [pad(m) for m in record['task_il_accuracy_matrices']]
+      ),
+      'initial_accuracies': [
+        list(a) + [float('nan')] * (n - len(a)) for a in record['initial_accuracies']
+      ],
+    }
     ctx.apply_record(record)
 
 
-def update(state_dir: str, data: Sequence[str], config=None, *,
-           callbacks: Sequence[callbacks_lib.Callback] = ()) -> train_lib.FitResult:
+def update(
+  state_dir: str,
+  data: Sequence[str],
+  config=None,
+  *,
+  callbacks: Sequence[callbacks_lib.Callback] = (),
+) -> train_lib.FitResult:
   """Learns the tasks in `data` after those already in `state_dir`, and saves the new state.
 
   Args:
@@ -231,13 +272,17 @@ def update(state_dir: str, data: Sequence[str], config=None, *,
   else:
     stored = ml_collections.ConfigDict(document['config'])
     if config is not None and runs.config_json(config) != document['config']:
-      raise SessionError(f'{state_dir} was created with a different config; leave --config out '
-                         'to continue its stream')
+      raise SessionError(
+        f'{state_dir} was created with a different config; leave --config out '
+        'to continue its stream'
+      )
     config = stored
   pending = document.get('pending') or []
   if pending and list(pending) != [str(d) for d in data]:
-    raise SessionError(f'an interrupted update of {pending} is pending in {state_dir}; run it '
-                       'again with the same data to finish it first')
+    raise SessionError(
+      f'an interrupted update of {pending} is pending in {state_dir}; run it '
+      'again with the same data to finish it first'
+    )
   data = [str(d) for d in data]
   all_data = document['tasks'] + data
   benchmark = session_benchmark(all_data, config.session)  # checks every file before training
@@ -246,36 +291,71 @@ def update(state_dir: str, data: Sequence[str], config=None, *,
 
   spec = run_spec.RunSpec.from_config(config)
   if benchmark.scenario not in spec.algorithm.scenarios:
-    raise SessionError(f'{spec.algorithm.name} does not apply to {benchmark.scenario}-incremental '
-                       'learning')
-  context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
-                               int(config.session.max_tasks))
+    raise SessionError(
+      f'{spec.algorithm.name} does not apply to {benchmark.scenario}-incremental learning'
+    )
+  context = algorithms.Context(
+    tuple(benchmark.input_shape), benchmark.num_classes, int(config.session.max_tasks)
+  )
   model_config, optimizer, train_config = algorithms.adapt_regime(
-      spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train)
+    spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train
+  )
   model_kwargs = dict(model_config)
-  model = algorithms.adapt_model(spec.algorithm, models.make_model(
-      model_kwargs.pop('name'), num_classes=benchmark.num_classes, num_heads=benchmark.num_heads,
-      **model_kwargs), context)
+  model = algorithms.adapt_model(
+    spec.algorithm,
+    models.make_model(
+      model_kwargs.pop('name'),
+      num_classes=benchmark.num_classes,
+      num_heads=benchmark.num_heads,
+      **model_kwargs,
+    ),
+    context,
+  )
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
-  state = ts_lib.create_train_state(model, optimizer, init_rng, benchmark.input_shape,
-                                    benchmark.num_classes)
+  state = ts_lib.create_train_state(
+    model, optimizer, init_rng, benchmark.input_shape, benchmark.num_classes
+  )
   initial, _ = evaluation.evaluate_benchmark(state, benchmark, 'test', train_config.eval_batch_size)
 
   from jcl import checkpoint  # Orbax
-  checkpointer = checkpoint.Checkpointer(os.path.join(state_dir, 'checkpoints'),
-                                         max_to_keep=spec.checkpoint.max_to_keep)
-  checkpoint_cb = _SessionCheckpoint(checkpointer, every_chunks=spec.checkpoint.every_chunks,
-                                     run_record=spec.record())
+
+  checkpointer = checkpoint.Checkpointer(
+    os.path.join(state_dir, 'checkpoints'), max_to_keep=spec.checkpoint.max_to_keep
+  )
+  checkpoint_cb = _SessionCheckpoint(
+    checkpointer, every_chunks=spec.checkpoint.every_chunks, run_record=spec.record()
+  )
   try:
-    result = train_lib.fit(algorithms.build(spec.algorithm, context), state, benchmark,
-                           train_config, rng=algo_rng, checkpoint=checkpoint_cb,
-                           callbacks=[_EvaluateNewTasks(initial), *callbacks])
+    result = train_lib.fit(
+      algorithms.build(spec.algorithm, context),
+      state,
+      benchmark,
+      train_config,
+      rng=algo_rng,
+      checkpoint=checkpoint_cb,
+      callbacks=[_EvaluateNewTasks(initial), *callbacks],
+    )
   finally:
     checkpointer.close()
-  _write_session(state_dir, {'config': document['config'], 'tasks': all_data, 'pending': [],
-                             'accuracy_matrix': result.to_json()['accuracy_matrix'],
-                             'summary': result.summary})
-  experiment.write_results(state_dir, config, {
-      **result.to_json(), 'benchmark': 'session', 'scenario': benchmark.scenario,
-      'algorithm': spec.algorithm.to_dict(), 'tasks': all_data})
+  _write_session(
+    state_dir,
+    {
+      'config': document['config'],
+      'tasks': all_data,
+      'pending': [],
+      'accuracy_matrix': result.to_json()['accuracy_matrix'],
+      'summary': result.summary,
+    },
+  )
+  experiment.write_results(
+    state_dir,
+    config,
+    {
+      **result.to_json(),
+      'benchmark': 'session',
+      'scenario': benchmark.scenario,
+      'algorithm': spec.algorithm.to_dict(),
+      'tasks': all_data,
+    },
+  )
   return result

@@ -9,6 +9,7 @@ the offending field.
   >>> spec.name
   'ewc'
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,6 +52,7 @@ class AlgorithmSpec:
   The class attributes and `end_task_samples` declare what the training loops
   of both backends must do for the method (no probing of the spec's fields).
   """
+
   name: ClassVar[str] = ''
   # Does the training stream of task k hold the data of tasks 0..k (Joint)?
   cumulative_data: ClassVar[bool] = False
@@ -83,7 +85,9 @@ class AlgorithmSpec:
   def _in_unit_interval(self, *fields: str) -> None:
     for field in fields:
       value = getattr(self, field)
-      _check(_finite(value) and 0 <= value <= 1, self.name, field, f'must be in [0, 1], got {value!r}')
+      _check(
+        _finite(value) and 0 <= value <= 1, self.name, field, f'must be in [0, 1], got {value!r}'
+      )
 
   def end_task_samples(self, default: int | None) -> int | None:
     """How many of the task's training samples `end_task` gets (None = all);
@@ -98,6 +102,7 @@ class AlgorithmSpec:
 @dataclasses.dataclass(frozen=True)
 class NaiveSpec(AlgorithmSpec):
   """Fine-tuning: plain SGD on each task in turn (the lower bound)."""
+
   name: ClassVar[str] = 'naive'
 
 
@@ -105,6 +110,7 @@ class NaiveSpec(AlgorithmSpec):
 @dataclasses.dataclass(frozen=True)
 class JointSpec(AlgorithmSpec):
   """Joint training: task k trains on the union of tasks 0..k (the upper bound)."""
+
   name: ClassVar[str] = 'joint'
   cumulative_data: ClassVar[bool] = True
 
@@ -129,6 +135,7 @@ class EWCSpec(AlgorithmSpec):
     importance_samples: samples of the task's training set used to estimate
       the Fisher (None = all).
   """
+
   name: ClassVar[str] = 'ewc'
   uses_task_data: ClassVar[bool] = True  # the Fisher is estimated on it
   ewc_lambda: float = 100.0
@@ -140,11 +147,19 @@ class EWCSpec(AlgorithmSpec):
   def validate(self):
     self._non_negative('ewc_lambda')
     self._in_unit_interval('gamma')
-    _check(self.fisher in ('empirical', 'true'), self.name, 'fisher',
-           f"must be 'empirical' or 'true', got {self.fisher!r}")
-    _check(self.importance_samples is None or (
-        isinstance(self.importance_samples, int) and self.importance_samples > 0),
-           self.name, 'importance_samples', f'must be None or > 0, got {self.importance_samples!r}')
+    _check(
+      self.fisher in ('empirical', 'true'),
+      self.name,
+      'fisher',
+      f"must be 'empirical' or 'true', got {self.fisher!r}",
+    )
+    _check(
+      self.importance_samples is None
+      or (isinstance(self.importance_samples, int) and self.importance_samples > 0),
+      self.name,
+      'importance_samples',
+      f'must be None or > 0, got {self.importance_samples!r}',
+    )
 
   def end_task_samples(self, default: int | None) -> int | None:
     """`importance_samples` when set, else the loop's `default`."""
@@ -161,6 +176,7 @@ class SISpec(AlgorithmSpec):
   loss gradient; penalty `si_lambda * sum Omega (theta - theta*)^2` (eq. 4,
   the paper's `c`).
   """
+
   name: ClassVar[str] = 'si'
   si_lambda: float = 0.1
   xi: float = 0.1
@@ -179,6 +195,7 @@ class MASSpec(AlgorithmSpec):
   the finished task's data, accumulated over tasks; penalty
   `mas_lambda * sum Omega (theta - theta*)^2` (eq. 3).
   """
+
   name: ClassVar[str] = 'mas'
   uses_task_data: ClassVar[bool] = True  # the importance is estimated on it
   mas_lambda: float = 1.0
@@ -186,8 +203,12 @@ class MASSpec(AlgorithmSpec):
 
   def validate(self):
     self._non_negative('mas_lambda')
-    _check(self.importance_samples is None or self.importance_samples > 0,
-           self.name, 'importance_samples', 'must be None or > 0')
+    _check(
+      self.importance_samples is None or self.importance_samples > 0,
+      self.name,
+      'importance_samples',
+      'must be None or > 0',
+    )
 
   def end_task_samples(self, default: int | None) -> int | None:
     """`importance_samples` when set, else the loop's `default`."""
@@ -203,6 +224,7 @@ class LFLSpec(AlgorithmSpec):
   features (penultimate activations) of the current model and of the model
   frozen at the end of the previous task, on the current inputs.
   """
+
   name: ClassVar[str] = 'lfl'
   lfl_lambda: float = 1.0
 
@@ -224,6 +246,7 @@ class ERSpec(AlgorithmSpec):
   samples drawn from a buffer of `memory_size`, then offers the current batch
   to the buffer (reservoir sampling by default).
   """
+
   name: ClassVar[str] = 'er'
   memory_size: int = 200
   replay_batch_size: int = 10
@@ -231,15 +254,23 @@ class ERSpec(AlgorithmSpec):
 
   def validate(self):
     _check_replay(self)
-    _check(self.policy in REPLAY_POLICIES, self.name, 'policy',
-           f'must be one of {REPLAY_POLICIES}, got {self.policy!r}')
+    _check(
+      self.policy in REPLAY_POLICIES,
+      self.name,
+      'policy',
+      f'must be one of {REPLAY_POLICIES}, got {self.policy!r}',
+    )
 
 
 def _check_replay(spec) -> None:
   for field in ('memory_size', 'replay_batch_size'):
     value = getattr(spec, field)
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, spec.name, field,
-           f'must be an integer >= 1, got {value!r}')
+    _check(
+      isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+      spec.name,
+      field,
+      f'must be an integer >= 1, got {value!r}',
+    )
 
 
 @register_spec
@@ -251,6 +282,7 @@ class DERSpec(AlgorithmSpec):
   whose logits `z'` were stored when they entered the (reservoir) buffer.
   Defaults: the paper's Seq-MNIST setting with a buffer of 200.
   """
+
   name: ClassVar[str] = 'der'
   memory_size: int = 200
   replay_batch_size: int = 10
@@ -266,6 +298,7 @@ class DERSpec(AlgorithmSpec):
 class DERPPSpec(AlgorithmSpec):
   """DER++ (Buzzega et al. 2020), eq. 6: DER plus `beta * CE(f(x''), y'')` on a
   second buffer sample with its stored labels."""
+
   name: ClassVar[str] = 'derpp'
   memory_size: int = 200
   replay_batch_size: int = 10
@@ -286,6 +319,7 @@ class AGEMSpec(AlgorithmSpec):
   `g_ref` of `memory_batch_size` samples of the episodic memory of previous
   tasks (`memory_per_task` samples per task).
   """
+
   name: ClassVar[str] = 'agem'
   memory_per_task: int = 250
   memory_batch_size: int = 256
@@ -293,8 +327,12 @@ class AGEMSpec(AlgorithmSpec):
   def validate(self):
     for field in ('memory_per_task', 'memory_batch_size'):
       value = getattr(self, field)
-      _check(isinstance(value, int) and value >= 1, self.name, field,
-             f'must be an integer >= 1, got {value!r}')
+      _check(
+        isinstance(value, int) and value >= 1,
+        self.name,
+        field,
+        f'must be an integer >= 1, got {value!r}',
+      )
 
 
 @register_spec
@@ -310,18 +348,27 @@ class GEMSpec(AlgorithmSpec):
   paper's QP). `solver_iterations` bounds the active-set steps of the exact
   dual solver (None: `3 T + 10`, ample for T previous tasks).
   """
+
   name: ClassVar[str] = 'gem'
   memory_per_task: int = 256
   margin: float = 0.5
   solver_iterations: int | None = None
 
   def validate(self):
-    _check(isinstance(self.memory_per_task, int) and self.memory_per_task >= 1, self.name,
-           'memory_per_task', f'must be an integer >= 1, got {self.memory_per_task!r}')
+    _check(
+      isinstance(self.memory_per_task, int) and self.memory_per_task >= 1,
+      self.name,
+      'memory_per_task',
+      f'must be an integer >= 1, got {self.memory_per_task!r}',
+    )
     self._non_negative('margin')
-    _check(self.solver_iterations is None or (
-        isinstance(self.solver_iterations, int) and self.solver_iterations >= 1), self.name,
-           'solver_iterations', f'must be None or an integer >= 1, got {self.solver_iterations!r}')
+    _check(
+      self.solver_iterations is None
+      or (isinstance(self.solver_iterations, int) and self.solver_iterations >= 1),
+      self.name,
+      'solver_iterations',
+      f'must be None or an integer >= 1, got {self.solver_iterations!r}',
+    )
 
 
 @register_spec
@@ -355,6 +402,7 @@ class LaMAMLSpec(AlgorithmSpec):
     inner_grad_clip: clamp each inner-gradient element to +-this (None: no
       clamp; the authors' code computes the clamp and discards it).
   """
+
   name: ClassVar[str] = 'lamaml'
   scenarios: ClassVar[tuple[str, ...]] = ('task', 'domain', 'class')
   memory_size: int = 200
@@ -370,13 +418,21 @@ class LaMAMLSpec(AlgorithmSpec):
 
   def validate(self):
     _check_replay(self)
-    _check(isinstance(self.glances, int) and self.glances >= 1, self.name, 'glances',
-           f'must be an integer >= 1, got {self.glances!r}')
+    _check(
+      isinstance(self.glances, int) and self.glances >= 1,
+      self.name,
+      'glances',
+      f'must be an integer >= 1, got {self.glances!r}',
+    )
     self._non_negative('alpha_init', 'alpha_lr')
     for field in ('grad_clip_norm', 'inner_grad_clip'):
       value = getattr(self, field)
-      _check(value is None or (_finite(value) and value > 0), self.name, field,
-             f'must be None or > 0, got {value!r}')
+      _check(
+        value is None or (_finite(value) and value > 0),
+        self.name,
+        field,
+        f'must be None or > 0, got {value!r}',
+      )
 
 
 @register_spec
@@ -404,6 +460,7 @@ class MCSGDSpec(AlgorithmSpec):
     lmc_line_samples: points evaluated (vmapped) on each segment.
     lmc_epochs: passes over the larger of the two segments' data.
   """
+
   name: ClassVar[str] = 'mcsgd'
   uses_task_data: ClassVar[bool] = True  # the task's memory is drawn from it
   memory_per_task: int = 100
@@ -417,12 +474,20 @@ class MCSGDSpec(AlgorithmSpec):
   def validate(self):
     for field in ('memory_per_task', 'lmc_batch_size', 'lmc_line_samples', 'lmc_epochs'):
       value = getattr(self, field)
-      _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, self.name,
-             field, f'must be an integer >= 1, got {value!r}')
+      _check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        self.name,
+        field,
+        f'must be an integer >= 1, got {value!r}',
+      )
     self._positive('lmc_lr')
     self._in_unit_interval('lmc_init_position')
-    _check(_finite(self.lmc_momentum) and 0 <= self.lmc_momentum < 1, self.name, 'lmc_momentum',
-           f'must be in [0, 1), got {self.lmc_momentum!r}')
+    _check(
+      _finite(self.lmc_momentum) and 0 <= self.lmc_momentum < 1,
+      self.name,
+      'lmc_momentum',
+      f'must be in [0, 1), got {self.lmc_momentum!r}',
+    )
 
 
 @register_spec
@@ -438,6 +503,7 @@ class StableSGDSpec(AlgorithmSpec):
     min_lr: floor of the decayed learning rate.
     batch_size: training batch size.
   """
+
   name: ClassVar[str] = 'stable_sgd'
   dropout: float = 0.25
   lr_decay: float = 0.8
@@ -445,16 +511,29 @@ class StableSGDSpec(AlgorithmSpec):
   batch_size: int = 10
 
   def validate(self):
-    _check(_finite(self.dropout) and 0 <= self.dropout < 1, self.name, 'dropout',
-           f'must be in [0, 1), got {self.dropout!r}')
-    _check(_finite(self.lr_decay) and 0 < self.lr_decay <= 1, self.name, 'lr_decay',
-           f'must be in (0, 1], got {self.lr_decay!r}')
+    _check(
+      _finite(self.dropout) and 0 <= self.dropout < 1,
+      self.name,
+      'dropout',
+      f'must be in [0, 1), got {self.dropout!r}',
+    )
+    _check(
+      _finite(self.lr_decay) and 0 < self.lr_decay <= 1,
+      self.name,
+      'lr_decay',
+      f'must be in (0, 1], got {self.lr_decay!r}',
+    )
     self._non_negative('min_lr')
-    _check(isinstance(self.batch_size, int) and self.batch_size >= 1, self.name, 'batch_size',
-           f'must be an integer >= 1, got {self.batch_size!r}')
+    _check(
+      isinstance(self.batch_size, int) and self.batch_size >= 1,
+      self.name,
+      'batch_size',
+      f'must be an integer >= 1, got {self.batch_size!r}',
+    )
 
-  def regime(self, model_config: Mapping[str, Any], optimizer: OptimizerSpec,
-             train_config: Any) -> tuple[dict[str, Any], OptimizerSpec, Any]:
+  def regime(
+    self, model_config: Mapping[str, Any], optimizer: OptimizerSpec, train_config: Any
+  ) -> tuple[dict[str, Any], OptimizerSpec, Any]:
     """`(model_config, optimizer, train_config)` under this regime: the model's
     `dropout`, the optimizer's `lr_decay` and `min_lr`, the loop's `batch_size`
     come from the spec, everything else is kept (`adapt_regime` of both
@@ -492,6 +571,7 @@ class KCLSpec(AlgorithmSpec):
       learnt per task as `|l_t| + 0.01`, as in the authors' code.
     tau: weight of the KL term (rff only).
   """
+
   name: ClassVar[str] = 'kcl'
   scenarios: ClassVar[tuple[str, ...]] = ('task',)
   kernel: str = 'rff'
@@ -501,12 +581,20 @@ class KCLSpec(AlgorithmSpec):
   tau: float = 0.01
 
   def validate(self):
-    _check(self.kernel in KCL_KERNELS, self.name, 'kernel',
-           f'must be one of {KCL_KERNELS}, got {self.kernel!r}')
+    _check(
+      self.kernel in KCL_KERNELS,
+      self.name,
+      'kernel',
+      f'must be one of {KCL_KERNELS}, got {self.kernel!r}',
+    )
     for field in ('core_size', 'num_random_features'):
       value = getattr(self, field)
-      _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, self.name,
-             field, f'must be an integer >= 1, got {value!r}')
+      _check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        self.name,
+        field,
+        f'must be an integer >= 1, got {value!r}',
+      )
     self._positive('ridge_lambda')
     self._non_negative('tau')
 
@@ -520,13 +608,18 @@ class PNNSpec(AlgorithmSpec):
   of the frozen columns 0..k-1 (through `adapter='linear'` or the paper's
   non-linear 'mlp' adapters). Earlier columns never change.
   """
+
   name: ClassVar[str] = 'pnn'
   scenarios: ClassVar[tuple[str, ...]] = ('task',)
   adapter: str = 'linear'
 
   def validate(self):
-    _check(self.adapter in ('linear', 'mlp'), self.name, 'adapter',
-           f"must be 'linear' or 'mlp', got {self.adapter!r}")
+    _check(
+      self.adapter in ('linear', 'mlp'),
+      self.name,
+      'adapter',
+      f"must be 'linear' or 'mlp', got {self.adapter!r}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,6 +638,7 @@ class OptimizerSpec:
       the start of every task.
     grad_clip_norm: clip the gradient's global norm (None = no clipping).
   """
+
   name: str = 'sgd'
   learning_rate: float = 0.01
   momentum: float = 0.0
@@ -556,19 +650,45 @@ class OptimizerSpec:
 
   def __post_init__(self):
     spec = 'optimizer'
-    _check(self.name in ('sgd', 'adam'), spec, 'name', f"must be 'sgd' or 'adam', got {self.name!r}")
-    _check(_finite(self.learning_rate) and self.learning_rate > 0, spec, 'learning_rate',
-           f'must be > 0, got {self.learning_rate!r}')
-    _check(_finite(self.momentum) and 0 <= self.momentum < 1, spec, 'momentum',
-           f'must be in [0, 1), got {self.momentum!r}')
-    _check(_finite(self.weight_decay) and self.weight_decay >= 0, spec, 'weight_decay',
-           f'must be >= 0, got {self.weight_decay!r}')
-    _check(_finite(self.lr_decay) and 0 < self.lr_decay <= 1, spec, 'lr_decay',
-           f'must be in (0, 1], got {self.lr_decay!r}')
-    _check(_finite(self.min_lr) and 0 <= self.min_lr <= self.learning_rate, spec, 'min_lr',
-           f'must be in [0, learning_rate], got {self.min_lr!r}')
-    _check(self.grad_clip_norm is None or (_finite(self.grad_clip_norm) and self.grad_clip_norm > 0),
-           spec, 'grad_clip_norm', f'must be None or > 0, got {self.grad_clip_norm!r}')
+    _check(
+      self.name in ('sgd', 'adam'), spec, 'name', f"must be 'sgd' or 'adam', got {self.name!r}"
+    )
+    _check(
+      _finite(self.learning_rate) and self.learning_rate > 0,
+      spec,
+      'learning_rate',
+      f'must be > 0, got {self.learning_rate!r}',
+    )
+    _check(
+      _finite(self.momentum) and 0 <= self.momentum < 1,
+      spec,
+      'momentum',
+      f'must be in [0, 1), got {self.momentum!r}',
+    )
+    _check(
+      _finite(self.weight_decay) and self.weight_decay >= 0,
+      spec,
+      'weight_decay',
+      f'must be >= 0, got {self.weight_decay!r}',
+    )
+    _check(
+      _finite(self.lr_decay) and 0 < self.lr_decay <= 1,
+      spec,
+      'lr_decay',
+      f'must be in (0, 1], got {self.lr_decay!r}',
+    )
+    _check(
+      _finite(self.min_lr) and 0 <= self.min_lr <= self.learning_rate,
+      spec,
+      'min_lr',
+      f'must be in [0, learning_rate], got {self.min_lr!r}',
+    )
+    _check(
+      self.grad_clip_norm is None or (_finite(self.grad_clip_norm) and self.grad_clip_norm > 0),
+      spec,
+      'grad_clip_norm',
+      f'must be None or > 0, got {self.grad_clip_norm!r}',
+    )
 
   def learning_rate_for_task(self, task_id: int) -> float:
     """The learning rate of task `task_id` under the per-task decay."""
@@ -590,7 +710,9 @@ def make_spec(name: str, **hyperparameters: Any) -> AlgorithmSpec:
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(hyperparameters) - known)
   if unknown:
-    raise ValueError(f'{name}: unknown hyperparameter(s) {unknown}; known: {sorted(known) or "none"}')
+    raise ValueError(
+      f'{name}: unknown hyperparameter(s) {unknown}; known: {sorted(known) or "none"}'
+    )
   return cls(**hyperparameters)
 
 

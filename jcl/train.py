@@ -12,13 +12,14 @@ gridded hyperparameters (`hp`, e.g. `{'algo.ewc_lambda': 3.0}`) as
 arguments, so one compilation serves every seed and grid setting
 (`jcl.replicas` vmaps the same functions).
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
 import types
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +36,21 @@ from jcl.loop import FitResult, NonFiniteLossError, TrainConfig, subsample, trai
 from jcl.train_state import TrainState
 from jcl.types import Batch
 
-__all__ = ['FitResult', 'JaxExecutor', 'NonFiniteLossError', 'Program', 'TrainConfig',
-           'compile_seconds', 'fit', 'gather', 'gather_rows_fn', 'run_chunk_fn', 'subsample', 'task_data',
-           'training_split']
+__all__ = [
+  'FitResult',
+  'JaxExecutor',
+  'NonFiniteLossError',
+  'Program',
+  'TrainConfig',
+  'compile_seconds',
+  'fit',
+  'gather',
+  'gather_rows_fn',
+  'run_chunk_fn',
+  'subsample',
+  'task_data',
+  'training_split',
+]
 
 LEARNING_RATE = 'optimizer.learning_rate'
 
@@ -45,9 +58,11 @@ LEARNING_RATE = 'optimizer.learning_rate'
 # Compilation time, as JAX reports it (tracing, lowering, XLA compilation).
 # -----------------------------------------------------------------------------
 
-_COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
-                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
-                   '/jax/core/compile/backend_compile_duration')
+_COMPILE_EVENTS = (
+  '/jax/core/compile/jaxpr_trace_duration',
+  '/jax/core/compile/jaxpr_to_mlir_module_duration',
+  '/jax/core/compile/backend_compile_duration',
+)
 _compiled = [0.0]
 
 
@@ -94,8 +109,7 @@ def _scan_steps(step, skip_padding: bool, batch_of):
       ts, st, metrics = jax.lax.cond(valid, lambda _: step(ts, batch, st), skip, None)
       return (ts, st), (metrics, valid)
 
-    (train_state, algo_state), (metrics, valid) = jax.lax.scan(body, (train_state, algo_state),
-                                                               xs)
+    (train_state, algo_state), (metrics, valid) = jax.lax.scan(body, (train_state, algo_state), xs)
     return train_state, algo_state, metrics, valid
 
   return run
@@ -116,6 +130,7 @@ def gather_rows_fn(step, skip_padding: bool = True):
   (padding) are zeros. Each step gathers its own batch: on XLA:CPU that is
   faster than gathering the chunk first (no `[K, B, ...]` copy through memory).
   """
+
   def run(train_state, algo_state, data, idx, mask):
     flat = data.x.reshape(data.x.shape[0], -1)
 
@@ -146,8 +161,9 @@ def gather(data: Batch, idx: jax.Array, mask: jax.Array) -> Batch:
 def _chunk_means(metrics, valid):
   """The mean of each `[K]` metric over the valid steps (scalars)."""
   count = jnp.maximum(jnp.sum(valid), 1)
-  return {k: jnp.sum(jnp.where(valid, v, 0).astype(jnp.float32)) / count
-          for k, v in metrics.items()}
+  return {
+    k: jnp.sum(jnp.where(valid, v, 0).astype(jnp.float32)) / count for k, v in metrics.items()
+  }
 
 
 def task_data(split: TaskSplit, batch_size: int) -> Batch:
@@ -169,8 +185,10 @@ def _traced_values_named(hp):
   except jax.errors.ConcretizationTypeError as error:
     if not hp:
       raise
-    raise ValueError(f'grid: the algorithm branches in Python on one of {sorted(hp)}, so it '
-                     'cannot be gridded in one program; run the settings separately') from error
+    raise ValueError(
+      f'grid: the algorithm branches in Python on one of {sorted(hp)}, so it '
+      'cannot be gridded in one program; run the settings separately'
+    ) from error
 
 
 class Program:
@@ -196,6 +214,7 @@ class Program:
     if not fields:
       return self.base
     from jcl import algorithms  # the registry
+
     spec = copy.copy(self.base.spec)  # validated with Python numbers in `RunSpec`
     for field, value in fields.items():
       object.__setattr__(spec, field, value)
@@ -211,8 +230,12 @@ class Program:
       train_state, algo_state = self.algorithm(hp).begin_task(train_state, algo_state, task_id)
     if LEARNING_RATE in hp:
       regime = train_state.regime
-      decayed = ts_lib.learning_rate_for_task(types.SimpleNamespace(
-          learning_rate=hp[LEARNING_RATE], lr_decay=regime.lr_decay, min_lr=regime.min_lr), task_id)
+      decayed = ts_lib.learning_rate_for_task(
+        types.SimpleNamespace(
+          learning_rate=hp[LEARNING_RATE], lr_decay=regime.lr_decay, min_lr=regime.min_lr
+        ),
+        task_id,
+      )
       opt_state = train_state.opt_state
       hyperparams = dict(opt_state.hyperparams, learning_rate=decayed)
       train_state = train_state.replace(opt_state=opt_state._replace(hyperparams=hyperparams))
@@ -235,8 +258,12 @@ class Program:
     """`jit(vmap(fn))` of 'run_chunk', 'end_task', 'begin_task' or 'count_correct'."""
     key = (name, axes, tuple(sorted((static or {}).items())))
     if key not in self._vmapped:
-      fn = {'run_chunk': self._run_chunk, 'end_task': self._end_task,
-            'begin_task': self.begin_task, 'count_correct': evaluation.count_correct}[name]
+      fn = {
+        'run_chunk': self._run_chunk,
+        'end_task': self._end_task,
+        'begin_task': self.begin_task,
+        'count_correct': evaluation.count_correct,
+      }[name]
       if static:
         fn = _partial(fn, static)
       self._vmapped[key] = jax.jit(jax.vmap(fn, in_axes=axes))
@@ -251,6 +278,7 @@ def hp_arrays(hparams: Mapping[str, float]) -> dict[str, jax.Array]:
 def _partial(fn, kwargs):
   def bound(*args):
     return fn(*args, **kwargs)
+
   return bound
 
 
@@ -260,8 +288,13 @@ def _partial(fn, kwargs):
 
 
 def _device_split(split: TaskSplit) -> Batch:
-  return Batch(*(jax.device_put(np.asarray(a, dtype)) for a, dtype in
-                 ((split.x, np.float32), (split.y, np.int32), (split.t, np.int32))), None)
+  return Batch(
+    *(
+      jax.device_put(np.asarray(a, dtype))
+      for a, dtype in ((split.x, np.float32), (split.y, np.int32), (split.t, np.int32))
+    ),
+    None,
+  )
 
 
 class JaxExecutor:
@@ -274,9 +307,14 @@ class JaxExecutor:
   num_replicas = 1
   asynchronous = True
 
-  def __init__(self, program: Program, benchmark: Benchmark, config: TrainConfig,
-               hp: Mapping[str, float] | None = None,
-               eval_cache: dict[int, list[list[Batch]]] | None = None):
+  def __init__(
+    self,
+    program: Program,
+    benchmark: Benchmark,
+    config: TrainConfig,
+    hp: Mapping[str, float] | None = None,
+    eval_cache: dict[int, list[list[Batch]]] | None = None,
+  ):
     self.program, self.benchmark, self.config = program, benchmark, config
     self.hp = hp_arrays(hp or {})
     self._placed: tuple[int, Batch] | None = None
@@ -304,8 +342,13 @@ class JaxExecutor:
   def run_chunk(self, states, chunks):
     (chunk,) = chunks
     train_state, algo_state, means, step = self.program.run_chunk(
-        *states, self._placed[1], jax.device_put(chunk.idx), jax.device_put(chunk.mask), self.hp,
-        skip_padding=chunk.padding_steps)
+      *states,
+      self._placed[1],
+      jax.device_put(chunk.idx),
+      jax.device_put(chunk.mask),
+      self.hp,
+      skip_padding=chunk.padding_steps,
+    )
     return (train_state, algo_state), (means, step)
 
   def chunk_result(self, pending) -> loop.ChunkResult:
@@ -317,17 +360,26 @@ class JaxExecutor:
       out = self.program.end_task(*states, None, None, None, self.hp)
     else:
       (chunk,) = chunks
-      out = self.program.end_task(*states, self._data(splits[0]), jax.device_put(chunk.idx),
-                                  jax.device_put(chunk.mask), self.hp)
+      out = self.program.end_task(
+        *states,
+        self._data(splits[0]),
+        jax.device_put(chunk.idx),
+        jax.device_put(chunk.mask),
+        self.hp,
+      )
     return jax.block_until_ready(out)
 
   def _eval_chunks(self) -> list[list[Batch]]:
     key = id(self.benchmark)
     if key not in self._eval_cache:
       self._eval_cache.clear()  # another stream's (e.g. the previous seed's)
-      self._eval_cache[key] = [[Batch(*map(jax.device_put, chunk)) for chunk in
-                                evaluation.eval_chunks(self.benchmark, task, self.config)]
-                               for task in range(self.benchmark.num_tasks)]
+      self._eval_cache[key] = [
+        [
+          Batch(*map(jax.device_put, chunk))
+          for chunk in evaluation.eval_chunks(self.benchmark, task, self.config)
+        ]
+        for task in range(self.benchmark.num_tasks)
+      ]
     return self._eval_cache[key]
 
   def evaluate(self, states, class_mask):
@@ -335,8 +387,10 @@ class JaxExecutor:
     if class_mask is not None:
       train_state = train_state.replace(class_mask=jnp.asarray(class_mask))
     table = evaluation.task_table(self.benchmark)
-    counts = [[evaluation.count_correct(train_state, chunk, table)[None] for chunk in chunks]
-              for chunks in self._eval_chunks()]
+    counts = [
+      [evaluation.count_correct(train_state, chunk, table)[None] for chunk in chunks]
+      for chunks in self._eval_chunks()
+    ]
     return evaluation.accuracies(counts, 1, table is not None)
 
 
@@ -345,11 +399,19 @@ class JaxExecutor:
 # -----------------------------------------------------------------------------
 
 
-def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
-        config: TrainConfig | None = None, *, algo_state: Any = None,
-        callbacks: Sequence[callbacks_lib.Callback] = (), rng: jax.Array | None = None,
-        cumulative_data: bool | None = None, evaluate: bool = True,
-        checkpoint: callbacks_lib.CheckpointCallback | None = None) -> FitResult:
+def fit(
+  algorithm: Algorithm,
+  train_state: TrainState,
+  benchmark: Benchmark,
+  config: TrainConfig | None = None,
+  *,
+  algo_state: Any = None,
+  callbacks: Sequence[callbacks_lib.Callback] = (),
+  rng: jax.Array | None = None,
+  cumulative_data: bool | None = None,
+  evaluate: bool = True,
+  checkpoint: callbacks_lib.CheckpointCallback | None = None,
+) -> FitResult:
   """Trains `algorithm` on every task of `benchmark` in order (`jcl.loop.walk`).
 
   Args:
@@ -382,8 +444,11 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
   stream_ = loop.Stream.single(benchmark, config, algorithm.spec)
   if cumulative_data is not None:
     stream_ = dataclasses.replace(stream_, cumulative_data=cumulative_data)
-  callbacks = [*([callbacks_lib.EvaluationCallback()] if evaluate else []), *callbacks,
-               *([checkpoint] if checkpoint is not None else [])]
+  callbacks = [
+    *([callbacks_lib.EvaluationCallback()] if evaluate else []),
+    *callbacks,
+    *([checkpoint] if checkpoint is not None else []),
+  ]
   executor = JaxExecutor(Program(algorithm), benchmark, config)
   ctx = loop.walk(executor, stream_, callbacks, train_state, algo_state)
   result = FitResult.from_context(ctx)

@@ -8,6 +8,7 @@ optimizer are static fields, so the state jit-compiles, scans and vmaps.
 The learning rate lives in the optimizer state (`optax.inject_hyperparams`),
 so the per-task decay of `OptimizerSpec` changes it without recompiling.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,6 +66,7 @@ class TrainState(struct.PyTreeNode):
     tx: the optimizer (static).
     regime: the `OptimizerSpec` (static) that `begin_task` applies.
   """
+
   step: jax.Array
   params: PyTree
   model_state: PyTree
@@ -87,14 +89,20 @@ class TrainState(struct.PyTreeNode):
   def apply_gradients(self, grads: PyTree, model_state: PyTree | None = None) -> 'TrainState':
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     return self.replace(
-        step=self.step + 1,
-        params=optax.apply_updates(self.params, updates),
-        opt_state=opt_state,
-        model_state=self.model_state if model_state is None else model_state)
+      step=self.step + 1,
+      params=optax.apply_updates(self.params, updates),
+      opt_state=opt_state,
+      model_state=self.model_state if model_state is None else model_state,
+    )
 
 
-def create_train_state(model: nn.Module, optimizer: OptimizerSpec, rng: jax.Array,
-                       input_shape: tuple[int, ...], num_classes: int) -> TrainState:
+def create_train_state(
+  model: nn.Module,
+  optimizer: OptimizerSpec,
+  rng: jax.Array,
+  input_shape: tuple[int, ...],
+  num_classes: int,
+) -> TrainState:
   """Initialises `model` on a dummy batch of `input_shape` and its optimizer.
 
   Args:
@@ -106,19 +114,37 @@ def create_train_state(model: nn.Module, optimizer: OptimizerSpec, rng: jax.Arra
   """
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init(
-      {'params': init_rng, 'dropout': init_rng},
-      jnp.zeros((1, *input_shape), jnp.float32), jnp.zeros((1,), jnp.int32))
+    {'params': init_rng, 'dropout': init_rng},
+    jnp.zeros((1, *input_shape), jnp.float32),
+    jnp.zeros((1,), jnp.int32),
+  )
   variables = dict(variables)
   params = variables.pop('params')
   tx = make_optimizer(optimizer)
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-      opt_state=tx.init(params), rng=state_rng, task=jnp.zeros((), jnp.int32),
-      class_mask=jnp.ones((num_classes,), bool), apply_fn=model.apply, tx=tx, regime=optimizer)
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=variables,
+    opt_state=tx.init(params),
+    rng=state_rng,
+    task=jnp.zeros((), jnp.int32),
+    class_mask=jnp.ones((num_classes,), bool),
+    apply_fn=model.apply,
+    tx=tx,
+    regime=optimizer,
+  )
 
 
-def apply_model(state: TrainState, params: PyTree, x: jax.Array, t: jax.Array, *,
-                train: bool, rng: jax.Array | None = None, return_features: bool = False):
+def apply_model(
+  state: TrainState,
+  params: PyTree,
+  x: jax.Array,
+  t: jax.Array,
+  *,
+  train: bool,
+  rng: jax.Array | None = None,
+  return_features: bool = False,
+):
   """Runs the model; returns `(outputs, new_model_state)`.
 
   `outputs` is the logits `[B, C]`, or `(logits, features)` with
@@ -129,8 +155,14 @@ def apply_model(state: TrainState, params: PyTree, x: jax.Array, t: jax.Array, *
   rngs = {'dropout': rng} if (train and rng is not None) else {}
   if train and state.model_state:
     outputs, new_model_state = state.apply_fn(
-        variables, x, t, train=True, return_features=return_features,
-        rngs=rngs, mutable=list(state.model_state))
+      variables,
+      x,
+      t,
+      train=True,
+      return_features=return_features,
+      rngs=rngs,
+      mutable=list(state.model_state),
+    )
     return outputs, dict(new_model_state)
   outputs = state.apply_fn(variables, x, t, train=train, return_features=return_features, rngs=rngs)
   return outputs, state.model_state

@@ -3,6 +3,7 @@
 Imports nothing but the standard library, so `jcl.data` (NumPy) and the
 JAX/PyTorch backends can all use the same names.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -18,6 +19,7 @@ class Batch(NamedTuple):
     mask: `[B]` float32, 1 for a real sample and 0 for padding. A batch whose
       mask is all 0 is a padding step: the training loop skips it.
   """
+
   x: Any
   y: Any
   t: Any
@@ -33,6 +35,7 @@ class Context(NamedTuple):
     num_classes: width of the model output.
     num_tasks: tasks in the stream (per-task memories are sized by it).
   """
+
   input_shape: tuple[int, ...]
   num_classes: int
   num_tasks: int

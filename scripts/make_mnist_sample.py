@@ -11,6 +11,7 @@ Usage (from the repository root):
   python scripts/make_mnist_sample.py --mnist_dir ../shared/data/mnist \
       --out jcl/data/assets/mnist_sample.npz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jcl.data.idx import load_idx_dir  # pylint: disable=g-import-not-at-top
 
 
-def balanced_indices(labels: np.ndarray, per_class: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def balanced_indices(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
   """`per_class` indices of each class, drawn without replacement, sorted.
 
   Args:
@@ -40,16 +40,18 @@ def balanced_indices(labels: np.ndarray, per_class: int,
   for c in np.unique(labels):
     pool = np.flatnonzero(labels == c)
     if len(pool) < per_class:
-      raise ValueError(f'class {c} has only {len(pool)} examples, '
-                       f'{per_class} requested')
+      raise ValueError(f'class {c} has only {len(pool)} examples, {per_class} requested')
     chosen.append(rng.choice(pool, size=per_class, replace=False))
   return np.sort(np.concatenate(chosen))
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--mnist_dir', default='../shared/data/mnist',
-                      help='folder with the MNIST IDX files (.gz or not)')
+  parser.add_argument(
+    '--mnist_dir',
+    default='../shared/data/mnist',
+    help='folder with the MNIST IDX files (.gz or not)',
+  )
   parser.add_argument('--out', default='jcl/data/assets/mnist_sample.npz')
   parser.add_argument('--train_per_class', type=int, default=600)
   parser.add_argument('--test_per_class', type=int, default=100)
@@ -62,15 +64,21 @@ def main(argv=None) -> None:
   test_idx = balanced_indices(mnist.y_test, args.test_per_class, rng)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   np.savez_compressed(
-      args.out,
-      x_train=mnist.x_train[train_idx], y_train=mnist.y_train[train_idx],
-      x_test=mnist.x_test[test_idx], y_test=mnist.y_test[test_idx],
-      train_indices=train_idx.astype(np.int32),
-      test_indices=test_idx.astype(np.int32),
-      name=np.asarray('mnist'), num_classes=np.asarray(10),
-      seed=np.asarray(args.seed))
-  print(f'wrote {args.out}: {len(train_idx)} train + {len(test_idx)} test '
-        f'images, {os.path.getsize(args.out) / 1e6:.2f} MB')
+    args.out,
+    x_train=mnist.x_train[train_idx],
+    y_train=mnist.y_train[train_idx],
+    x_test=mnist.x_test[test_idx],
+    y_test=mnist.y_test[test_idx],
+    train_indices=train_idx.astype(np.int32),
+    test_indices=test_idx.astype(np.int32),
+    name=np.asarray('mnist'),
+    num_classes=np.asarray(10),
+    seed=np.asarray(args.seed),
+  )
+  print(
+    f'wrote {args.out}: {len(train_idx)} train + {len(test_idx)} test '
+    f'images, {os.path.getsize(args.out) / 1e6:.2f} MB'
+  )
 
 
 if __name__ == '__main__':

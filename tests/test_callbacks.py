@@ -1,5 +1,6 @@
 """Evaluation and checkpointing are callbacks; user callbacks see the task's
 accuracy column, can stop a task early, and run before the checkpoint."""
+
 import numpy as np
 
 from jcl import callbacks as callbacks_lib
@@ -9,7 +10,6 @@ from tests.test_scenarios import tiny_config
 
 
 class Recorder(callbacks_lib.Callback):
-
   def __init__(self):
     self.events, self.columns = [], []
 
@@ -44,8 +44,14 @@ class StopAfterChunks(callbacks_lib.Callback):
 def test_user_callback_sees_evaluation_and_hooks_in_order():
   recorder = Recorder()
   result = experiment.run(tiny_config('naive', 'task_masked'), extra_callbacks=[recorder])
-  assert recorder.events == [('fit_begin', True), ('task_begin', 0), ('task_end', 0),
-                             ('task_begin', 1), ('task_end', 1), ('fit_end',)]
+  assert recorder.events == [
+    ('fit_begin', True),
+    ('task_begin', 0),
+    ('task_end', 0),
+    ('task_begin', 1),
+    ('task_end', 1),
+    ('fit_end',),
+  ]
   np.testing.assert_array_equal(np.stack(recorder.columns, 1), result.accuracy_matrix)
 
 
@@ -53,11 +59,17 @@ def test_stop_task_ends_training_early_but_still_evaluates():
   config = tiny_config('naive', 'task_masked')
   config.train.epochs = 3
   parts = experiment.build(config)
-  full = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
-                       parts.train_config, rng=parts.algo_rng)
-  stopped = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
-                          parts.train_config, rng=parts.algo_rng,
-                          callbacks=[StopAfterChunks(1)])
+  full = train_lib.fit(
+    parts.algorithm, parts.train_state, parts.benchmark, parts.train_config, rng=parts.algo_rng
+  )
+  stopped = train_lib.fit(
+    parts.algorithm,
+    parts.train_state,
+    parts.benchmark,
+    parts.train_config,
+    rng=parts.algo_rng,
+    callbacks=[StopAfterChunks(1)],
+  )
   per_epoch = len([h for h in full.history if h['task'] == 0 and h['epoch'] == 0])
   assert len(full.history) == 2 * 3 * per_epoch
   assert len(stopped.history) == 2  # one chunk a task
@@ -71,8 +83,14 @@ def test_stop_fit_and_no_evaluation():
     def on_task_end(self, ctx):
       ctx.stop_fit = True
 
-  result = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
-                         parts.train_config, rng=parts.algo_rng, callbacks=[StopFit()],
-                         evaluate=False)
+  result = train_lib.fit(
+    parts.algorithm,
+    parts.train_state,
+    parts.benchmark,
+    parts.train_config,
+    rng=parts.algo_rng,
+    callbacks=[StopFit()],
+    evaluate=False,
+  )
   assert {h['task'] for h in result.history} == {0}
   assert np.isnan(result.accuracy_matrix).all() and result.summary == {}

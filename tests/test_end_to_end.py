@@ -8,6 +8,7 @@ when the strengths were chosen (ACC / average forgetting):
   naive 77.1 / 13.9   joint 92.0 / -0.2   ewc(2) 80.1 / 10.1
   online ewc(20, 0.8) 83.6 / 4.9   si(0.5) 83.2 / 6.0   mas(0.05) 82.2 / 3.6
 """
+
 import importlib
 
 import pytest
@@ -35,8 +36,10 @@ def permuted_result(config_name):
 @pytest.mark.parametrize('name', ['ewc', 'online_ewc', 'si', 'mas'])
 def test_regularisation_beats_naive_on_permuted_mnist(name):
   naive, method = permuted_result('naive').summary, permuted_result(name).summary
-  print(f"{name}: acc {method['acc']:.3f} forgetting {method['forgetting']:.3f}; "
-        f"naive: acc {naive['acc']:.3f} forgetting {naive['forgetting']:.3f}")
+  print(
+    f'{name}: acc {method["acc"]:.3f} forgetting {method["forgetting"]:.3f}; '
+    f'naive: acc {naive["acc"]:.3f} forgetting {naive["forgetting"]:.3f}'
+  )
   assert method['acc'] >= naive['acc'] + 0.02
   assert method['forgetting'] <= naive['forgetting'] - 0.03
 
@@ -50,12 +53,13 @@ def test_joint_is_the_upper_bound_on_permuted_mnist():
 
 def test_naive_forgets_on_permuted_mnist():
   result = permuted_result('naive')
-  assert result.summary['learning_accuracy'] > 0.88   # it learns each task...
-  assert result.summary['forgetting'] > 0.08          # ...and forgets them
+  assert result.summary['learning_accuracy'] > 0.88  # it learns each task...
+  assert result.summary['forgetting'] > 0.08  # ...and forgets them
 
 
 def test_lfl_learns_split_mnist():
   from configs import lfl
+
   config = lfl.get_config('split_mnist')
   config.benchmark.path = require_mnist()
   config.benchmark.samples_per_task = 2000

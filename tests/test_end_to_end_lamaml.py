@@ -8,6 +8,7 @@ C-MAML weight rate) on the same stream is the baseline. Seen here (seed 0):
 Naive RA 46.2 / BTI -18.5, La-MAML RA 68.6 / BTI +0.3. The full protocol
 (20 tasks x 1000) is `experiments/reproduce.py`'s job: about 75-76 RA.
 """
+
 from configs import lamaml as lamaml_configs
 from jcl import experiment
 from jcl import specs
@@ -22,16 +23,24 @@ def test_lamaml_keeps_rotated_digits_that_naive_sgd_forgets():
   config.benchmark.path = require_mnist()
   config.benchmark.num_tasks = 4
   config.benchmark.samples_per_task = 300
-  config.optimizer.learning_rate = 0.1     # Naive's SGD; La-MAML's asynchronous update has its own
+  config.optimizer.learning_rate = 0.1  # Naive's SGD; La-MAML's asynchronous update has its own
   parts = experiment.build(config)
   # Both start from the same weights on the same stream.
-  lamaml = train_lib.fit(parts.algorithm, parts.train_state, parts.benchmark,
-                         parts.train_config, rng=parts.algo_rng).summary
-  sgd = train_lib.fit(naive.make(specs.NaiveSpec()), parts.train_state, parts.benchmark,
-                      parts.train_config, rng=parts.algo_rng).summary
-  print(f"naive: RA {sgd['acc']:.3f} BWT {sgd['bwt']:.3f}; "
-        f"la-maml: RA {lamaml['acc']:.3f} BWT {lamaml['bwt']:.3f}")
+  lamaml = train_lib.fit(
+    parts.algorithm, parts.train_state, parts.benchmark, parts.train_config, rng=parts.algo_rng
+  ).summary
+  sgd = train_lib.fit(
+    naive.make(specs.NaiveSpec()),
+    parts.train_state,
+    parts.benchmark,
+    parts.train_config,
+    rng=parts.algo_rng,
+  ).summary
+  print(
+    f'naive: RA {sgd["acc"]:.3f} BWT {sgd["bwt"]:.3f}; '
+    f'la-maml: RA {lamaml["acc"]:.3f} BWT {lamaml["bwt"]:.3f}'
+  )
   assert lamaml['acc'] > 0.6
   assert lamaml['acc'] > sgd['acc'] + 0.12
-  assert sgd['bwt'] < -0.1                        # naive forgets the earlier rotations...
-  assert lamaml['bwt'] > sgd['bwt'] + 0.1         # ...La-MAML much less
+  assert sgd['bwt'] < -0.1  # naive forgets the earlier rotations...
+  assert lamaml['bwt'] > sgd['bwt'] + 0.1  # ...La-MAML much less

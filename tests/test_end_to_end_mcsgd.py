@@ -17,6 +17,7 @@ of the way from w_prev and takes a few steps), but it forgets nothing: its
 connected solutions improve the old tasks. The full reproduction (20 tasks,
 60k images each) is configs/mcsgd.py; its numbers are in its docstring.
 """
+
 import functools
 
 import pytest
@@ -52,18 +53,18 @@ def run(module, arg):
 def test_mcsgd_retains_what_naive_sgd_forgets():
   naive = run(mcsgd_config, 'rotated_mnist,naive')
   mcsgd = run(mcsgd_config, 'rotated_mnist')
-  assert naive.summary['forgetting'] > 0.2                        # the stream does forget
+  assert naive.summary['forgetting'] > 0.2  # the stream does forget
   assert mcsgd.summary['forgetting'] < naive.summary['forgetting'] - 0.2
-  assert mcsgd.summary['bwt'] > 0                                 # old tasks even improve
+  assert mcsgd.summary['bwt'] > 0  # old tasks even improve
   first_task_at_end = mcsgd.accuracy_matrix[0, -1], naive.accuracy_matrix[0, -1]
   assert first_task_at_end[0] > first_task_at_end[1] + 0.2
-  assert mcsgd.summary['acc'] > naive.summary['acc'] - 0.02       # not bought with accuracy
-  assert mcsgd.accuracy_matrix[:, -1].min() > 0.3                 # chance is 0.1
+  assert mcsgd.summary['acc'] > naive.summary['acc'] - 0.02  # not bought with accuracy
+  assert mcsgd.accuracy_matrix[:, -1].min() > 0.3  # chance is 0.1
 
 
 def test_stable_sgd_learns_and_forgets_less_than_naive_sgd():
   plastic = run(stable_sgd_config, 'rotated_mnist,plastic')
   stable = run(stable_sgd_config, 'rotated_mnist')
-  assert stable.summary['learning_accuracy'] > 0.7                # chance is 0.1
+  assert stable.summary['learning_accuracy'] > 0.7  # chance is 0.1
   assert stable.summary['acc'] > plastic.summary['acc'] + 0.03
   assert stable.summary['forgetting'] < plastic.summary['forgetting'] - 0.07

@@ -9,6 +9,7 @@ accuracy never changes afterwards: `R[i, i] == R[i, j]` for every `j >= i`,
 exactly. Both task-IL layouts: one head masked to the task's two classes,
 and one 2-unit head per task.
 """
+
 import numpy as np
 import pytest
 
@@ -27,10 +28,10 @@ def test_pnn_learns_every_task_and_forgets_nothing(stream):
   config.log.loggers = ()
   config.log.progress = False
   result = experiment.run(config)
-  accuracy = result.accuracy_matrix   # R[i, j]: task i after training task j
+  accuracy = result.accuracy_matrix  # R[i, j]: task i after training task j
   print(stream, np.round(100 * accuracy, 1), result.summary)
   num_tasks = accuracy.shape[0]
   for i in range(num_tasks):
-    np.testing.assert_array_equal(accuracy[i, i:], accuracy[i, i])   # bit-identical columns
-  assert accuracy.diagonal().min() > 0.9   # seen: 94.7 - 99.9
+    np.testing.assert_array_equal(accuracy[i, i:], accuracy[i, i])  # bit-identical columns
+  assert accuracy.diagonal().min() > 0.9  # seen: 94.7 - 99.9
   assert result.summary['forgetting'] == 0.0 and result.summary['bwt'] == 0.0

@@ -8,6 +8,7 @@ DER 84.55 / 90.54, DER++ 85.61 / 91.00 (buffer 200 / 500).
 Online Permuted MNIST (GEM's protocol, single pass, batch 10, 1000 samples
 per task), shortened to 10 tasks and 64 memories per task for CI time.
 """
+
 import importlib
 
 import pytest
@@ -39,8 +40,8 @@ def test_naive_forgets_everything_but_the_last_task_class_incremental():
   result = run('naive', 'split_mnist_class')
   print('naive', result.summary)
   assert 0.15 < result.summary['acc'] < 0.25
-  assert result.accuracy_matrix[4, 4] > 0.95          # the last task is learnt...
-  assert result.accuracy_matrix[:4, 4].max() < 0.05   # ...the others are gone
+  assert result.accuracy_matrix[4, 4] > 0.95  # the last task is learnt...
+  assert result.accuracy_matrix[:4, 4].max() < 0.05  # ...the others are gone
   assert result.summary['task_il_acc'] > result.summary['acc']  # task-IL view is easier
 
 

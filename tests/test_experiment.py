@@ -1,4 +1,5 @@
 """The experiment binary and config plumbing: results, errors, determinism."""
+
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def small_config(algo='ewc', **algo_kwargs):
   from configs import quickstart
+
   config = quickstart.get_config()
   config.benchmark.num_tasks = 3
   config.benchmark.samples_per_task = 600
@@ -49,17 +51,30 @@ def test_run_writes_results_and_is_deterministic(tmp_path):
 
 def jax_leaves(tree):
   import jax
+
   return jax.tree.leaves(tree)
 
 
 def test_binary_runs_with_overrides(tmp_path):
   out = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', '--config=configs/quickstart.py',
-       f'--workdir={tmp_path}', '--config.benchmark.num_tasks=2',
-       '--config.benchmark.samples_per_task=300', '--config.train.epochs=1',
-       '--config.algo.ewc_lambda=5', '--config.log.progress=False',
-       '--config.log.loggers=console,jsonl,csv'],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      '-m',
+      'experiments.train',
+      '--config=configs/quickstart.py',
+      f'--workdir={tmp_path}',
+      '--config.benchmark.num_tasks=2',
+      '--config.benchmark.samples_per_task=300',
+      '--config.train.epochs=1',
+      '--config.algo.ewc_lambda=5',
+      '--config.log.progress=False',
+      '--config.log.loggers=console,jsonl,csv',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'accuracy matrix' in out.stdout and 'acc ' in out.stdout
   results = json.loads((tmp_path / 'results.json').read_text())
@@ -68,17 +83,30 @@ def test_binary_runs_with_overrides(tmp_path):
   assert (tmp_path / 'metrics.csv').exists() and (tmp_path / 'metrics.jsonl').exists()
 
 
-@pytest.mark.parametrize('override, message', [
+@pytest.mark.parametrize(
+  'override, message',
+  [
     ('--config.algo.name=nope', "unknown algorithm 'nope'"),
     ('--config.algo.ewc_lambda=-1', "invalid 'ewc_lambda'"),
     ('--config.optimizer.learning_rate=0', "invalid 'learning_rate'"),
     ('--config.benchmark.name=split_nothing', 'split_nothing'),
-])
+  ],
+)
 def test_binary_reports_bad_input_clearly(tmp_path, override, message):
   out = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', '--config=configs/quickstart.py',
-       f'--workdir={tmp_path}', override],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'experiments.train',
+      '--config=configs/quickstart.py',
+      f'--workdir={tmp_path}',
+      override,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode != 0
   assert message in out.stderr
 
@@ -88,7 +116,9 @@ def test_unknown_hyperparameter_is_named():
     specs.make_spec('ewc', lamda=1.0)
 
 
-@pytest.mark.parametrize('name, kwargs, field', [
+@pytest.mark.parametrize(
+  'name, kwargs, field',
+  [
     ('ewc', dict(ewc_lambda=-1.0), 'ewc_lambda'),
     ('ewc', dict(gamma=1.5), 'gamma'),
     ('ewc', dict(fisher='approx'), 'fisher'),
@@ -96,7 +126,8 @@ def test_unknown_hyperparameter_is_named():
     ('si', dict(si_lambda=float('nan')), 'si_lambda'),
     ('mas', dict(mas_lambda=-0.1), 'mas_lambda'),
     ('lfl', dict(lfl_lambda=float('inf')), 'lfl_lambda'),
-])
+  ],
+)
 def test_spec_validation_names_the_field(name, kwargs, field):
   with pytest.raises(ValueError, match=f"invalid '{field}'"):
     specs.make_spec(name, **kwargs)

@@ -1,5 +1,6 @@
 """Tests for the file / third-party writers of jcl.loggers (CSV, TensorBoard,
 W&B offline). Each backend's test is skipped only if its package is missing."""
+
 import csv
 import glob
 import io
@@ -35,7 +36,6 @@ def _read_csv(path):
 
 
 class TestCsvWriter:
-
   def test_values_header_growth_and_nan(self, tmp_path):
     workdir = tmp_path / 'a' / 'b'  # Created by the writer.
     w = loggers.CsvWriter(workdir)
@@ -102,17 +102,19 @@ class TestCsvWriter:
 def _tb_events_from_accumulator(logdir):
   """Reads an event directory with TensorBoard's EventAccumulator."""
   ea = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
-  acc = ea.EventAccumulator(str(logdir), size_guidance={
-      ea.TENSORS: 0, ea.SCALARS: 0, ea.IMAGES: 0})
+  acc = ea.EventAccumulator(str(logdir), size_guidance={ea.TENSORS: 0, ea.SCALARS: 0, ea.IMAGES: 0})
   acc.Reload()
   tags = acc.Tags()
   return {
-      'scalars': {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags['scalars']},
-      'images': {t: [(e.step, e.encoded_image_string) for e in acc.Images(t)]
-                 for t in tags['images']},
-      'texts': {t: [(e.step, e.tensor_proto.string_val[0].decode('utf-8'))
-                    for e in acc.Tensors(t)] for t in tags['tensors']},
-      'hparams': acc.PluginTagToContent('hparams'),
+    'scalars': {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags['scalars']},
+    'images': {
+      t: [(e.step, e.encoded_image_string) for e in acc.Images(t)] for t in tags['images']
+    },
+    'texts': {
+      t: [(e.step, e.tensor_proto.string_val[0].decode('utf-8')) for e in acc.Tensors(t)]
+      for t in tags['tensors']
+    },
+    'hparams': acc.PluginTagToContent('hparams'),
   }
 
 
@@ -122,51 +124,63 @@ def _tb_events_from_records(logdir):
   A record is a uint64 length, a uint32 crc of it, the data and a uint32 crc.
   """
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
   out = {'scalars': {}, 'images': {}, 'texts': {}, 'hparams': {}}
   for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
     with open(path, 'rb') as f:
       data = f.read()
     pos = 0
     while pos + 12 <= len(data):
-      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      (length,) = struct.unpack('<Q', data[pos : pos + 8])
       event = event_pb2.Event()
-      event.ParseFromString(data[pos + 12:pos + 12 + length])
+      event.ParseFromString(data[pos + 12 : pos + 12 + length])
       pos += 16 + length
       for v in event.summary.value:
         plugin = v.metadata.plugin_data.plugin_name
         if v.HasField('simple_value'):
           out['scalars'].setdefault(v.tag, []).append((event.step, v.simple_value))
         elif v.HasField('image'):
-          out['images'].setdefault(v.tag, []).append((event.step,
-                                                       v.image.encoded_image_string))
+          out['images'].setdefault(v.tag, []).append((event.step, v.image.encoded_image_string))
         elif plugin == 'text':
           out['texts'].setdefault(v.tag, []).append(
-              (event.step, v.tensor.string_val[0].decode('utf-8')))
+            (event.step, v.tensor.string_val[0].decode('utf-8'))
+          )
         elif plugin == 'hparams':
           out['hparams'][v.tag] = v.metadata.plugin_data.content
   return out
 
 
 class TestTensorBoardWriter:
-
-  @pytest.mark.parametrize('read', [_tb_events_from_accumulator, _tb_events_from_records],
-                           ids=['event_accumulator', 'records'])
+  @pytest.mark.parametrize(
+    'read',
+    [_tb_events_from_accumulator, _tb_events_from_records],
+    ids=['event_accumulator', 'records'],
+  )
   def test_everything_read_back(self, tmp_path, read):
     pytest.importorskip('tensorboardX')
     image_lib = pytest.importorskip('PIL.Image')
     from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+
     logdir = tmp_path / 'tb'
     w = loggers.TensorBoardWriter(logdir)
     assert isinstance(w, loggers.MetricWriter)
     for step in (1, 2, 3):
-      w.write_scalars(step, {'loss': np.float32(1.0 / step), 'acc': np.array(0.25 * step),
-                             'name': 'not a number'})
+      w.write_scalars(
+        step, {'loss': np.float32(1.0 / step), 'acc': np.array(0.25 * step), 'name': 'not a number'}
+      )
     heatmap = loggers.accuracy_matrix_image(_accuracy_matrix(), cell=5)
     gray = np.linspace(0.0, 1.0, 12).reshape(3, 4)  # Float grayscale, non-square.
     w.write_images(2, {'accuracy_matrix': heatmap, 'gray': gray})
     w.write_texts(2, {'accuracy_matrix': 'task 0  50.0\ntask 1  25.0'})
-    w.write_hparams({'optimizer.lr': np.float32(0.5), 'method': 'ewc', 'seed': 3,
-                     'replay': True, 'data.tasks': (0, 1)})
+    w.write_hparams(
+      {
+        'optimizer.lr': np.float32(0.5),
+        'method': 'ewc',
+        'seed': 3,
+        'replay': True,
+        'data.tasks': (0, 1),
+      }
+    )
     w.close()
 
     assert glob.glob(str(logdir / 'events.out.tfevents.*'))
@@ -177,19 +191,20 @@ class TestTensorBoardWriter:
     np.testing.assert_allclose([v for _, v in loss], [1.0, 0.5, 1.0 / 3], rtol=1e-6)
     np.testing.assert_allclose([v for _, v in events['scalars']['acc']], [0.25, 0.5, 0.75])
 
-    (step, png), = events['images']['accuracy_matrix']
+    ((step, png),) = events['images']['accuracy_matrix']
     assert step == 2
-    np.testing.assert_array_equal(np.asarray(image_lib.open(io.BytesIO(png)).convert('RGB')),
-                                  heatmap)
-    (_, png), = events['images']['gray']
+    np.testing.assert_array_equal(
+      np.asarray(image_lib.open(io.BytesIO(png)).convert('RGB')), heatmap
+    )
+    ((_, png),) = events['images']['gray']
     decoded = np.asarray(image_lib.open(io.BytesIO(png)).convert('RGB'))
     assert decoded.shape == (3, 4, 3)
     np.testing.assert_array_equal(decoded[..., 1], np.round(gray * 255))
 
-    (step, text), = events['texts']['accuracy_matrix/text_summary']
+    ((step, text),) = events['texts']['accuracy_matrix/text_summary']
     assert step == 2
     assert text == '    task 0  50.0\n    task 1  25.0'  # A Markdown code block.
-    (_, table), = events['texts']['hparams/text_summary']
+    ((_, table),) = events['texts']['hparams/text_summary']
     assert '| optimizer.lr | 0.5 |' in table and '| method | ewc |' in table
 
     assert set(events['hparams']) == {'_hparams_/session_start_info'}
@@ -211,7 +226,7 @@ class TestTensorBoardWriter:
         w.write_images(0, {'img': np.zeros((2, 2, 3), np.uint8)})
       w.write_hparams({'a|b': 'c|d'})
     events = _tb_events_from_records(str(tmp_path))
-    (_, table), = events['texts']['hparams/text_summary']
+    ((_, table),) = events['texts']['hparams/text_summary']
     assert table.splitlines()[-1] == r'| a\|b | c\|d |'
 
 
@@ -229,6 +244,7 @@ def _read_wandb_records(path):
   4 last).
   """
   from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
+
   with open(path, 'rb') as f:
     data = f.read()
   assert data[:4] == b':W&B'
@@ -238,11 +254,11 @@ def _read_wandb_records(path):
     if left < 7:  # Block trailer padding.
       pos += left
       continue
-    length, kind = struct.unpack('<HB', data[pos + 4:pos + 7])
+    length, kind = struct.unpack('<HB', data[pos + 4 : pos + 7])
     if length == 0 and kind == 0:  # Zero padding.
       pos += left
       continue
-    chunks.append(data[pos + 7:pos + 7 + length])
+    chunks.append(data[pos + 7 : pos + 7 + length])
     pos += 7 + length
     if kind in (1, 4):
       record = wandb_internal_pb2.Record()
@@ -259,14 +275,19 @@ def _wandb_run_log(path):
   for record in _read_wandb_records(path):
     kind = record.WhichOneof('record_type')
     if kind == 'history':
-      history.append({(item.key or '/'.join(item.nested_key)): json.loads(item.value_json)
-                      for item in record.history.item})
+      history.append(
+        {
+          (item.key or '/'.join(item.nested_key)): json.loads(item.value_json)
+          for item in record.history.item
+        }
+      )
     elif kind == 'run':
       run = record.run
       config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
     elif kind == 'config':
-      config.update({(i.key or '/'.join(i.nested_key)): json.loads(i.value_json)
-                     for i in record.config.update})
+      config.update(
+        {(i.key or '/'.join(i.nested_key)): json.loads(i.value_json) for i in record.config.update}
+      )
   return history, config, run
 
 
@@ -284,12 +305,16 @@ def wandb_env(tmp_path, monkeypatch):
 
 
 class TestWandbWriter:
-
   def test_offline_run(self, wandb_env, caplog):
     pytest.importorskip('PIL')
     workdir = wandb_env / 'work'
-    w = loggers.make_writer('wandb', workdir, run_name='ewc-seed0', group='ewc',
-                            hparams={'optimizer.lr': np.float32(0.5), 'method': 'ewc'})
+    w = loggers.make_writer(
+      'wandb',
+      workdir,
+      run_name='ewc-seed0',
+      group='ewc',
+      hparams={'optimizer.lr': np.float32(0.5), 'method': 'ewc'},
+    )
     assert type(w) is loggers.WandbWriter and w.mode == 'offline'
     assert w.run.name == 'ewc-seed0' and w.run.group == 'ewc' and w.run.project == 'jcl'
     w.write_scalars(1, {'loss': np.float32(0.5), 'acc': 0.25})
@@ -321,8 +346,9 @@ class TestWandbWriter:
     while True:
       history, config, run = _wandb_run_log(wandb_file)
       by_step = {h['_step']: h for h in history}
-      if (sorted(by_step) == [1, 2, 3] and 'late/_type' in by_step[3]
-          and config.get('seed') == 7) or time.monotonic() > deadline:
+      if (
+        sorted(by_step) == [1, 2, 3] and 'late/_type' in by_step[3] and config.get('seed') == 7
+      ) or time.monotonic() > deadline:
         break
       time.sleep(0.5)
     assert sorted(by_step) == [1, 2, 3]
@@ -350,7 +376,6 @@ class TestWandbWriter:
 
 
 class TestMakeWriterBackends:
-
   def test_builtin_names(self):
     assert loggers.available_writers() == ('console', 'csv', 'jsonl', 'tensorboard', 'wandb')
 
@@ -359,7 +384,10 @@ class TestMakeWriterBackends:
     printed = []
     w = loggers.make_writer(('console,csv', 'tensorboard'), tmp_path, hparams={'a.b': 1})
     assert [type(x) for x in w.writers] == [
-        loggers.ConsoleWriter, loggers.CsvWriter, loggers.TensorBoardWriter]
+      loggers.ConsoleWriter,
+      loggers.CsvWriter,
+      loggers.TensorBoardWriter,
+    ]
     assert w.writers[2].logdir == str(tmp_path / 'tensorboard')
     w.writers[0].print_fn = printed.append
     w.write_scalars(1, {'loss': 0.5})

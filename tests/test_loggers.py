@@ -1,6 +1,7 @@
 """Tests for jcl.loggers: the interface, console / JSONL writers, the factory,
 `accuracy_matrix_image` and `ProgressBar`. CSV / TensorBoard / W&B are in
 test_logger_backends.py."""
+
 import io
 import json
 import logging
@@ -46,7 +47,6 @@ class RecordingWriter:
 
 
 class TestProtocol:
-
   def test_implementations_satisfy_protocol(self, tmp_path):
     assert isinstance(loggers.ConsoleWriter(), loggers.MetricWriter)
     assert isinstance(loggers.JsonlWriter(tmp_path), loggers.MetricWriter)
@@ -57,10 +57,18 @@ class TestProtocol:
 
   def test_old_interface_is_gone(self):
     class OldLogger:
-      def write_scalars(self, step, scalars): pass
-      def write_table(self, name, table, step=None): pass
-      def flush(self): pass
-      def close(self): pass
+      def write_scalars(self, step, scalars):
+        pass
+
+      def write_table(self, name, table, step=None):
+        pass
+
+      def flush(self):
+        pass
+
+      def close(self):
+        pass
+
     assert not isinstance(OldLogger(), loggers.MetricWriter)
     for name in ('Logger', 'make_loggers', 'register_logger', 'ConsoleLogger', 'CometLogger'):
       assert not hasattr(loggers, name), name
@@ -75,19 +83,27 @@ class TestProtocol:
 
 
 class TestConsoleWriter:
-
   def test_scalars_line(self, capsys):
     loggers.ConsoleWriter().write_scalars(120, {'loss': 0.4312, 'accuracy': 0.91})
     assert capsys.readouterr().out == '[step 120] loss=0.4312 accuracy=0.91\n'
 
   def test_numpy_values_and_precision(self, capsys):
     w = loggers.ConsoleWriter()
-    w.write_scalars(3, {'loss': np.float32(0.25), 'n': np.int64(7), 'x': np.array(1.5),
-                        'bad': NAN, 'ok': True, 'long': 0.123456789})
+    w.write_scalars(
+      3,
+      {
+        'loss': np.float32(0.25),
+        'n': np.int64(7),
+        'x': np.array(1.5),
+        'bad': NAN,
+        'ok': True,
+        'long': 0.123456789,
+      },
+    )
     loggers.ConsoleWriter(precision=2).write_scalars(4, {'long': 0.123456789})
     assert capsys.readouterr().out == (
-        '[step 3] loss=0.25 n=7 x=1.5 bad=nan ok=True long=0.1235\n'
-        '[step 4] long=0.12\n')
+      '[step 3] loss=0.25 n=7 x=1.5 bad=nan ok=True long=0.1235\n[step 4] long=0.12\n'
+    )
 
   def test_empty_scalars_print_nothing(self, capsys):
     loggers.ConsoleWriter().write_scalars(0, {})
@@ -110,14 +126,15 @@ class TestConsoleWriter:
 
 
 class TestJsonlWriter:
-
   def test_scalars_read_back_nan_is_null(self, tmp_path):
     workdir = tmp_path / 'a' / 'b'  # Created by the writer.
     w = loggers.JsonlWriter(workdir)
-    w.write_scalars(1, {'loss': np.float32(0.5), 'acc': np.float64(0.25), 'n': np.int64(3),
-                        'lr': 1e-3})
-    w.write_scalars(np.int64(2), {'loss': NAN, 'x': np.float32(np.nan), 'y': np.array(0.75),
-                                  'z': float('inf')})
+    w.write_scalars(
+      1, {'loss': np.float32(0.5), 'acc': np.float64(0.25), 'n': np.int64(3), 'lr': 1e-3}
+    )
+    w.write_scalars(
+      np.int64(2), {'loss': NAN, 'x': np.float32(np.nan), 'y': np.array(0.75), 'z': float('inf')}
+    )
     w.flush()
     first, second = _read_jsonl(workdir / 'metrics.jsonl')
     assert set(first) == {'step', 'time', 'loss', 'acc', 'n', 'lr'}
@@ -125,8 +142,14 @@ class TestJsonlWriter:
     assert first['loss'] == 0.5 and isinstance(first['loss'], float)
     assert first['acc'] == 0.25 and first['lr'] == 1e-3
     assert first['n'] == 3 and isinstance(first['n'], int)
-    assert second == {'step': 2, 'time': second['time'], 'loss': None, 'x': None, 'y': 0.75,
-                      'z': None}
+    assert second == {
+      'step': 2,
+      'time': second['time'],
+      'loss': None,
+      'x': None,
+      'y': 0.75,
+      'z': None,
+    }
     text = (workdir / 'metrics.jsonl').read_text()
     assert 'NaN' not in text and 'Infinity' not in text and 'null' in text
     w.close()
@@ -137,16 +160,31 @@ class TestJsonlWriter:
       w.write_texts(4, {'note': 'again'})
     records = _read_jsonl(tmp_path / 'texts.jsonl')
     assert [(r['step'], r['name'], r['text']) for r in records] == [
-        (3, 'accuracy_matrix', 'a\n  b'), (3, 'note', 'é'), (4, 'note', 'again')]
+      (3, 'accuracy_matrix', 'a\n  b'),
+      (3, 'note', 'é'),
+      (4, 'note', 'again'),
+    ]
     assert all(set(r) == {'step', 'time', 'name', 'text'} for r in records)
     assert not (tmp_path / 'metrics.jsonl').exists()  # Created on first use only.
 
   def test_hparams_overwritten_and_images_ignored(self, tmp_path):
     with loggers.JsonlWriter(tmp_path) as w:
-      w.write_hparams({'optimizer.lr': np.float32(0.5), 'method': 'ewc', 'seed': 0,
-                       'data.tasks': (0, 1), 'bad': NAN})
+      w.write_hparams(
+        {
+          'optimizer.lr': np.float32(0.5),
+          'method': 'ewc',
+          'seed': 0,
+          'data.tasks': (0, 1),
+          'bad': NAN,
+        }
+      )
       assert json.loads((tmp_path / 'hparams.json').read_text()) == {
-          'optimizer.lr': 0.5, 'method': 'ewc', 'seed': 0, 'data.tasks': [0, 1], 'bad': None}
+        'optimizer.lr': 0.5,
+        'method': 'ewc',
+        'seed': 0,
+        'data.tasks': [0, 1],
+        'bad': None,
+      }
       w.write_hparams({'method': 'si'})
       w.write_images(0, {'img': np.zeros((2, 2, 3), np.uint8)})
     assert json.loads((tmp_path / 'hparams.json').read_text()) == {'method': 'si'}
@@ -172,8 +210,11 @@ class TestJsonlWriter:
     w.close()
     assert all(f.closed for f in files)
     w.close()  # Idempotent.
-    for write in (lambda: w.write_scalars(1, {'a': 1.0}), lambda: w.write_texts(1, {'t': 'y'}),
-                  lambda: w.write_hparams({'a': 1})):
+    for write in (
+      lambda: w.write_scalars(1, {'a': 1.0}),
+      lambda: w.write_texts(1, {'t': 'y'}),
+      lambda: w.write_hparams({'a': 1}),
+    ):
       with pytest.raises(ValueError, match='closed'):
         write()
 
@@ -185,7 +226,6 @@ class TestJsonlWriter:
 
 
 class TestMultiWriter:
-
   def test_fan_out(self):
     a, b = RecordingWriter(), RecordingWriter()
     multi = loggers.MultiWriter([a, b])
@@ -195,8 +235,14 @@ class TestMultiWriter:
     multi.write_hparams({'a.b': 1})
     multi.flush()
     multi.close()
-    expected = [('scalars', 5, {'loss': 1.0}), ('images', 5, ['m']), ('texts', 5, {'t': 'x'}),
-                ('hparams', {'a.b': 1}), ('flush',), ('close',)]
+    expected = [
+      ('scalars', 5, {'loss': 1.0}),
+      ('images', 5, ['m']),
+      ('texts', 5, {'t': 'x'}),
+      ('hparams', {'a.b': 1}),
+      ('flush',),
+      ('close',),
+    ]
     assert a.calls == expected and b.calls == expected
 
   def test_context_manager_closes(self):
@@ -207,7 +253,6 @@ class TestMultiWriter:
 
 
 class TestMakeWriter:
-
   def test_console_and_jsonl(self, tmp_path, capsys):
     w = loggers.make_writer(['console', 'jsonl'], tmp_path)
     assert isinstance(w, loggers.MultiWriter)
@@ -217,8 +262,9 @@ class TestMakeWriter:
     assert capsys.readouterr().out == '[step 1] acc=0.5\n'
     assert _read_jsonl(tmp_path / 'metrics.jsonl')[0]['acc'] == 0.5
 
-  @pytest.mark.parametrize('names', ['console, jsonl', ('console,jsonl',),
-                                     [' console ', '', 'jsonl,', ',']])
+  @pytest.mark.parametrize(
+    'names', ['console, jsonl', ('console,jsonl',), [' console ', '', 'jsonl,', ',']]
+  )
   def test_comma_joined_names(self, tmp_path, names):
     w = loggers.make_writer(names, tmp_path)
     assert [type(x) for x in w.writers] == [loggers.ConsoleWriter, loggers.JsonlWriter]
@@ -268,23 +314,30 @@ class TestMakeWriter:
 
   def test_register_writer(self, monkeypatch, tmp_path):
     monkeypatch.setattr(loggers, '_FACTORIES', dict(loggers._FACTORIES))
-    loggers.register_writer('recording', lambda workdir, **kwargs: RecordingWriter(
-        workdir=workdir, **kwargs))
-    loggers.register_writer('recording_files', lambda workdir, **_: RecordingWriter(),
-                            needs_workdir=True)
+    loggers.register_writer(
+      'recording', lambda workdir, **kwargs: RecordingWriter(workdir=workdir, **kwargs)
+    )
+    loggers.register_writer(
+      'recording_files', lambda workdir, **_: RecordingWriter(), needs_workdir=True
+    )
     assert {'recording', 'recording_files'} <= set(loggers.available_writers())
-    w = loggers.make_writer('recording', tmp_path, run_name='r', group='g', project='p',
-                            hparams={'a': 1})
+    w = loggers.make_writer(
+      'recording', tmp_path, run_name='r', group='g', project='p', hparams={'a': 1}
+    )
     assert isinstance(w, RecordingWriter)
-    assert w.kwargs == {'workdir': str(tmp_path), 'run_name': 'r', 'group': 'g',
-                        'project': 'p', 'hparams': {'a': 1}}
+    assert w.kwargs == {
+      'workdir': str(tmp_path),
+      'run_name': 'r',
+      'group': 'g',
+      'project': 'p',
+      'hparams': {'a': 1},
+    }
     assert w.calls == [('hparams', {'a': 1})]
     w = loggers.make_writer('recording,recording_files')
     assert isinstance(w, RecordingWriter) and w.kwargs['workdir'] is None
     with pytest.raises(ValueError, match='already registered'):
       loggers.register_writer('recording', lambda workdir, **_: RecordingWriter())
-    loggers.register_writer('recording', lambda workdir, **_: RecordingWriter(),
-                            overwrite=True)
+    loggers.register_writer('recording', lambda workdir, **_: RecordingWriter(), overwrite=True)
 
   def test_failure_closes_built_writers(self, monkeypatch, tmp_path):
     monkeypatch.setattr(loggers, '_FACTORIES', dict(loggers._FACTORIES))
@@ -305,10 +358,9 @@ class TestMakeWriter:
 
 
 class TestAccuracyMatrixImage:
-
   def _cell(self, image, i, j, cell):
     """The pixels of cell (i, j), without the grid lines."""
-    return image[i * cell + 1:(i + 1) * cell, j * cell + 1:(j + 1) * cell]
+    return image[i * cell + 1 : (i + 1) * cell, j * cell + 1 : (j + 1) * cell]
 
   def test_shape_dtype_and_cells(self):
     r = np.full((3, 3), np.nan)
@@ -351,7 +403,6 @@ class TestAccuracyMatrixImage:
 
 
 class TestImageConversion:
-
   def test_formats(self):
     rgb = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
     assert loggers._as_rgb_uint8(rgb) is rgb
@@ -360,13 +411,13 @@ class TestImageConversion:
     assert gray[..., 0].tolist() == [[0, 128], [255, 255]]
     assert (gray[..., 0] == gray[..., 2]).all()
     assert loggers._as_rgb_uint8(np.ones((2, 2, 1), np.float32)).tolist() == (
-        np.full((2, 2, 3), 255).tolist())
+      np.full((2, 2, 3), 255).tolist()
+    )
     with pytest.raises(ValueError, match='shape'):
       loggers._as_rgb_uint8(np.zeros((2, 2, 4)))
 
 
 class TestProgressBar:
-
   def test_disabled_is_noop(self, capsys, monkeypatch):
     # tqdm must not even be needed when the bar is disabled.
     monkeypatch.setitem(sys.modules, 'tqdm', None)

@@ -2,6 +2,7 @@
 
 Convention: R[i, j] = accuracy on task i after training task j (fractions).
 """
+
 import numpy as np
 import pytest
 
@@ -10,29 +11,32 @@ from jcl import metrics
 NAN = float('nan')
 
 # 3 tasks. Forgetting here equals -BWT (each task peaks right after training).
-R3 = np.array([
+R3 = np.array(
+  [
     [0.9, 0.8, 0.7],
     [0.2, 0.9, 0.6],
     [0.1, 0.3, 0.8],
-])
+  ]
+)
 B3 = np.array([0.1, 0.1, 0.2])
 REF3 = np.array([0.95, 0.95, 0.9])
 
 # 4 tasks. Task 0 peaks after task 1 and task 1 after task 2, so forgetting
 # differs from -BWT; R[2, 0] = 0.95 is a pre-training accuracy that must not
 # count as "best accuracy" in forgetting.
-R4 = np.array([
+R4 = np.array(
+  [
     [0.80, 0.85, 0.70, 0.60],
     [0.30, 0.90, 0.95, 0.75],
     [0.95, 0.35, 0.70, 0.65],
     [0.20, 0.30, 0.40, 0.90],
-])
+  ]
+)
 B4 = np.array([0.25, 0.25, 0.25, 0.25])
 REF4 = np.array([0.85, 0.95, 0.80, 0.90])
 
 
 class TestThreeTasks:
-
   def test_average_accuracy(self):
     # (0.7 + 0.6 + 0.8) / 3 = 2.1 / 3
     assert metrics.average_accuracy(R3) == pytest.approx(0.7)
@@ -61,13 +65,13 @@ class TestThreeTasks:
 
   def test_intransigence(self):
     # [0.95 - 0.9, 0.95 - 0.9, 0.9 - 0.8] = [0.05, 0.05, 0.1]
-    np.testing.assert_allclose(metrics.intransigence(R3, REF3),
-                               [0.05, 0.05, 0.1])
+    np.testing.assert_allclose(metrics.intransigence(R3, REF3), [0.05, 0.05, 0.1])
     assert metrics.average_intransigence(R3, REF3) == pytest.approx(0.2 / 3)
 
   def test_summarize(self):
     s = metrics.summarize(R3, b=B3, reference=REF3)
-    assert s == pytest.approx({
+    assert s == pytest.approx(
+      {
         'acc': 0.7,
         'bwt': -0.25,
         'fwt': 0.1,
@@ -75,12 +79,12 @@ class TestThreeTasks:
         'max_forgetting': 0.3,
         'learning_accuracy': 2.6 / 3,
         'intransigence': 0.2 / 3,
-    })
+      }
+    )
     assert all(type(v) is float for v in s.values())
 
 
 class TestFourTasks:
-
   def test_average_accuracy(self):
     # (0.60 + 0.75 + 0.65 + 0.90) / 4 = 2.90 / 4
     assert metrics.average_accuracy(R4) == pytest.approx(0.725)
@@ -108,8 +112,7 @@ class TestFourTasks:
     assert metrics.average_forgetting(R4) == pytest.approx(0.5 / 3)
     assert metrics.max_forgetting(R4) == pytest.approx(0.25)
     # Forgetting is not simply -BWT when accuracy peaks after training.
-    assert metrics.average_forgetting(R4) != pytest.approx(
-        -metrics.backward_transfer(R4))
+    assert metrics.average_forgetting(R4) != pytest.approx(-metrics.backward_transfer(R4))
 
   def test_learning_accuracy(self):
     # (0.80 + 0.90 + 0.70 + 0.90) / 4 = 3.30 / 4
@@ -117,12 +120,12 @@ class TestFourTasks:
 
   def test_intransigence(self):
     # [0.85-0.80, 0.95-0.90, 0.80-0.70, 0.90-0.90]
-    np.testing.assert_allclose(metrics.intransigence(R4, REF4),
-                               [0.05, 0.05, 0.10, 0.0], atol=1e-12)
+    np.testing.assert_allclose(metrics.intransigence(R4, REF4), [0.05, 0.05, 0.10, 0.0], atol=1e-12)
     assert metrics.average_intransigence(R4, REF4) == pytest.approx(0.05)
 
   def test_summarize(self):
-    assert metrics.summarize(R4, b=B4, reference=REF4) == pytest.approx({
+    assert metrics.summarize(R4, b=B4, reference=REF4) == pytest.approx(
+      {
         'acc': 0.725,
         'bwt': -0.4 / 3,
         'fwt': 0.1,
@@ -130,15 +133,14 @@ class TestFourTasks:
         'max_forgetting': 0.25,
         'learning_accuracy': 0.825,
         'intransigence': 0.05,
-    })
+      }
+    )
 
   def test_summarize_skips_metrics_without_inputs(self):
     s = metrics.summarize(R4)
-    assert set(s) == {'acc', 'bwt', 'forgetting', 'max_forgetting',
-                      'learning_accuracy'}
+    assert set(s) == {'acc', 'bwt', 'forgetting', 'max_forgetting', 'learning_accuracy'}
     assert set(metrics.summarize(R4, b=B4)) == set(s) | {'fwt'}
-    assert set(metrics.summarize(R4, reference=REF4)) == set(s) | {
-        'intransigence'}
+    assert set(metrics.summarize(R4, reference=REF4)) == set(s) | {'intransigence'}
 
   def test_accepts_nested_lists(self):
     assert metrics.average_accuracy(R4.tolist()) == pytest.approx(0.725)
@@ -168,12 +170,12 @@ class TestPartialMatrix:
     # LA = (0.80 + 0.90 + 0.70) / 3
     assert metrics.learning_accuracy(r) == pytest.approx(0.8)
     # I = [0.05, 0.05, 0.10]
-    np.testing.assert_allclose(metrics.intransigence(r, REF4),
-                               [0.05, 0.05, 0.10])
+    np.testing.assert_allclose(metrics.intransigence(r, REF4), [0.05, 0.05, 0.10])
 
   def test_equals_leading_block(self):
     assert metrics.summarize(self.R, b=B4, reference=REF4) == pytest.approx(
-        metrics.summarize(R4[:3, :3], b=B4[:3], reference=REF4[:3]))
+      metrics.summarize(R4[:3, :3], b=B4[:3], reference=REF4[:3])
+    )
 
   def test_two_untrained_columns_and_unevaluated_future_tasks(self):
     r = self.R.copy()
@@ -192,7 +194,6 @@ class TestPartialMatrix:
 
 
 class TestSingleTask:
-
   def test_one_by_one(self):
     r = [[0.9]]
     assert metrics.average_accuracy(r) == pytest.approx(0.9)
@@ -207,19 +208,16 @@ class TestSingleTask:
 
   def test_summarize_leaves_out_undefined_metrics(self):
     s = metrics.summarize([[0.9]], b=[0.1], reference=[0.95])
-    assert s == pytest.approx({'acc': 0.9, 'learning_accuracy': 0.9,
-                               'intransigence': 0.05})
+    assert s == pytest.approx({'acc': 0.9, 'learning_accuracy': 0.9, 'intransigence': 0.05})
 
   def test_first_column_of_larger_matrix(self):
     r = np.full((3, 3), NAN)
     r[:, 0] = [0.9, 0.2, 0.1]
     s = metrics.summarize(r, b=B3, reference=REF3)
-    assert s == pytest.approx({'acc': 0.9, 'learning_accuracy': 0.9,
-                               'intransigence': 0.05})
+    assert s == pytest.approx({'acc': 0.9, 'learning_accuracy': 0.9, 'intransigence': 0.05})
 
 
 class TestEmptyAccuracyMatrix:
-
   def test_shape_and_fill(self):
     r = metrics.empty_accuracy_matrix(3)
     assert r.shape == (3, 3) and np.isnan(r).all()
@@ -233,7 +231,6 @@ class TestEmptyAccuracyMatrix:
 
 
 class TestValidation:
-
   @pytest.mark.parametrize('r', [[0.5, 0.6], np.zeros((2, 2, 2)), 0.5])
   def test_not_2d(self, r):
     with pytest.raises(ValueError, match='2-D'):
@@ -309,12 +306,9 @@ class TestValidation:
 
 
 class TestFormatMatrix:
-
   def test_table(self):
     text = metrics.format_matrix([[0.9, 0.85], [0.1, 0.95]])
-    assert text == ('        after 0  after 1\n'
-                    'task 0     90.0     85.0\n'
-                    'task 1     10.0     95.0')
+    assert text == ('        after 0  after 1\ntask 0     90.0     85.0\ntask 1     10.0     95.0')
 
   def test_nan_and_precision(self):
     text = metrics.format_matrix([[0.9, NAN], [0.12345, NAN]], precision=2)

@@ -1,4 +1,5 @@
 """Tests for jcl.plots and the experiments.plot command."""
+
 import json
 import os
 import subprocess
@@ -15,24 +16,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 # Three tasks, two trained: the last column is null (NaN).
-MATRIX = [[0.95, 0.80, None],
-          [0.10, 0.92, None],
-          [0.12, 0.15, None]]
-TASK_IL = [[0.99, 0.97, None],
-           [0.50, 0.98, None],
-           [0.48, 0.52, None]]
+MATRIX = [[0.95, 0.80, None], [0.10, 0.92, None], [0.12, 0.15, None]]
+TASK_IL = [[0.99, 0.97, None], [0.50, 0.98, None], [0.48, 0.52, None]]
 
 
 def _write_run(workdir, matrix=MATRIX, task_il=TASK_IL, algo='ewc'):
   os.makedirs(workdir, exist_ok=True)
   document = {
-      'config': {'algo': {'name': algo}, 'benchmark': {'name': 'split_mnist'}},
-      'algorithm': {'name': algo},
-      'accuracy_matrix': matrix,
-      'initial_accuracy': [0.1, 0.11, 0.09],
-      'summary': {'acc': 0.86, 'bwt': -0.15, 'forgetting': 0.15},
-      'history': [],
-      'timings': {'train_seconds': 1.0},
+    'config': {'algo': {'name': algo}, 'benchmark': {'name': 'split_mnist'}},
+    'algorithm': {'name': algo},
+    'accuracy_matrix': matrix,
+    'initial_accuracy': [0.1, 0.11, 0.09],
+    'summary': {'acc': 0.86, 'bwt': -0.15, 'forgetting': 0.15},
+    'history': [],
+    'timings': {'train_seconds': 1.0},
   }
   if task_il is not None:
     document['task_il_accuracy_matrix'] = task_il
@@ -53,17 +50,26 @@ def _replica_matrix(setting, seed, tasks_trained=2):
   return [[float(v) if j < tasks_trained else None for j, v in enumerate(row)] for row in M]
 
 
-def _replicated_document(settings=SETTINGS, seeds=(0, 1, 2), diverged=((0, 2),), task_il=False,
-                         table_order=(1, 0), algo='ewc'):
+def _replicated_document(
+  settings=SETTINGS,
+  seeds=(0, 1, 2),
+  diverged=((0, 2),),
+  task_il=False,
+  table_order=(1, 0),
+  algo='ewc',
+):
   """A replicated results.json: `diverged` lists (setting, seed) with an error."""
   replicas = []
   for s, hparams in enumerate(settings):
     for seed in seeds:
-      entry = {'seed': seed, 'hparams': dict(hparams),
-               'label': f'seed={seed} ' + ' '.join(f'{k}={v:g}' for k, v in hparams.items()),
-               'accuracy_matrix': _replica_matrix(s, seed),
-               'initial_accuracy': [0.1, 0.1 + 0.01 * seed, 0.09],
-               'summary': {'acc': 0.8 + 0.01 * seed, 'bwt': -0.1, 'forgetting': 0.1}}
+      entry = {
+        'seed': seed,
+        'hparams': dict(hparams),
+        'label': f'seed={seed} ' + ' '.join(f'{k}={v:g}' for k, v in hparams.items()),
+        'accuracy_matrix': _replica_matrix(s, seed),
+        'initial_accuracy': [0.1, 0.1 + 0.01 * seed, 0.09],
+        'summary': {'acc': 0.8 + 0.01 * seed, 'bwt': -0.1, 'forgetting': 0.1},
+      }
       if task_il:
         entry['task_il_accuracy_matrix'] = _replica_matrix(s, seed + 100)
       if (s, seed) in diverged:
@@ -71,13 +77,30 @@ def _replicated_document(settings=SETTINGS, seeds=(0, 1, 2), diverged=((0, 2),),
         entry['accuracy_matrix'] = [[None] * 3 for _ in range(3)]
         entry['summary'] = {'acc': None}
       replicas.append(entry)
-  rows = [{'hparams': dict(settings[s]), 'seeds': list(seeds), 'mean': {'acc': 0.8},
-           'std': {'acc': 0.01}, 'mean_accuracy_matrix': _replica_matrix(s, 0),
-           'std_accuracy_matrix': _replica_matrix(s, 1)} for s in table_order]
-  return {'config': {'algo': {'name': algo}, 'benchmark': {'name': 'permuted_mnist'}},
-          'environment': {}, 'benchmark': 'permuted_mnist', 'scenario': 'domain',
-          'algorithm': {'name': algo}, 'mode': 'sequential', 'devices': ['cpu:0'],
-          'replicas': replicas, 'table': rows, 'best': rows[0], 'timings': {'wall_seconds': 1.0}}
+  rows = [
+    {
+      'hparams': dict(settings[s]),
+      'seeds': list(seeds),
+      'mean': {'acc': 0.8},
+      'std': {'acc': 0.01},
+      'mean_accuracy_matrix': _replica_matrix(s, 0),
+      'std_accuracy_matrix': _replica_matrix(s, 1),
+    }
+    for s in table_order
+  ]
+  return {
+    'config': {'algo': {'name': algo}, 'benchmark': {'name': 'permuted_mnist'}},
+    'environment': {},
+    'benchmark': 'permuted_mnist',
+    'scenario': 'domain',
+    'algorithm': {'name': algo},
+    'mode': 'sequential',
+    'devices': ['cpu:0'],
+    'replicas': replicas,
+    'table': rows,
+    'best': rows[0],
+    'timings': {'wall_seconds': 1.0},
+  }
 
 
 def _write_document(workdir, document):
@@ -96,8 +119,10 @@ def _assert_png(path):
 
 
 def test_import_does_not_need_matplotlib():
-  code = ('import sys; sys.modules["matplotlib"] = None; import jcl.plots; '
-          'assert "matplotlib.pyplot" not in sys.modules')
+  code = (
+    'import sys; sys.modules["matplotlib"] = None; import jcl.plots; '
+    'assert "matplotlib.pyplot" not in sys.modules'
+  )
   subprocess.run([sys.executable, '-c', code], cwd=REPO, check=True)
 
 
@@ -116,15 +141,19 @@ def test_as_matrix_rejects_ragged():
 def test_plot_accuracy_matrix_and_curves(tmp_path):
   _assert_png(plots.plot_accuracy_matrix(MATRIX, str(tmp_path / 'sub' / 'm.png'), title='t'))
   _assert_png(plots.plot_task_curves(np.array(MATRIX, dtype=float), str(tmp_path / 'c.png')))
-  _assert_png(plots.plot_task_curves(MATRIX, str(tmp_path / 'c0.png'),
-                                     initial_accuracy=[0.1, 0.1, 0.1]))
+  _assert_png(
+    plots.plot_task_curves(MATRIX, str(tmp_path / 'c0.png'), initial_accuracy=[0.1, 0.1, 0.1])
+  )
 
 
 def test_plot_results(tmp_path):
   workdir = _write_run(tmp_path / 'run')
   paths = plots.plot_results(workdir)
   assert [os.path.basename(p) for p in paths] == [
-      'accuracy_matrix.png', 'task_accuracy.png', 'task_il_accuracy_matrix.png']
+    'accuracy_matrix.png',
+    'task_accuracy.png',
+    'task_il_accuracy_matrix.png',
+  ]
   for path in paths:
     assert os.path.dirname(path) == workdir
     _assert_png(path)
@@ -142,8 +171,9 @@ def test_plot_results_missing_file(tmp_path):
     plots.plot_results(str(tmp_path))
 
 
-@pytest.mark.parametrize('content', ['{not json', '[1, 2]', '{"summary": {}}',
-                                     '{"accuracy_matrix": [[0.1, 0.2], [0.3]]}'])
+@pytest.mark.parametrize(
+  'content', ['{not json', '[1, 2]', '{"summary": {}}', '{"accuracy_matrix": [[0.1, 0.2], [0.3]]}']
+)
 def test_plot_results_malformed_file(tmp_path, content):
   (tmp_path / 'results.json').write_text(content)
   with pytest.raises(ValueError, match='results.json'):
@@ -152,8 +182,9 @@ def test_plot_results_malformed_file(tmp_path, content):
 
 def test_compare_runs(tmp_path):
   a = _write_run(tmp_path / 'a', algo='ewc')
-  b = _write_run(tmp_path / 'b', matrix=[[0.9, 0.88, 0.85], [0.2, 0.9, 0.87], [0.1, 0.2, 0.91]],
-                 algo='er')
+  b = _write_run(
+    tmp_path / 'b', matrix=[[0.9, 0.88, 0.85], [0.2, 0.9, 0.87], [0.1, 0.2, 0.91]], algo='er'
+  )
   _assert_png(plots.compare_runs([a, b], str(tmp_path / 'cmp.png')))
   _assert_png(plots.compare_runs([a, b], str(tmp_path / 'cmp2.png'), labels=['A', 'B']))
   with pytest.raises(ValueError):
@@ -166,8 +197,13 @@ def test_command(tmp_path):
   a = _write_run(tmp_path / 'a', algo='ewc')
   b = _write_run(tmp_path / 'b', algo='er', task_il=None)
   out = tmp_path / 'cmp.png'
-  proc = subprocess.run([sys.executable, '-m', 'experiments.plot', a, b, f'--compare={out}'],
-                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'experiments.plot', a, b, f'--compare={out}'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 0, proc.stderr
   _assert_png(str(out))
   for name in ('accuracy_matrix.png', 'task_accuracy.png', 'task_il_accuracy_matrix.png'):
@@ -177,8 +213,13 @@ def test_command(tmp_path):
 
 
 def test_command_missing_results(tmp_path):
-  proc = subprocess.run([sys.executable, '-m', 'experiments.plot', str(tmp_path)],
-                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'experiments.plot', str(tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode != 0
   assert 'results.json' in proc.stderr
 
@@ -201,7 +242,7 @@ def test_setting_statistics_leave_out_diverged_seed():
   document = _replicated_document()
   settings = plots.setting_statistics(document)
   assert [s['rank'] for s in settings] == [1, 2]
-  assert [s['hparams'] for s in settings] == [SETTINGS[1], SETTINGS[0]]   # table order
+  assert [s['hparams'] for s in settings] == [SETTINGS[1], SETTINGS[0]]  # table order
   assert [s['name'] for s in settings] == ['lr=0.1 ewc_lambda=10', 'lr=0.01 ewc_lambda=1']
   best, second = settings
   assert best['seeds'] == [0, 1, 2] and best['diverged_seeds'] == []
@@ -210,7 +251,7 @@ def test_setting_statistics_leave_out_diverged_seed():
     stack = np.array([plots.as_matrix(_replica_matrix(s, seed)) for seed in seeds])
     np.testing.assert_allclose(setting['mean_accuracy_matrix'], np.mean(stack, axis=0))
     np.testing.assert_allclose(setting['std_accuracy_matrix'], np.std(stack, axis=0, ddof=1))
-    assert np.isnan(setting['mean_accuracy_matrix'][:, 2]).all()   # untrained column
+    assert np.isnan(setting['mean_accuracy_matrix'][:, 2]).all()  # untrained column
     seen = np.array([plots.seen_task_accuracy(m) for m in stack])
     np.testing.assert_allclose(setting['seen_mean'], seen.mean(axis=0))
     np.testing.assert_allclose(setting['seen_std'], seen.std(axis=0, ddof=1))
@@ -239,8 +280,12 @@ def test_plot_results_replicated_grid(tmp_path):
   workdir = _write_document(tmp_path / 'grid', _replicated_document())
   paths = plots.plot_results(workdir)
   assert [os.path.basename(p) for p in paths] == [
-      'accuracy_matrix_1.png', 'task_accuracy_1.png', 'accuracy_matrix_2.png',
-      'task_accuracy_2.png', 'settings.png']
+    'accuracy_matrix_1.png',
+    'task_accuracy_1.png',
+    'accuracy_matrix_2.png',
+    'task_accuracy_2.png',
+    'settings.png',
+  ]
   for path in paths:
     assert os.path.dirname(path) == workdir
     _assert_png(path)
@@ -265,7 +310,7 @@ def test_plot_results_replicated_titles(tmp_path, monkeypatch):
     assert 'lr=0.01 ewc_lambda=1' in titles[name]
     assert '2 seeds (1 diverged seed left out)' in titles[name]
   assert 'ewc / permuted_mnist' in titles['settings.png']
-  assert plt.get_fignums() == []   # every figure closed
+  assert plt.get_fignums() == []  # every figure closed
 
 
 def test_plot_results_replicated_all_seeds_diverged(tmp_path):
@@ -273,8 +318,11 @@ def test_plot_results_replicated_all_seeds_diverged(tmp_path):
   paths = plots.plot_results(_write_document(tmp_path / 'grid', document))
   # The second-ranked setting (lr=0.01) diverged everywhere: no `_2` files.
   assert [os.path.basename(p) for p in paths] == [
-      'accuracy_matrix_1.png', 'task_accuracy_1.png', 'task_il_accuracy_matrix_1.png',
-      'settings.png']
+    'accuracy_matrix_1.png',
+    'task_accuracy_1.png',
+    'task_il_accuracy_matrix_1.png',
+    'settings.png',
+  ]
   for path in paths:
     _assert_png(path)
   assert not any(name.endswith('_2.png') for name in os.listdir(tmp_path / 'grid'))
@@ -289,8 +337,9 @@ def test_plot_results_replicated_seeds_only(tmp_path):
     _assert_png(path)
   assert not os.path.exists(os.path.join(workdir, 'settings.png'))
   # Every seed diverged: nothing is written.
-  document = _replicated_document(settings=[{}], diverged=((0, 0), (0, 1), (0, 2)),
-                                  table_order=(0,))
+  document = _replicated_document(
+    settings=[{}], diverged=((0, 0), (0, 1), (0, 2)), table_order=(0,)
+  )
   assert plots.plot_results(_write_document(tmp_path / 'dead', document)) == []
 
 
@@ -300,8 +349,9 @@ def test_load_results_replicated(tmp_path):
   assert plots.is_replicated(loaded) and len(loaded['replicas']) == 6
 
 
-@pytest.mark.parametrize('breakage', ['no_replicas', 'empty', 'no_matrix', 'ragged', 'shapes',
-                                      'table'])
+@pytest.mark.parametrize(
+  'breakage', ['no_replicas', 'empty', 'no_matrix', 'ragged', 'shapes', 'table']
+)
 def test_load_results_malformed_replicated(tmp_path, breakage):
   document = _replicated_document()
   if breakage == 'no_replicas':
@@ -326,8 +376,10 @@ def test_load_results_malformed_replicated(tmp_path, breakage):
 def test_compare_runs_with_replicated(tmp_path):
   single = _write_run(tmp_path / 'er', algo='er')
   grid = _write_document(tmp_path / 'grid', _replicated_document())
-  seeds = _write_document(tmp_path / 'seeds', _replicated_document(
-      settings=[{}], diverged=(), table_order=(0,), algo='si'))
+  seeds = _write_document(
+    tmp_path / 'seeds',
+    _replicated_document(settings=[{}], diverged=(), table_order=(0,), algo='si'),
+  )
   _assert_png(plots.compare_runs([single, grid, seeds], str(tmp_path / 'cmp.png')))
   _assert_png(plots.compare_runs([grid], str(tmp_path / 'cmp1.png'), labels=['grid']))
   # Every seed of the best setting diverged: the next ranked one is drawn.
@@ -361,9 +413,13 @@ def test_command_replicated(tmp_path):
   grid = _write_document(tmp_path / 'grid', _replicated_document())
   single = _write_run(tmp_path / 'er', algo='er')
   out = tmp_path / 'cmp.png'
-  proc = subprocess.run([sys.executable, '-m', 'experiments.plot', grid, single,
-                         f'--compare={out}'],
-                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'experiments.plot', grid, single, f'--compare={out}'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 0, proc.stderr
   _assert_png(str(out))
   for name in ('accuracy_matrix_1.png', 'task_accuracy_2.png', 'settings.png'):

@@ -1,4 +1,5 @@
 """experiments/reproduce.py: seeds, summary, and a --check that can fail."""
+
 import importlib.util
 import json
 import os
@@ -14,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Naive on 2-task class-incremental Split MNIST from the bundled sample:
 # seconds to run; its accuracy lies in [0, 100], so 50 +- 50 always passes.
-TINY_CONFIG = '''
+TINY_CONFIG = """
 from jcl.config import default_config
 
 
@@ -31,7 +32,7 @@ def get_config():
   config.checkpoint.enabled = False
   config.expected = dict(metric='acc', value=50.0, tolerance=50.0, source='test')
   return config
-'''
+"""
 
 
 @pytest.fixture(scope='module')
@@ -51,10 +52,10 @@ def load(path):
 def test_check_fails_on_either_side_of_the_tolerance():
   assert reproduce.check(75.5, 77.42, 2.0)
   assert reproduce.check(79.0, 77.42, 2.0)
-  assert not reproduce.check(75.0, 77.42, 2.0)     # too low
-  assert not reproduce.check(79.5, 77.42, 2.0)     # too high
+  assert not reproduce.check(75.0, 77.42, 2.0)  # too low
+  assert not reproduce.check(79.5, 77.42, 2.0)  # too high
   mean, std = reproduce.mean_std([1.0, 2.0, 3.0])
-  assert mean == 2.0 and std == 1.0                # sample std (ddof=1)
+  assert mean == 2.0 and std == 1.0  # sample std (ddof=1)
   assert reproduce.mean_std([4.0]) == (4.0, 0.0)
 
 
@@ -64,14 +65,25 @@ def test_paper_bti_averages_over_all_tasks():
 
 
 def records(*values):
-  return [{'seed': i, 'acc': v, 'bti': -5.0, 'bwt': -5.0, 'learning_accuracy': 90.0,
-           'train_seconds': 1.0, 'eval_seconds': 1.0, 'wall_seconds': 3.0, 'cpu_seconds': 3.0}
-          for i, v in enumerate(values)]
+  return [
+    {
+      'seed': i,
+      'acc': v,
+      'bti': -5.0,
+      'bwt': -5.0,
+      'learning_accuracy': 90.0,
+      'train_seconds': 1.0,
+      'eval_seconds': 1.0,
+      'wall_seconds': 3.0,
+      'cpu_seconds': 3.0,
+    }
+    for i, v in enumerate(values)
+  ]
 
 
 def test_summary_passes_and_fails_against_the_expected_value(tiny_config_path):
   config = load(tiny_config_path)
-  expected = reproduce.expected_entry(config)                  # 50 +- 50
+  expected = reproduce.expected_entry(config)  # 50 +- 50
   assert expected['metric'] == 'acc' and expected['value'] == 50.0
   summary = reproduce.summarize(records(60.0, 70.0), expected)
   assert summary['acc']['mean'] == 65.0 and summary['check']['passed']
@@ -91,8 +103,9 @@ def test_replica_seeds_equal_separate_runs(tiny_config_path):
   """The default path (the seeds as replicas of one program, sequential on
   a CPU) gives each seed the numbers of its own separate run."""
   separate = reproduce.run_seeds(load(tiny_config_path), [3, 4], log=lambda _: None)
-  replicas = reproduce.run_replicas(load(tiny_config_path), [3, 4], mode='sequential',
-                                    log=lambda _: None)
+  replicas = reproduce.run_replicas(
+    load(tiny_config_path), [3, 4], mode='sequential', log=lambda _: None
+  )
   assert [r['seed'] for r in replicas] == [3, 4]
   for one, many in zip(separate, replicas):
     assert one['accuracy_matrix'] == many['accuracy_matrix'] and one['acc'] == many['acc']
@@ -105,9 +118,22 @@ def test_cli_runs_the_seeds_and_exits_non_zero_when_the_check_fails(tiny_config_
   """Two vmapped seeds of the tiny config, checked against an expected -60 +- 50
   that no accuracy can meet."""
   run = subprocess.run(
-      [sys.executable, '-m', 'experiments.reproduce', f'--config={tiny_config_path}', '--seeds=2',
-       '--mode=vmap', '--check', '--expected=-60', f'--workdir={tmp_path}'],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      '-m',
+      'experiments.reproduce',
+      f'--config={tiny_config_path}',
+      '--seeds=2',
+      '--mode=vmap',
+      '--check',
+      '--expected=-60',
+      f'--workdir={tmp_path}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert run.returncode == 1, run.stdout + run.stderr
   assert 'FAIL' in run.stdout and 'seed 1:' in run.stdout
   report = json.loads((tmp_path / 'reproduce.json').read_text())

@@ -1,6 +1,7 @@
 """Exact resumption: runs killed with SIGKILL at random moments and restarted
 end with the same parameters and accuracy matrix as an uninterrupted run;
 a corrupt latest checkpoint is reported and the one before it is used."""
+
 import json
 import os
 import random
@@ -26,11 +27,21 @@ def command(workdir, run_flags):
   kill can land mid-chunk, between chunks, in `end_task`, in evaluation or
   while saving."""
   config, *overrides = run_flags  # --config= comes first
-  return [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}', config,
-          '--config.benchmark.samples_per_task=1200', *overrides, '--config.train.epochs=1',
-          '--config.train.batch_size=10', '--config.train.chunk_steps=10',
-          '--config.checkpoint.every_chunks=1', '--config.log.progress=False',
-          '--config.log.plots=False']
+  return [
+    sys.executable,
+    '-m',
+    'experiments.train',
+    f'--workdir={workdir}',
+    config,
+    '--config.benchmark.samples_per_task=1200',
+    *overrides,
+    '--config.train.epochs=1',
+    '--config.train.batch_size=10',
+    '--config.train.chunk_steps=10',
+    '--config.checkpoint.every_chunks=1',
+    '--config.log.progress=False',
+    '--config.log.plots=False',
+  ]
 
 
 def final_state(checkpoint_dir):
@@ -41,17 +52,33 @@ def final_state(checkpoint_dir):
   return restored
 
 
+def final_torch_state(checkpoint_dir):
+  """The newest `jcl.torch.checkpoint` file's model, optimizer and algorithm
+  state as a list of arrays."""
+  import torch
+  from jcl.torch import checkpoint as torch_checkpoint
+
+  ckpt = torch_checkpoint.Checkpointer(checkpoint_dir)
+  payload = ckpt._payload(ckpt.path(ckpt.all_steps()[-1]))
+  leaves = [payload['model'][k] for k in sorted(payload['model'])]
+  leaves += torch_checkpoint.flatten(payload['optimizer']) + list(payload['algo_state'])
+  return [np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for v in leaves]
+
+
 def checkpoint_dirs(workdir):
   """Every checkpoints folder of a run (one, or one per replica), sorted."""
-  return sorted(root for root, dirs, _ in os.walk(workdir) if os.path.basename(root) == 'checkpoints')
+  return sorted(
+    root for root, dirs, _ in os.walk(workdir) if os.path.basename(root) == 'checkpoints'
+  )
 
 
 def progress(workdir):
-  """Checkpoints written so far (the sum of each folder's newest step number)."""
+  """Checkpoints written so far (the sum of each folder's newest step number;
+  Orbax folders `N`, torch files `checkpoint_N.pt`)."""
   total = 0
   for directory in checkpoint_dirs(workdir):
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
-    total += max(steps, default=0)
+    names = [name.removeprefix('checkpoint_').removesuffix('.pt') for name in os.listdir(directory)]
+    total += max((int(name) for name in names if name.isdigit()), default=0)
   return total
 
 
@@ -100,42 +127,74 @@ def assert_same_run(reference, interrupted):
   assert matrices(results(interrupted)) == matrices(results(reference))
   dirs_a, dirs_b = checkpoint_dirs(reference), checkpoint_dirs(interrupted)
   assert [os.path.relpath(d, reference) for d in dirs_a] == [
-      os.path.relpath(d, interrupted) for d in dirs_b] and dirs_a
+    os.path.relpath(d, interrupted) for d in dirs_b
+  ] and dirs_a
   for a, b in zip(dirs_a, dirs_b):
-    leaves_a = jax.tree.leaves(final_state(a)['state'])
-    leaves_b = jax.tree.leaves(final_state(b)['state'])
+    if any(name.endswith('.pt') for name in os.listdir(a)):
+      leaves_a, leaves_b = final_torch_state(a), final_torch_state(b)
+    else:
+      leaves_a = jax.tree.leaves(final_state(a)['state'])
+      leaves_b = jax.tree.leaves(final_state(b)['state'])
     assert len(leaves_a) == len(leaves_b) > 0
     for x, y in zip(leaves_a, leaves_b):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('algo_flags', [
-    ['--config=configs/quickstart.py', '--config.benchmark.num_tasks=3',
-     '--config.algo.ewc_lambda=10'],
+@pytest.mark.parametrize(
+  'algo_flags',
+  [
+    [
+      '--config=configs/quickstart.py',
+      '--config.benchmark.num_tasks=3',
+      '--config.algo.ewc_lambda=10',
+    ],
     ['--config=configs/er.py:split_mnist_class,200', '--config.benchmark.num_tasks=5'],
     # Seeds (sequential on this CPU: one checkpoints folder per replica) and a
     # grid vmapped in one program (one checkpoints folder of stacked states).
-    ['--config=configs/quickstart.py', '--config.benchmark.num_tasks=2',
-     '--config.benchmark.samples_per_task=600', '--config.num_seeds=3'],
-    ['--config=configs/quickstart.py', '--config.benchmark.num_tasks=2',
-     '--config.benchmark.samples_per_task=600', '--config.replicas.mode=vmap',
-     '--config.grid=optimizer.learning_rate=0.05,0.02;algo.ewc_lambda=10,1'],
-], ids=['ewc', 'er', 'ewc_3_seeds', 'ewc_2x2_grid_vmap'])
+    [
+      '--config=configs/quickstart.py',
+      '--config.benchmark.num_tasks=2',
+      '--config.benchmark.samples_per_task=600',
+      '--config.num_seeds=3',
+    ],
+    [
+      '--config=configs/quickstart.py',
+      '--config.benchmark.num_tasks=2',
+      '--config.benchmark.samples_per_task=600',
+      '--config.replicas.mode=vmap',
+      '--config.grid=optimizer.learning_rate=0.05,0.02;algo.ewc_lambda=10,1',
+    ],
+    # The PyTorch backend, two seeds (one after the other), dropout drawn from
+    # torch's generator (its state is in the checkpoints).
+    [
+      '--config=configs/er.py:split_mnist_class,200',
+      '--backend=torch',
+      '--config.benchmark.num_tasks=2',
+      '--config.benchmark.samples_per_task=1000',
+      '--config.num_seeds=2',
+      '--config.model.dropout=0.2',
+    ],
+  ],
+  ids=['ewc', 'er', 'ewc_3_seeds', 'ewc_2x2_grid_vmap', 'torch_er_2_seeds'],
+)
 def test_sigkill_at_random_points_then_resume_is_exact(tmp_path, algo_flags):
   reference = tmp_path / 'reference'
-  out = subprocess.run(command(reference, algo_flags), cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(
+    command(reference, algo_flags), cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   interrupted = tmp_path / 'interrupted'
-  kills = run_with_kills(command(interrupted, algo_flags), interrupted, tmp_path,
-                         random.Random(' '.join(algo_flags)))
+  kills = run_with_kills(
+    command(interrupted, algo_flags), interrupted, tmp_path, random.Random(' '.join(algo_flags))
+  )
   assert kills >= 1, 'the run finished before it could be killed'
   assert_same_run(reference, interrupted)
 
 
 def small_config():
   from configs import quickstart
+
   config = quickstart.get_config()
   config.benchmark.num_tasks = 3
   config.benchmark.samples_per_task = 300
@@ -166,7 +225,9 @@ def test_corrupt_latest_checkpoint_is_reported_and_previous_used(tmp_path, capsy
   message = capsys.readouterr().out
   assert f'checkpoint {ckpt_dir / str(steps[-1])} is corrupt' in message
   np.testing.assert_array_equal(resumed.accuracy_matrix, full.accuracy_matrix)
-  for x, y in zip(jax.tree.leaves(resumed.train_state.params), jax.tree.leaves(full.train_state.params)):
+  for x, y in zip(
+    jax.tree.leaves(resumed.train_state.params), jax.tree.leaves(full.train_state.params)
+  ):
     np.testing.assert_array_equal(x, y)
 
 
@@ -201,7 +262,9 @@ def test_resume_with_a_different_config_is_refused_naming_the_fields(tmp_path):
   same.log.plots = True
   same.checkpoint.every_chunks = 2
   resumed = experiment.run(same, str(tmp_path))
-  np.testing.assert_array_equal(resumed.accuracy_matrix, experiment.run(small_config()).accuracy_matrix)
+  np.testing.assert_array_equal(
+    resumed.accuracy_matrix, experiment.run(small_config()).accuracy_matrix
+  )
 
 
 def test_rerunning_a_finished_run_says_so_and_keeps_its_results(tmp_path, capsys):
@@ -216,5 +279,7 @@ def test_rerunning_a_finished_run_says_so_and_keeps_its_results(tmp_path, capsys
   np.testing.assert_array_equal(again.accuracy_matrix, first.accuracy_matrix)
   assert again.timings['samples_seen'] == first.timings['samples_seen']
   assert again.timings['train_seconds'] == pytest.approx(first.timings['train_seconds'])
-  for x, y in zip(jax.tree.leaves(again.train_state.params), jax.tree.leaves(first.train_state.params)):
+  for x, y in zip(
+    jax.tree.leaves(again.train_state.params), jax.tree.leaves(first.train_state.params)
+  ):
     np.testing.assert_array_equal(x, y)

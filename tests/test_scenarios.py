@@ -1,5 +1,6 @@
 """Every algorithm runs in task-, domain- and class-incremental learning; a
 method that does not apply to a scenario is refused with a clear error."""
+
 import dataclasses
 from typing import ClassVar
 
@@ -14,10 +15,10 @@ from jcl.config import default_config
 from tests.small import small_hparams
 
 SCENARIOS = {
-    'class': dict(name='split_mnist', scenario='class'),
-    'task_masked': dict(name='split_mnist', scenario='task'),
-    'task_multi_head': dict(name='split_mnist', scenario='task', multi_head=True),
-    'domain': dict(name='split_mnist', scenario='domain'),
+  'class': dict(name='split_mnist', scenario='class'),
+  'task_masked': dict(name='split_mnist', scenario='task'),
+  'task_multi_head': dict(name='split_mnist', scenario='task', multi_head=True),
+  'domain': dict(name='split_mnist', scenario='domain'),
 }
 
 

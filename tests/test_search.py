@@ -1,4 +1,5 @@
 """A small Optuna search with two local worker processes on a shared journal file (jcl.search)."""
+
 import json
 
 import pytest
@@ -10,8 +11,10 @@ from tests.test_replicas import small_config  # noqa: E402
 
 
 def test_search_space_syntax(tmp_path):
-  space = search.parse_space('optimizer.learning_rate=loguniform(0.001, 0.3); '
-                             'algo.memory_size=int(100,500);algo.fisher=choice(empirical,true)')
+  space = search.parse_space(
+    'optimizer.learning_rate=loguniform(0.001, 0.3); '
+    'algo.memory_size=int(100,500);algo.fisher=choice(empirical,true)'
+  )
   lr = space['optimizer.learning_rate']
   assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log
   assert (lr.low, lr.high) == (0.001, 0.3)
@@ -29,8 +32,14 @@ def test_two_workers_share_a_study_and_the_best_setting_lands_in_the_workdir(tmp
   config = small_config()
   config.algo = dict(name='naive')
   workdir = tmp_path / 'search'
-  best = search.search(config, 'optimizer.learning_rate=loguniform(0.003,0.3)', str(workdir),
-                       trials=4, workers=2, seed=0)
+  best = search.search(
+    config,
+    'optimizer.learning_rate=loguniform(0.003,0.3)',
+    str(workdir),
+    trials=4,
+    workers=2,
+    seed=0,
+  )
   trials = json.loads((workdir / 'trials.json').read_text())
   assert len(trials) == 4 and all(t['state'] == 'COMPLETE' for t in trials)
   # Both worker processes took trials from the shared journal.
@@ -41,7 +50,7 @@ def test_two_workers_share_a_study_and_the_best_setting_lands_in_the_workdir(tmp
   lr = best['params']['optimizer.learning_rate']
   assert 0.003 <= lr <= 0.3
   # The score is the best trial's own run, written in its directory.
-  run = json.loads((workdir / 'trials' / f"{best['trial']:04d}" / 'results.json').read_text())
+  run = json.loads((workdir / 'trials' / f'{best["trial"]:04d}' / 'results.json').read_text())
   assert run['summary']['acc'] == best['value']
   assert run['config']['optimizer']['learning_rate'] == lr
   assert best['value'] > 0.3  # it learned (2 tasks of 10 digits: chance is 0.1)

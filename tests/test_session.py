@@ -1,5 +1,6 @@
 """Model-update sessions: tasks 0..2 in one process and task 3 in a second,
 from the saved state, equal tasks 0..3 in one process."""
+
 import json
 import os
 import subprocess
@@ -23,8 +24,14 @@ def digits(tmp_path_factory):
   sample = sources.load_mnist_sample()
   keep = np.concatenate([np.flatnonzero(sample.y_train == c)[:400] for c in range(10)])
   path = tmp_path_factory.mktemp('data') / 'digits.npz'
-  np.savez(path, x_train=sample.x_train[keep], y_train=sample.y_train[keep],
-           x_test=sample.x_test, y_test=sample.y_test, name='mnist')
+  np.savez(
+    path,
+    x_train=sample.x_train[keep],
+    y_train=sample.y_train[keep],
+    x_test=sample.x_test,
+    y_test=sample.y_test,
+    name='mnist',
+  )
   return str(path)
 
 
@@ -55,20 +62,37 @@ def test_two_sessions_equal_one(tmp_path, digits):
 
   two = tmp_path / 'two'
   # Session 1 (tasks 0..2) and session 2 (task 3) in separate processes.
-  first = [sys.executable, '-m', 'experiments.update', f'--state_dir={two}',
-           '--config=configs/session.py', '--config.model.widths=(64,)',
-           '--config.algo.memory_size=50', '--config.train.chunk_steps=20',
-           '--config.log.loggers=()', '--config.log.plots=False',
-           *[f'--data={d}' for d in tasks(digits, range(3))]]
-  for command in (first, [sys.executable, '-m', 'experiments.update', f'--state_dir={two}',
-                          f'--data={tasks(digits, [3])[0]}']):
+  first = [
+    sys.executable,
+    '-m',
+    'experiments.update',
+    f'--state_dir={two}',
+    '--config=configs/session.py',
+    '--config.model.widths=(64,)',
+    '--config.algo.memory_size=50',
+    '--config.train.chunk_steps=20',
+    '--config.log.loggers=()',
+    '--config.log.plots=False',
+    *[f'--data={d}' for d in tasks(digits, range(3))],
+  ]
+  for command in (
+    first,
+    [
+      sys.executable,
+      '-m',
+      'experiments.update',
+      f'--state_dir={two}',
+      f'--data={tasks(digits, [3])[0]}',
+    ],
+  ):
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
 
   with open(two / 'results.json') as f:
     resumed = json.load(f)
-  matrix = np.array([[np.nan if v is None else v for v in row]
-                     for row in resumed['accuracy_matrix']])
+  matrix = np.array(
+    [[np.nan if v is None else v for v in row] for row in resumed['accuracy_matrix']]
+  )
   # R[i, j] for i <= j + 1: tasks trained by then, and the next one (for FWT).
   known = np.triu(np.ones((4, 4), bool), k=-1)
   np.testing.assert_array_equal(matrix[known], full.accuracy_matrix[known])

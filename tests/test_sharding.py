@@ -6,6 +6,7 @@ subprocesses), joined by `jax.distributed.initialize`, shard the replica axis
 over 2 devices and the batch axis over 2; the result must equal the
 unsharded vmapped run of this process.
 """
+
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One process of the job: argv = coordinator address, process id, workdir.
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import jax
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -54,13 +55,14 @@ replicas.VmappedExecutor.run_chunk = run_chunk
 result = replicas.run(config, sys.argv[3] if jax.process_index() == 0 else None, mode='vmap',
                       mesh=replicas.make_mesh(batch_shards=2))
 print('REPORT ' + json.dumps(facts(result)))
-'''
+"""
 
 
 def sharding_config():
   """3 seeds x 3 learning rates = 9 replicas of naive fine-tuning (the bundled
   MNIST sample, 2 tasks of 200 samples, MLP 32, batch 10)."""
   from tests.test_replicas import small_config
+
   config = small_config(num_seeds=3, grid='optimizer.learning_rate=0.05,0.02,0.01')
   config.algo = dict(name='naive')
   return config
@@ -71,12 +73,17 @@ def report_of(stdout: str) -> dict:
 
 
 def environment(devices: int) -> dict:
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  return dict(
+    os.environ,
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=REPO,
+  )
 
 
 def test_sharded_over_four_cpu_devices_of_two_processes_equals_unsharded(tmp_path):
   from jcl import replicas
+
   with socket.socket() as s:
     s.bind(('localhost', 0))
     coordinator = f'localhost:{s.getsockname()[1]}'
@@ -84,9 +91,15 @@ def test_sharded_over_four_cpu_devices_of_two_processes_equals_unsharded(tmp_pat
   workers = []
   for i, (out_path, err_path) in enumerate(logs):  # files, not pipes: neither may block
     with open(out_path, 'w') as stdout, open(err_path, 'w') as stderr:
-      workers.append(subprocess.Popen(
+      workers.append(
+        subprocess.Popen(
           [sys.executable, '-c', SCRIPT, coordinator, str(i), str(tmp_path / 'sharded')],
-          cwd=REPO, env=environment(2), stdout=stdout, stderr=stderr))
+          cwd=REPO,
+          env=environment(2),
+          stdout=stdout,
+          stderr=stderr,
+        )
+      )
   # Meanwhile, the unsharded run here (one device).
   unsharded = replicas.run(sharding_config(), mode='vmap', mesh=None)
   assert len(unsharded.devices) == 1
@@ -97,8 +110,10 @@ def test_sharded_over_four_cpu_devices_of_two_processes_equals_unsharded(tmp_pat
     sharded = report_of(out_path.read_text())
     # The 9 replicas (padded to 10) over 2 devices, each batch of 10 over 2
     # (the rows of each chunk, from which the batches are gathered on the devices).
-    assert sharded['shardings'] == {'state': ["P('replica',)", 4, 10],
-                                    'data': "P('replica', None, 'batch')"}
+    assert sharded['shardings'] == {
+      'state': ["P('replica',)", 4, 10],
+      'data': "P('replica', None, 'batch')",
+    }
     assert len(sharded['devices']) == 4
     assert sharded['replicas'] == [r.label() for r in unsharded.replicas]
     # Same numbers up to float rounding (measured: equal accuracy matrices,
@@ -107,5 +122,6 @@ def test_sharded_over_four_cpu_devices_of_two_processes_equals_unsharded(tmp_pat
     for a, b in zip(sharded['params'], jax.tree.leaves(unsharded.train_state.params)):
       np.testing.assert_allclose(np.array(a), np.asarray(b), atol=1e-5, rtol=0)
   written = json.loads((tmp_path / 'sharded' / 'results.json').read_text())  # by process 0
-  np.testing.assert_allclose([r['accuracy_matrix'] for r in written['replicas']], accuracy,
-                             atol=1e-3)
+  np.testing.assert_allclose(
+    [r['accuracy_matrix'] for r in written['replicas']], accuracy, atol=1e-3
+  )

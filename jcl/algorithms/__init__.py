@@ -10,6 +10,7 @@ context=context)`; that module may also define `adapt_model` and
 `jcl.torch.algorithms`) plus one spec. The submodules are imported when first
 used (`jcl.algorithms.ewc` imports `jcl/algorithms/ewc.py`, PEP 562).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,8 +42,9 @@ def module(name: str) -> ModuleType:
     ValueError: no such algorithm on this backend.
   """
   if name not in specs_lib.SPECS or not _has_module(name):
-    raise ValueError(f'no {BACKEND} implementation of algorithm {name!r}; '
-                     f'known: {", ".join(names())}')
+    raise ValueError(
+      f'no {BACKEND} implementation of algorithm {name!r}; known: {", ".join(names())}'
+    )
   return importlib.import_module(f'{__name__}.{name}')
 
 
@@ -75,8 +77,12 @@ def adapt_model(spec: specs_lib.AlgorithmSpec, model: Any, context: Context) -> 
   return hook(spec, model, context) if hook is not None else model
 
 
-def adapt_regime(spec: specs_lib.AlgorithmSpec, model_config: dict[str, Any],
-                 optimizer: specs_lib.OptimizerSpec, train_config: Any):
+def adapt_regime(
+  spec: specs_lib.AlgorithmSpec,
+  model_config: dict[str, Any],
+  optimizer: specs_lib.OptimizerSpec,
+  train_config: Any,
+):
   """`(model_config, optimizer, train_config)` under the algorithm's training
   regime; an algorithm module may define `adapt_regime` with this signature
   (Stable SGD sets dropout, the per-task learning-rate decay and the batch
@@ -94,5 +100,13 @@ def __getattr__(name: str) -> ModuleType:
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-__all__ = ['Algorithm', 'Context', 'adapt_model', 'adapt_regime', 'base', 'build', 'module',
-           'names']
+__all__ = [
+  'Algorithm',
+  'Context',
+  'adapt_model',
+  'adapt_regime',
+  'base',
+  'build',
+  'module',
+  'names',
+]

@@ -15,6 +15,7 @@ under `lax.scan` and vmaps over a leading seed axis. `batch` is a
 None for a method whose spec has `uses_task_data = False` (the loop then
 builds no copy of the task's data).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -38,6 +39,7 @@ MASKED_LOGIT = -1e9
 
 class Algorithm(NamedTuple):
   """A continual-learning algorithm as pure functions (see module docstring)."""
+
   init: Callable[[TrainState, jax.Array], PyTree]
   step: Callable[[TrainState, Batch, PyTree], tuple[TrainState, PyTree, Metrics]]
   begin_task: Callable[[TrainState, PyTree, Any], tuple[TrainState, PyTree]]
@@ -74,8 +76,9 @@ def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array
   return jnp.sum(correct * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def forward(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *,
-            return_features: bool = False) -> dict:
+def forward(
+  params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *, return_features: bool = False
+) -> dict:
   """The model on `batch` in training mode.
 
   Returns:
@@ -84,17 +87,22 @@ def forward(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *,
     and, with `return_features`, `features [B, F]`.
   """
   outputs, model_state = ts_lib.apply_model(
-      state, params, batch.x, batch.t, train=True, rng=rng, return_features=return_features)
+    state, params, batch.x, batch.t, train=True, rng=rng, return_features=return_features
+  )
   logits, features = outputs if return_features else (outputs, None)
-  aux = {'logits': masked_logits(logits, state.class_mask), 'raw_logits': logits,
-         'model_state': model_state}
+  aux = {
+    'logits': masked_logits(logits, state.class_mask),
+    'raw_logits': logits,
+    'model_state': model_state,
+  }
   if return_features:
     aux['features'] = features
   return aux
 
 
-def task_loss(params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *,
-              return_features: bool = False):
+def task_loss(
+  params: PyTree, state: TrainState, batch: Batch, rng: jax.Array, *, return_features: bool = False
+):
   """Cross-entropy of the model on `batch`, in training mode: `(loss, aux)`
   with aux the outputs of `forward`."""
   aux = forward(params, state, batch, rng, return_features=return_features)
@@ -140,12 +148,17 @@ def gradient(train_state: TrainState, batch: Batch) -> PyTree:
   """Gradient of the task loss on `batch` at the current parameters (e.g. on
   an episodic memory; the BatchNorm statistics it computes are discarded)."""
   return jax.grad(lambda p: task_loss(p, train_state, batch, train_state.step_rng())[0])(
-      train_state.params)
+    train_state.params
+  )
 
 
-def loss_and_grads(train_state: TrainState, batch: Batch, algo_state: PyTree,
-                   penalty_fn: Callable[[PyTree, PyTree], jax.Array] | None = None,
-                   loss_fn: LossFn = task_loss):
+def loss_and_grads(
+  train_state: TrainState,
+  batch: Batch,
+  algo_state: PyTree,
+  penalty_fn: Callable[[PyTree, PyTree], jax.Array] | None = None,
+  loss_fn: LossFn = task_loss,
+):
   """Gradients of `loss_fn` and of `penalty_fn(params, algo_state)`, taken separately.
 
   Returns:
@@ -154,7 +167,8 @@ def loss_and_grads(train_state: TrainState, batch: Batch, algo_state: PyTree,
     step's metrics (`loss`, `penalty`, `accuracy` where logits exist).
   """
   (loss, aux), task_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      train_state.params, train_state, batch, train_state.step_rng())
+    train_state.params, train_state, batch, train_state.step_rng()
+  )
   metrics = {'loss': loss}
   if 'logits' in aux:
     metrics['accuracy'] = accuracy(aux['logits'], batch.y, batch.mask)
@@ -166,8 +180,9 @@ def loss_and_grads(train_state: TrainState, batch: Batch, algo_state: PyTree,
   return task_grads, grads, aux, metrics
 
 
-def sgd_step(penalty_fn: Callable[[PyTree, PyTree], jax.Array] | None = None,
-             loss_fn: LossFn = task_loss):
+def sgd_step(
+  penalty_fn: Callable[[PyTree, PyTree], jax.Array] | None = None, loss_fn: LossFn = task_loss
+):
   """A step on `loss_fn + penalty_fn(params, algo_state)`; `algo_state` passes through."""
 
   def step(train_state: TrainState, batch: Batch, algo_state: PyTree):
@@ -186,8 +201,7 @@ def scan_batches(fn: Callable[[PyTree, Batch], PyTree], carry: PyTree, data: Bat
   return jax.lax.scan(body, carry, data)[0]
 
 
-def per_sample_mean(fn: Callable[[PyTree, Batch], PyTree], params: PyTree,
-                    data: Batch) -> PyTree:
+def per_sample_mean(fn: Callable[[PyTree, Batch], PyTree], params: PyTree, data: Batch) -> PyTree:
   """`1/N sum_n fn(params, sample_n)` over the real samples of `data` `[K, B, ...]`.
 
   `fn(params, batch_of_one)` returns a pytree shaped like `params` (e.g. a
@@ -195,8 +209,9 @@ def per_sample_mean(fn: Callable[[PyTree, Batch], PyTree], params: PyTree,
   """
 
   def one(sample_x, sample_y, sample_t):
-    return fn(params, Batch(sample_x[None], sample_y[None], sample_t[None],
-                            jnp.ones((1,), jnp.float32)))
+    return fn(
+      params, Batch(sample_x[None], sample_y[None], sample_t[None], jnp.ones((1,), jnp.float32))
+    )
 
   def add_batch(acc, batch):
     values = jax.vmap(one)(batch.x, batch.y, batch.t)
@@ -217,5 +232,6 @@ def make(spec: Any, step, *, init=None, begin_task=None, end_task=None) -> Algor
       train_state, algo_state = begin_task(train_state, algo_state, task_id)
     return train_state, algo_state
 
-  return Algorithm(init=init, step=step, begin_task=begin,
-                   end_task=end_task or no_end_task, spec=spec)
+  return Algorithm(
+    init=init, step=step, begin_task=begin, end_task=end_task or no_end_task, spec=spec
+  )

@@ -23,6 +23,7 @@ Samples of a batch are offered one after another in batch order; only samples
 with `batch.mask > 0` are offered, so padding never enters the buffer. Labels
 must lie in `[0, num_classes)`.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -55,6 +56,7 @@ class ReplayBuffer(NamedTuple):
     class_full: `[num_classes]` bool, CBRS's "full" classes: those that are,
       or have been at some step with the buffer full, a largest class.
   """
+
   x: jax.Array
   y: jax.Array
   t: jax.Array
@@ -67,22 +69,29 @@ class ReplayBuffer(NamedTuple):
   class_full: jax.Array
 
 
-def init(capacity: int, input_shape: tuple[int, ...], *, num_classes: int, num_tasks: int = 1,
-         logits_dim: int = 0) -> ReplayBuffer:
+def init(
+  capacity: int,
+  input_shape: tuple[int, ...],
+  *,
+  num_classes: int,
+  num_tasks: int = 1,
+  logits_dim: int = 0,
+) -> ReplayBuffer:
   """An empty buffer of `capacity` slots for inputs of shape `input_shape`."""
   if capacity <= 0:
     raise ValueError(f'capacity must be positive, got {capacity}')
   return ReplayBuffer(
-      x=jnp.zeros((capacity, *input_shape), jnp.float32),
-      y=jnp.zeros((capacity,), jnp.int32),
-      t=jnp.zeros((capacity,), jnp.int32),
-      logits=jnp.zeros((capacity, logits_dim), jnp.float32),
-      valid=jnp.zeros((capacity,), jnp.bool_),
-      seen=jnp.zeros((), jnp.int32),
-      class_counts=jnp.zeros((num_classes,), jnp.int32),
-      task_seen=jnp.zeros((num_tasks,), jnp.int32),
-      class_seen=jnp.zeros((num_classes,), jnp.int32),
-      class_full=jnp.zeros((num_classes,), jnp.bool_))
+    x=jnp.zeros((capacity, *input_shape), jnp.float32),
+    y=jnp.zeros((capacity,), jnp.int32),
+    t=jnp.zeros((capacity,), jnp.int32),
+    logits=jnp.zeros((capacity, logits_dim), jnp.float32),
+    valid=jnp.zeros((capacity,), jnp.bool_),
+    seen=jnp.zeros((), jnp.int32),
+    class_counts=jnp.zeros((num_classes,), jnp.int32),
+    task_seen=jnp.zeros((num_tasks,), jnp.int32),
+    class_seen=jnp.zeros((num_classes,), jnp.int32),
+    class_full=jnp.zeros((num_classes,), jnp.bool_),
+  )
 
 
 def size(buffer: ReplayBuffer) -> jax.Array:
@@ -116,26 +125,32 @@ def _batch_logits(buffer: ReplayBuffer, batch: Batch, logits: jax.Array | None) 
   return logits.astype(jnp.float32)
 
 
-def _count_offered(buffer: ReplayBuffer, y: jax.Array, t: jax.Array,
-                   offered: jax.Array) -> ReplayBuffer:
+def _count_offered(
+  buffer: ReplayBuffer, y: jax.Array, t: jax.Array, offered: jax.Array
+) -> ReplayBuffer:
   """Adds the offered samples (`y`, `t`, `offered`: `[B]` or scalars) to the counters."""
   ones = offered.astype(jnp.int32)
   num_classes, num_tasks = buffer.class_seen.shape[0], buffer.task_seen.shape[0]
   return buffer._replace(
-      seen=buffer.seen + jnp.sum(ones),
-      class_seen=buffer.class_seen.at[_in_range_or(y, num_classes)].add(ones, mode='drop'),
-      task_seen=buffer.task_seen.at[_in_range_or(t, num_tasks)].add(ones, mode='drop'))
+    seen=buffer.seen + jnp.sum(ones),
+    class_seen=buffer.class_seen.at[_in_range_or(y, num_classes)].add(ones, mode='drop'),
+    task_seen=buffer.task_seen.at[_in_range_or(t, num_tasks)].add(ones, mode='drop'),
+  )
 
 
 def _recount_classes(buffer: ReplayBuffer) -> ReplayBuffer:
   num_classes = buffer.class_counts.shape[0]
-  counts = jnp.zeros_like(buffer.class_counts).at[_in_range_or(buffer.y, num_classes)].add(
-      buffer.valid.astype(jnp.int32), mode='drop')
+  counts = (
+    jnp.zeros_like(buffer.class_counts)
+    .at[_in_range_or(buffer.y, num_classes)]
+    .add(buffer.valid.astype(jnp.int32), mode='drop')
+  )
   return buffer._replace(class_counts=counts)
 
 
-def _store(buffer: ReplayBuffer, slot: jax.Array, write: jax.Array, batch: Batch,
-           logits: jax.Array) -> ReplayBuffer:
+def _store(
+  buffer: ReplayBuffer, slot: jax.Array, write: jax.Array, batch: Batch, logits: jax.Array
+) -> ReplayBuffer:
   """Writes sample `i` of `batch` to `slot[i]` where `write[i]`, in batch order.
 
   Where two samples of the batch go to the same slot the later one wins, as if
@@ -157,8 +172,12 @@ def _store(buffer: ReplayBuffer, slot: jax.Array, write: jax.Array, batch: Batch
     return array.at[idx].set(values.astype(array.dtype), mode='drop')
 
   buffer = buffer._replace(
-      x=put(buffer.x, batch.x), y=put(buffer.y, batch.y), t=put(buffer.t, batch.t),
-      logits=put(buffer.logits, logits), valid=put(buffer.valid, jnp.ones_like(write)))
+    x=put(buffer.x, batch.x),
+    y=put(buffer.y, batch.y),
+    t=put(buffer.t, batch.t),
+    logits=put(buffer.logits, logits),
+    valid=put(buffer.valid, jnp.ones_like(write)),
+  )
   return _recount_classes(buffer)
 
 
@@ -173,8 +192,9 @@ def _random_slot(key: jax.Array, eligible: jax.Array) -> jax.Array:
 # Insertion policies.
 
 
-def add_reservoir(buffer: ReplayBuffer, batch: Batch, rng: jax.Array,
-                  logits: jax.Array | None = None) -> ReplayBuffer:
+def add_reservoir(
+  buffer: ReplayBuffer, batch: Batch, rng: jax.Array, logits: jax.Array | None = None
+) -> ReplayBuffer:
   """Offers the real samples of `batch` to the buffer with algorithm R.
 
   The `n`-th offered sample (1-based, counted by `buffer.seen`) goes to slot
@@ -200,8 +220,9 @@ def add_reservoir(buffer: ReplayBuffer, batch: Batch, rng: jax.Array,
   return _count_offered(buffer, batch.y, batch.t, offered)
 
 
-def add_per_task(buffer: ReplayBuffer, batch: Batch, rng: jax.Array, per_task: int,
-                 logits: jax.Array | None = None) -> ReplayBuffer:
+def add_per_task(
+  buffer: ReplayBuffer, batch: Batch, rng: jax.Array, per_task: int, logits: jax.Array | None = None
+) -> ReplayBuffer:
   """Offers the real samples of `batch` to their task's episodic memory (GEM).
 
   Task `k = batch.t[i]` owns slots `[k * per_task, (k + 1) * per_task)` and
@@ -221,8 +242,10 @@ def add_per_task(buffer: ReplayBuffer, batch: Batch, rng: jax.Array, per_task: i
   """
   num_tasks = buffer.task_seen.shape[0]
   if num_tasks * per_task != _num_slots(buffer):
-    raise ValueError(f'per-task memory needs num_tasks * per_task == capacity, got '
-                     f'{num_tasks} * {per_task} != {_num_slots(buffer)}')
+    raise ValueError(
+      f'per-task memory needs num_tasks * per_task == capacity, got '
+      f'{num_tasks} * {per_task} != {_num_slots(buffer)}'
+    )
   logits = _batch_logits(buffer, batch, logits)
   offered = batch.mask > 0
   in_range = (batch.t >= 0) & (batch.t < num_tasks)
@@ -260,8 +283,9 @@ def _offer_class_balanced(buffer: ReplayBuffer, sample, key: jax.Array) -> Repla
   largest_slot = _random_slot(key_largest, buffer.valid & largest[stored_labels])
   # Class full: with probability m_c / n_c, a random stored instance of the class.
   own_slot = _random_slot(key_own, buffer.valid & (stored_labels == label))
-  accept = jax.random.randint(key_accept, (), 0, jnp.maximum(buffer.class_seen[label], 1)) \
-      < counts[label]
+  accept = (
+    jax.random.randint(key_accept, (), 0, jnp.maximum(buffer.class_seen[label], 1)) < counts[label]
+  )
 
   is_full = class_full[label]
   slot = jnp.where(memory_full, jnp.where(is_full, own_slot, largest_slot), empty_slot)
@@ -276,12 +300,18 @@ def _offer_class_balanced(buffer: ReplayBuffer, sample, key: jax.Array) -> Repla
     return array.at[idx].set(jnp.asarray(value).astype(array.dtype), mode='drop')
 
   return buffer._replace(
-      x=put(buffer.x, x), y=put(buffer.y, y), t=put(buffer.t, t),
-      logits=put(buffer.logits, logits), valid=put(buffer.valid, True), class_counts=counts)
+    x=put(buffer.x, x),
+    y=put(buffer.y, y),
+    t=put(buffer.t, t),
+    logits=put(buffer.logits, logits),
+    valid=put(buffer.valid, True),
+    class_counts=counts,
+  )
 
 
-def add_class_balanced(buffer: ReplayBuffer, batch: Batch, rng: jax.Array,
-                       logits: jax.Array | None = None) -> ReplayBuffer:
+def add_class_balanced(
+  buffer: ReplayBuffer, batch: Batch, rng: jax.Array, logits: jax.Array | None = None
+) -> ReplayBuffer:
   """Offers the real samples of `batch` with class-balancing reservoir sampling.
 
   CBRS (Chrysakis & Moens 2020, Algorithm 1). A class is *full* once it is,
@@ -331,16 +361,25 @@ def _add_per_task(buffer, batch, rng, logits, per_task):
 
 # Policy name (`jcl.specs.REPLAY_POLICIES`) -> `(buffer, batch, rng, logits, per_task) -> buffer`.
 POLICIES: dict[str, Callable[..., ReplayBuffer]] = {
-    'reservoir': lambda buffer, batch, rng, logits, per_task: add_reservoir(
-        buffer, batch, rng, logits),
-    'class_balanced': lambda buffer, batch, rng, logits, per_task: add_class_balanced(
-        buffer, batch, rng, logits),
-    'per_task': _add_per_task,
+  'reservoir': lambda buffer, batch, rng, logits, per_task: add_reservoir(
+    buffer, batch, rng, logits
+  ),
+  'class_balanced': lambda buffer, batch, rng, logits, per_task: add_class_balanced(
+    buffer, batch, rng, logits
+  ),
+  'per_task': _add_per_task,
 }
 
 
-def add(buffer: ReplayBuffer, batch: Batch, rng: jax.Array, *, policy: str,
-        logits: jax.Array | None = None, per_task: int | None = None) -> ReplayBuffer:
+def add(
+  buffer: ReplayBuffer,
+  batch: Batch,
+  rng: jax.Array,
+  *,
+  policy: str,
+  logits: jax.Array | None = None,
+  per_task: int | None = None,
+) -> ReplayBuffer:
   """Offers `batch` to the buffer with `policy`, one of `POLICIES`.
 
   `per_task` (slots per task) is required by the `'per_task'` policy.
@@ -359,8 +398,9 @@ def _gather(buffer: ReplayBuffer, idx: jax.Array, mask: jax.Array) -> tuple[Batc
   return batch, buffer.logits[idx]
 
 
-def sample(buffer: ReplayBuffer, rng: jax.Array, size: int, *,
-           task_mask: jax.Array | None = None) -> tuple[Batch, jax.Array]:
+def sample(
+  buffer: ReplayBuffer, rng: jax.Array, size: int, *, task_mask: jax.Array | None = None
+) -> tuple[Batch, jax.Array]:
   """Draws `size` slots uniformly without replacement among the eligible ones.
 
   Eligible slots are the valid ones whose task id is allowed by `task_mask`.
@@ -407,6 +447,7 @@ def task_slots(buffer: ReplayBuffer, task_id, per_task: int) -> tuple[Batch, jax
   """
   start = jnp.asarray(task_id, jnp.int32) * per_task
   take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, per_task, axis=0)
-  batch = Batch(take(buffer.x), take(buffer.y), take(buffer.t),
-                take(buffer.valid).astype(jnp.float32))
+  batch = Batch(
+    take(buffer.x), take(buffer.y), take(buffer.t), take(buffer.valid).astype(jnp.float32)
+  )
   return batch, take(buffer.logits)

@@ -11,6 +11,7 @@ batch: `+ beta * CE(f(x''), y'')`. The stored logits are the raw
 the squared error is averaged over output units and real samples. All three
 batches go through the model in one forward pass.
 """
+
 from __future__ import annotations
 
 import jax
@@ -44,30 +45,40 @@ def make_der(spec: specs.DERSpec | specs.DERPPSpec, context: base.Context | None
     n = batch.mask.shape[0] - (2 * size if beta else size)
     cur = slice(0, n)
     ce = base.cross_entropy(aux['logits'][cur], batch.y[cur], batch.mask[cur])
-    distill = logit_distance(aux['raw_logits'][n:n + size], distill_logits, batch.mask[n:n + size])
+    distill = logit_distance(
+      aux['raw_logits'][n : n + size], distill_logits, batch.mask[n : n + size]
+    )
     loss = ce + spec.alpha * distill
     metrics = {'loss': ce, 'distill': distill}
     if beta:
-      replay_ce = base.cross_entropy(aux['logits'][n + size:], batch.y[n + size:],
-                                     batch.mask[n + size:])
+      replay_ce = base.cross_entropy(
+        aux['logits'][n + size :], batch.y[n + size :], batch.mask[n + size :]
+      )
       loss = loss + beta * replay_ce
       metrics['replay_loss'] = replay_ce
     return loss, dict(aux, metrics=metrics)
 
   def step(train_state, batch, state: ReplayState):
-    distill, distill_logits = buffer_lib.sample(state.buffer, train_state.step_rng(DISTILL_SALT), size)
+    distill, distill_logits = buffer_lib.sample(
+      state.buffer, train_state.step_rng(DISTILL_SALT), size
+    )
     parts = [batch, distill]
     if beta:
       parts.append(buffer_lib.sample(state.buffer, train_state.step_rng(LABEL_SALT), size)[0])
     joint = base.concat_batches(*parts)
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        train_state.params, train_state, joint, train_state.step_rng(), distill_logits)
+      train_state.params, train_state, joint, train_state.step_rng(), distill_logits
+    )
     n = batch.mask.shape[0]
-    metrics = dict(aux['metrics'],
-                   accuracy=base.accuracy(aux['logits'][:n], batch.y, batch.mask))
+    metrics = dict(aux['metrics'], accuracy=base.accuracy(aux['logits'][:n], batch.y, batch.mask))
     new_state = base.apply_update(train_state, grads, aux['model_state'])
-    buffer = buffer_lib.add(state.buffer, batch, train_state.step_rng(INSERT_SALT),
-                            policy='reservoir', logits=jax.lax.stop_gradient(aux['raw_logits'][:n]))
+    buffer = buffer_lib.add(
+      state.buffer,
+      batch,
+      train_state.step_rng(INSERT_SALT),
+      policy='reservoir',
+      logits=jax.lax.stop_gradient(aux['raw_logits'][:n]),
+    )
     metrics['buffer_size'] = buffer_lib.size(buffer)
     return new_state, ReplayState(buffer), metrics
 

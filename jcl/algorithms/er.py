@@ -7,11 +7,11 @@ insertion run inside the compiled, scanned step:
 
     loss = CE([x; x_mem], [y; y_mem])      (mean over the real samples)
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 
 from jcl import specs
 from jcl.algorithms import base
@@ -26,15 +26,21 @@ class ReplayState(NamedTuple):
 
 def require_context(context: base.Context | None, name: str) -> base.Context:
   if context is None:
-    raise ValueError(f'{name} needs a base.Context(input_shape, num_classes, num_tasks) to size '
-                     f'its memory: build it with jcl.algorithms.build(spec, context)')
+    raise ValueError(
+      f'{name} needs a base.Context(input_shape, num_classes, num_tasks) to size '
+      f'its memory: build it with jcl.algorithms.build(spec, context)'
+    )
   return context
 
 
 def init_buffer(spec, context: base.Context, *, logits_dim: int = 0) -> buffer_lib.ReplayBuffer:
-  return buffer_lib.init(spec.memory_size, tuple(context.input_shape),
-                         num_classes=context.num_classes, num_tasks=context.num_tasks,
-                         logits_dim=logits_dim)
+  return buffer_lib.init(
+    spec.memory_size,
+    tuple(context.input_shape),
+    num_classes=context.num_classes,
+    num_tasks=context.num_tasks,
+    logits_dim=logits_dim,
+  )
 
 
 def make(spec: specs.ERSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
@@ -47,16 +53,21 @@ def make(spec: specs.ERSpec | None = None, context: base.Context | None = None) 
     return ReplayState(init_buffer(spec, context))
 
   def step(train_state, batch, state: ReplayState):
-    memory, _ = buffer_lib.sample(state.buffer, train_state.step_rng(SAMPLE_SALT),
-                                  spec.replay_batch_size)
+    memory, _ = buffer_lib.sample(
+      state.buffer, train_state.step_rng(SAMPLE_SALT), spec.replay_batch_size
+    )
     new_state, algo_state, metrics = base.sgd_step()(
-        train_state, base.concat_batches(batch, memory), state)
-    buffer = buffer_lib.add(state.buffer, batch, train_state.step_rng(INSERT_SALT),
-                            policy=spec.policy, per_task=per_task)
+      train_state, base.concat_batches(batch, memory), state
+    )
+    buffer = buffer_lib.add(
+      state.buffer, batch, train_state.step_rng(INSERT_SALT), policy=spec.policy, per_task=per_task
+    )
     metrics['buffer_size'] = buffer_lib.size(buffer)
     return new_state, algo_state._replace(buffer=buffer), metrics
 
   if spec.policy == 'per_task' and spec.memory_size % context.num_tasks:
-    raise ValueError(f"er: invalid 'memory_size': with policy='per_task' it must be a multiple "
-                     f'of the number of tasks ({context.num_tasks}), got {spec.memory_size}')
+    raise ValueError(
+      f"er: invalid 'memory_size': with policy='per_task' it must be a multiple "
+      f'of the number of tasks ({context.num_tasks}), got {spec.memory_size}'
+    )
   return base.make(spec, step, init=init)

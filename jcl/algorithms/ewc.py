@@ -10,6 +10,7 @@ Penalty (EWC eq. 3): `ewc_lambda / 2 * sum_i F_i (theta_i - theta*_i)^2`, with
 Separate EWC keeps the sum of one penalty per task; online EWC keeps one
 running Fisher `F <- gamma F + F_t` anchored at the latest solution.
 """
+
 from __future__ import annotations
 
 import jax
@@ -45,12 +46,12 @@ def true_fisher_sample(params, train_state, sample: Batch):
 def fisher_diagonal(train_state: ts_lib.TrainState, data: Batch, kind: str = 'empirical'):
   """The diagonal Fisher over the real samples of `data` `[K, B, ...]`."""
   sample_fn = {'empirical': empirical_fisher_sample, 'true': true_fisher_sample}[kind]
-  return base.per_sample_mean(lambda params, sample: sample_fn(params, train_state, sample),
-                              train_state.params, data)
+  return base.per_sample_mean(
+    lambda params, sample: sample_fn(params, train_state, sample), train_state.params, data
+  )
 
 
-def make(spec: specs.EWCSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(spec: specs.EWCSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
   del context  # nothing of the stream is needed
   spec = spec or specs.EWCSpec()
   mode = 'online' if spec.online else 'sum'
@@ -64,6 +65,8 @@ def make(spec: specs.EWCSpec | None = None,
 
   def end_task(train_state, state, task_data):
     fisher = fisher_diagonal(train_state, task_data, spec.fisher)
-    return train_state, reg.consolidate(state, fisher, train_state.params, mode=mode, gamma=spec.gamma)
+    return train_state, reg.consolidate(
+      state, fisher, train_state.params, mode=mode, gamma=spec.gamma
+    )
 
   return base.make(spec, base.sgd_step(penalty), init=init, end_task=end_task)

@@ -8,6 +8,7 @@ solved inside JAX by `projection.gem_project`. The gradients of all tasks'
 memories are computed in one `vmap` (fixed shapes: future tasks' rows are
 masked out).
 """
+
 from __future__ import annotations
 
 import jax
@@ -43,15 +44,22 @@ def make(spec: specs.GEMSpec | None = None, context: base.Context | None = None)
   def step(train_state, batch, state: ReplayState):
     _, grads, aux, metrics = base.loss_and_grads(train_state, batch, state)
     flat, unravel = ravel_pytree(grads)
-    task_grads, has_memory = memory_gradients(train_state, state.buffer, spec.memory_per_task,
-                                              context.num_tasks)
+    task_grads, has_memory = memory_gradients(
+      train_state, state.buffer, spec.memory_per_task, context.num_tasks
+    )
     active = has_memory & previous_tasks(train_state, context.num_tasks)
-    projected = projection.gem_project(flat, task_grads, active, margin=spec.margin,
-                                       iterations=spec.solver_iterations)
+    projected = projection.gem_project(
+      flat, task_grads, active, margin=spec.margin, iterations=spec.solver_iterations
+    )
     metrics['projected'] = jnp.any(active & (task_grads @ flat < 0)).astype(jnp.float32)
     new_state = base.apply_update(train_state, unravel(projected), aux['model_state'])
-    buffer = buffer_lib.add(state.buffer, batch, train_state.step_rng(INSERT_SALT),
-                            policy='per_task', per_task=spec.memory_per_task)
+    buffer = buffer_lib.add(
+      state.buffer,
+      batch,
+      train_state.step_rng(INSERT_SALT),
+      policy='per_task',
+      per_task=spec.memory_per_task,
+    )
     return new_state, ReplayState(buffer), metrics
 
   return base.make(spec, step, init=init)

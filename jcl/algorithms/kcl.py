@@ -70,6 +70,7 @@ each task is evaluated with its own ridge and scale (their evaluation reads
 the current task's); with several epochs a sample offered again draws a new
 priority and may be stored twice.
 """
+
 from __future__ import annotations
 
 import functools
@@ -114,7 +115,7 @@ def linear_kernel(a: jax.Array, b: jax.Array) -> jax.Array:
 def rbf_kernel(a: jax.Array, b: jax.Array) -> jax.Array:
   """`exp(-|a_i - b_j|^2 / 2)` `[N, M]`: the Gaussian kernel of unit bandwidth,
   the one random Fourier features with standard-normal bases estimate."""
-  sq = (jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2.0 * a @ b.T)
+  sq = jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2.0 * a @ b.T
   return jnp.exp(-0.5 * jnp.maximum(sq, 0.0))
 
 
@@ -136,8 +137,9 @@ def random_fourier_features(h: jax.Array, bases: jax.Array, phases: jax.Array) -
   return math.sqrt(2.0 / num_features) * jnp.cos(h @ bases.T + phases)
 
 
-def ridge_coefficients(support_kernel: jax.Array, targets: jax.Array,
-                       ridge: jax.Array) -> jax.Array:
+def ridge_coefficients(
+  support_kernel: jax.Array, targets: jax.Array, ridge: jax.Array
+) -> jax.Array:
   """`alpha = (K + ridge I)^-1 Y` (eq. 4), by Cholesky.
 
   Args:
@@ -152,8 +154,9 @@ def ridge_coefficients(support_kernel: jax.Array, targets: jax.Array,
   return jax.scipy.linalg.cho_solve(factor, targets)
 
 
-def kl_diagonal_gaussians(mean_q: jax.Array, log_var_q: jax.Array, mean_p: jax.Array,
-                          log_var_p: jax.Array) -> jax.Array:
+def kl_diagonal_gaussians(
+  mean_q: jax.Array, log_var_q: jax.Array, mean_p: jax.Array, log_var_p: jax.Array
+) -> jax.Array:
   """`KL(N(mean_q, exp(log_var_q)) || N(mean_p, exp(log_var_p)))`, summed over dimensions."""
   var_q, var_p = jnp.exp(log_var_q), jnp.exp(log_var_p)
   return 0.5 * jnp.sum(log_var_p - log_var_q + (var_q + (mean_q - mean_p) ** 2) / var_p - 1.0)
@@ -183,8 +186,10 @@ def init_inference_net(rng: jax.Array, dim: int) -> PyTree:
   layers = {}
   for i, layer_rng in enumerate(jax.random.split(rng, INFERENCE_LAYERS)):
     kernels = [initializers.DENSE_KERNEL_INIT(k, (dim, dim)) for k in jax.random.split(layer_rng)]
-    layers[f'dense_{i}'] = {'kernel': jnp.stack(kernels),
-                            'bias': jnp.stack([initializers.BIAS_INIT(layer_rng, (dim,))] * 2)}
+    layers[f'dense_{i}'] = {
+      'kernel': jnp.stack(kernels),
+      'bias': jnp.stack([initializers.BIAS_INIT(layer_rng, (dim,))] * 2),
+    }
   return layers
 
 
@@ -203,10 +208,19 @@ def apply_inference_net(params: PyTree, h_mean: jax.Array) -> tuple[jax.Array, j
 # One task's classifier.
 
 
-def task_logits(kernel: str, query: jax.Array, support: jax.Array, support_y: jax.Array,
-                support_valid: jax.Array, *, num_classes: int, ridge: jax.Array,
-                scale: jax.Array, bases: jax.Array | None = None,
-                phases: jax.Array | None = None) -> jax.Array:
+def task_logits(
+  kernel: str,
+  query: jax.Array,
+  support: jax.Array,
+  support_y: jax.Array,
+  support_valid: jax.Array,
+  *,
+  num_classes: int,
+  ridge: jax.Array,
+  scale: jax.Array,
+  bases: jax.Array | None = None,
+  phases: jax.Array | None = None,
+) -> jax.Array:
   """Kernel ridge regression on a coreset, applied to queries (eq. 4-5).
 
   Args:
@@ -261,6 +275,7 @@ class KernelContinualModel(nn.Module):
     task_classes: per task, its output units (logits outside them are
       masked), or None.
   """
+
   encoder: nn.Module
   num_tasks: int
   num_classes: int
@@ -287,24 +302,31 @@ class KernelContinualModel(nn.Module):
       d = self.num_random_features
       self.param('posterior', init_inference_net, dim)
       self.param('prior', init_inference_net, dim)
-      self.variable(RANDOM_FEATURES, 'phases',
-                    lambda: jax.random.uniform(self.make_rng('params'), (d,), maxval=2 * jnp.pi))
-      self.variable(RANDOM_FEATURES, 'noise',
-                    lambda: jax.random.normal(self.make_rng('params'), (d, dim)))
+      self.variable(
+        RANDOM_FEATURES,
+        'phases',
+        lambda: jax.random.uniform(self.make_rng('params'), (d,), maxval=2 * jnp.pi),
+      )
+      self.variable(
+        RANDOM_FEATURES, 'noise', lambda: jax.random.normal(self.make_rng('params'), (d, dim))
+      )
 
   def _head(self) -> dict[str, Any]:
     """The head's variables: `coreset`, `ridge`, `scale` and, for rff,
     `posterior`, `prior`, `phases`, `noise`."""
-    v = {'coreset': {k: self.get_variable(CORESET, k) for k in ('x', 'y', 'valid')},
-         'ridge': self.get_variable('params', 'ridge'),
-         'scale': self.get_variable('params', 'scale')}
+    v = {
+      'coreset': {k: self.get_variable(CORESET, k) for k in ('x', 'y', 'valid')},
+      'ridge': self.get_variable('params', 'ridge'),
+      'scale': self.get_variable('params', 'scale'),
+    }
     if self.kernel == 'rff':
       v.update({k: self.get_variable('params', k) for k in ('posterior', 'prior')})
       v.update({k: self.get_variable(RANDOM_FEATURES, k) for k in ('phases', 'noise')})
     return v
 
-  def _classify(self, v: dict[str, Any], task, query, support, support_y, support_valid,
-                noise) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+  def _classify(
+    self, v: dict[str, Any], task, query, support, support_y, support_valid, noise
+  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Task `task`'s logits for `query`, and the posterior `(mu, log_var)` (rff)."""
     ridge = jnp.abs(v['ridge'][task]) + RIDGE_FLOOR
     posterior = bases = None
@@ -312,9 +334,18 @@ class KernelContinualModel(nn.Module):
       posterior = apply_inference_net(v['posterior'], masked_mean(support, support_valid))
       mean, log_var = posterior
       bases = mean + jnp.exp(0.5 * log_var) * noise
-    logits = task_logits(self.kernel, query, support, support_y, support_valid,
-                         num_classes=self.num_classes, ridge=ridge, scale=v['scale'][task],
-                         bases=bases, phases=v.get('phases'))
+    logits = task_logits(
+      self.kernel,
+      query,
+      support,
+      support_y,
+      support_valid,
+      num_classes=self.num_classes,
+      ridge=ridge,
+      scale=v['scale'][task],
+      bases=bases,
+      phases=v.get('phases'),
+    )
     return logits, posterior
 
   def _mask(self, logits: jax.Array, t: jax.Array) -> jax.Array:
@@ -324,8 +355,14 @@ class KernelContinualModel(nn.Module):
     return heads.mask_logits(logits, table[t])
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array | None = None, *, train: bool = False,
-               return_features: bool = False):
+  def __call__(
+    self,
+    x: jax.Array,
+    t: jax.Array | None = None,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+  ):
     """Logits `[B, C]` of each sample under its own task's classifier."""
     t = jnp.zeros((x.shape[0],), jnp.int32) if t is None else t.astype(jnp.int32)
     h = self.features(x, t, train)
@@ -339,15 +376,30 @@ class KernelContinualModel(nn.Module):
 
       def logits_of(task):
         def compute(_):
-          _, support = encoder.apply(encoder_variables, coreset['x'][task],
-                                     jnp.full((self.core_size,), task, jnp.int32),
-                                     train=False, return_features=True)
-          return self._classify(v, task, h, normalize_features(support), coreset['y'][task],
-                                coreset['valid'][task], v.get('noise'))[0]
+          _, support = encoder.apply(
+            encoder_variables,
+            coreset['x'][task],
+            jnp.full((self.core_size,), task, jnp.int32),
+            train=False,
+            return_features=True,
+          )
+          return self._classify(
+            v,
+            task,
+            h,
+            normalize_features(support),
+            coreset['y'][task],
+            coreset['valid'][task],
+            v.get('noise'),
+          )[0]
 
         # Only the tasks present in the batch are computed.
-        return jax.lax.cond(jnp.any(t == task), compute,
-                            lambda _: jnp.zeros((x.shape[0], self.num_classes), h.dtype), None)
+        return jax.lax.cond(
+          jnp.any(t == task),
+          compute,
+          lambda _: jnp.zeros((x.shape[0], self.num_classes), h.dtype),
+          None,
+        )
 
       per_task = jax.lax.map(logits_of, jnp.arange(self.num_tasks))  # [T, B, C]
       logits = per_task[jnp.clip(t, 0, self.num_tasks - 1), jnp.arange(x.shape[0])]
@@ -377,8 +429,9 @@ class KernelContinualModel(nn.Module):
     noise = v.get('noise')
     if self.kernel == 'rff' and self.has_rng(BASES_RNG):
       noise = jax.random.normal(self.make_rng(BASES_RNG), noise.shape, noise.dtype)
-    logits, posterior = self._classify(v, task, query, support, coreset['y'], coreset['valid'],
-                                       noise)
+    logits, posterior = self._classify(
+      v, task, query, support, coreset['y'], coreset['valid'], noise
+    )
     kl = jnp.zeros((), h.dtype)
     if self.kernel == 'rff':
       prior = apply_inference_net(v['prior'], masked_mean(query, mask > 0))
@@ -386,14 +439,20 @@ class KernelContinualModel(nn.Module):
     return self._mask(logits, task), kl
 
 
-def adapt_model(spec: specs.KCLSpec, model: nn.Module,
-                context: base.Context) -> KernelContinualModel:
+def adapt_model(
+  spec: specs.KCLSpec, model: nn.Module, context: base.Context
+) -> KernelContinualModel:
   """Wraps the configured model: its features feed the per-task kernel classifiers."""
   return KernelContinualModel(
-      encoder=model, num_tasks=context.num_tasks, num_classes=context.num_classes,
-      core_size=spec.core_size, kernel=spec.kernel,
-      num_random_features=spec.num_random_features, ridge_lambda=spec.ridge_lambda,
-      task_classes=getattr(model, 'task_classes', None))
+    encoder=model,
+    num_tasks=context.num_tasks,
+    num_classes=context.num_classes,
+    core_size=spec.core_size,
+    kernel=spec.kernel,
+    num_random_features=spec.num_random_features,
+    ridge_lambda=spec.ridge_lambda,
+    task_classes=getattr(model, 'task_classes', None),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -403,11 +462,13 @@ def adapt_model(spec: specs.KCLSpec, model: nn.Module,
 class KCLState(NamedTuple):
   """`priority [M]`: the random priorities of the current task's coreset
   slots (`-1` for an empty slot)."""
+
   priority: jax.Array
 
 
-def select_coreset(labels: jax.Array, priority: jax.Array, valid: jax.Array,
-                   size: int) -> tuple[jax.Array, jax.Array]:
+def select_coreset(
+  labels: jax.Array, priority: jax.Array, valid: jax.Array, size: int
+) -> tuple[jax.Array, jax.Array]:
   """Class-balanced priority sampling: which `size` candidates to keep.
 
   Every candidate carries a uniform random priority in `[0, 1)`. Within its
@@ -432,8 +493,9 @@ def select_coreset(labels: jax.Array, priority: jax.Array, valid: jax.Array,
   """
   n = labels.shape[0]
   index = jnp.arange(n)
-  ahead = ((priority[None, :] > priority[:, None])
-           | ((priority[None, :] == priority[:, None]) & (index[None, :] < index[:, None])))
+  ahead = (priority[None, :] > priority[:, None]) | (
+    (priority[None, :] == priority[:, None]) & (index[None, :] < index[:, None])
+  )
   same_class = (labels[None, :] == labels[:, None]) & valid[None, :]
   rank = jnp.sum(ahead & same_class, axis=1)
   key = jnp.where(valid, -rank.astype(jnp.float32) + priority, -jnp.inf)
@@ -441,8 +503,9 @@ def select_coreset(labels: jax.Array, priority: jax.Array, valid: jax.Array,
   return indices, top > -jnp.inf
 
 
-def offer_to_coreset(coreset: dict[str, jax.Array], priority: jax.Array, batch, task,
-                     rng: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+def offer_to_coreset(
+  coreset: dict[str, jax.Array], priority: jax.Array, batch, task, rng: jax.Array
+) -> tuple[dict[str, jax.Array], jax.Array]:
   """Offers the real samples of `batch` to task `task`'s coreset (`select_coreset`).
 
   Args:
@@ -456,23 +519,28 @@ def offer_to_coreset(coreset: dict[str, jax.Array], priority: jax.Array, batch, 
   """
   slots = priority.shape[0]
   candidates = {
-      'x': jnp.concatenate([coreset['x'][task], batch.x.astype(coreset['x'].dtype)]),
-      'y': jnp.concatenate([coreset['y'][task], batch.y.astype(jnp.int32)]),
-      'valid': jnp.concatenate([coreset['valid'][task], batch.mask > 0]),
-      'priority': jnp.concatenate([priority, jax.random.uniform(rng, batch.y.shape)]),
+    'x': jnp.concatenate([coreset['x'][task], batch.x.astype(coreset['x'].dtype)]),
+    'y': jnp.concatenate([coreset['y'][task], batch.y.astype(jnp.int32)]),
+    'valid': jnp.concatenate([coreset['valid'][task], batch.mask > 0]),
+    'priority': jnp.concatenate([priority, jax.random.uniform(rng, batch.y.shape)]),
   }
-  indices, kept = select_coreset(candidates['y'], candidates['priority'], candidates['valid'],
-                                 slots)
-  coreset = {'x': coreset['x'].at[task].set(candidates['x'][indices]),
-             'y': coreset['y'].at[task].set(candidates['y'][indices]),
-             'valid': coreset['valid'].at[task].set(kept)}
+  indices, kept = select_coreset(
+    candidates['y'], candidates['priority'], candidates['valid'], slots
+  )
+  coreset = {
+    'x': coreset['x'].at[task].set(candidates['x'][indices]),
+    'y': coreset['y'].at[task].set(candidates['y'][indices]),
+    'valid': coreset['valid'].at[task].set(kept),
+  }
   return coreset, jnp.where(kept, candidates['priority'][indices], -1.0)
 
 
 def _require_kcl_model(train_state) -> None:
   if not isinstance(getattr(train_state.apply_fn, '__self__', None), KernelContinualModel):
-    raise ValueError('kcl trains the model returned by jcl.algorithms.adapt_model(spec, model, '
-                     'context) (a KernelContinualModel); build the train state from it')
+    raise ValueError(
+      'kcl trains the model returned by jcl.algorithms.adapt_model(spec, model, '
+      'context) (a KernelContinualModel); build the train state from it'
+    )
 
 
 def make(spec: specs.KCLSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
@@ -499,28 +567,47 @@ def make(spec: specs.KCLSpec | None = None, context: base.Context | None = None)
     _require_kcl_model(train_state)
     task = train_state.task
     mutable = [c for c in train_state.model_state if c not in (CORESET, RANDOM_FEATURES)]
-    rngs = {'dropout': train_state.step_rng(DROPOUT_SALT),
-            BASES_RNG: train_state.step_rng(BASES_SALT)}
+    rngs = {
+      'dropout': train_state.step_rng(DROPOUT_SALT),
+      BASES_RNG: train_state.step_rng(BASES_SALT),
+    }
 
     def loss_fn(params):
       variables = {'params': params, **train_state.model_state}
-      out = train_state.apply_fn(variables, batch.x, batch.mask, task, train=True,
-                                 method=KernelContinualModel.fit_terms, rngs=rngs,
-                                 mutable=mutable or False)
+      out = train_state.apply_fn(
+        variables,
+        batch.x,
+        batch.mask,
+        task,
+        train=True,
+        method=KernelContinualModel.fit_terms,
+        rngs=rngs,
+        mutable=mutable or False,
+      )
       (logits, kl), updates = out if mutable else (out, {})
       logits = base.masked_logits(logits, train_state.class_mask)
       cross_entropy = base.cross_entropy(logits, batch.y, batch.mask)
       return cross_entropy + spec.tau * kl, (logits, kl, cross_entropy, updates)
 
-    (loss, (logits, kl, cross_entropy, updates)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(train_state.params)
+    (loss, (logits, kl, cross_entropy, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      train_state.params
+    )
     train_state = base.apply_update(train_state, grads, {**train_state.model_state, **updates})
-    coreset, priority = offer_to_coreset(train_state.model_state[CORESET], state.priority, batch,
-                                         task, train_state.step_rng(INSERT_SALT))
+    coreset, priority = offer_to_coreset(
+      train_state.model_state[CORESET],
+      state.priority,
+      batch,
+      task,
+      train_state.step_rng(INSERT_SALT),
+    )
     train_state = train_state.replace(model_state={**train_state.model_state, CORESET: coreset})
-    metrics = {'loss': loss, 'cross_entropy': cross_entropy, 'kl': kl,
-               'accuracy': base.accuracy(logits, batch.y, batch.mask),
-               'coreset_size': jnp.sum(coreset['valid'][task], dtype=jnp.int32)}
+    metrics = {
+      'loss': loss,
+      'cross_entropy': cross_entropy,
+      'kl': kl,
+      'accuracy': base.accuracy(logits, batch.y, batch.mask),
+      'coreset_size': jnp.sum(coreset['valid'][task], dtype=jnp.int32),
+    }
     return train_state, KCLState(priority), metrics
 
   return base.make(spec, step, init=init, begin_task=begin_task)

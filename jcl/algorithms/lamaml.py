@@ -44,6 +44,7 @@ statistics), the meta-losses in training mode on the meta-batch; the
 running statistics advance once per glance, by the meta-batch forward at
 the last look-ahead weights `theta_k`. Dropout masks are drawn per glance.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -69,6 +70,7 @@ CLIP_EPS = 1e-6
 class LaMAMLState(NamedTuple):
   """`alpha`: per-parameter learning rates (a pytree like the params, eq. 7);
   `buffer`: the reservoir replay buffer."""
+
   alpha: PyTree
   buffer: buffer_lib.ReplayBuffer
 
@@ -87,8 +89,7 @@ def clip_by_global_norm(tree: PyTree, max_norm: float | None) -> tuple[PyTree, j
   return jax.tree.map(lambda g: g * scale, tree), norm
 
 
-def sample_with_replacement(buffer: buffer_lib.ReplayBuffer, rng: jax.Array,
-                            size: int) -> Batch:
+def sample_with_replacement(buffer: buffer_lib.ReplayBuffer, rng: jax.Array, size: int) -> Batch:
   """`size` rows drawn uniformly with replacement among the valid slots.
 
   As the authors' `getBatch`: `min(size, stored)` draws, repeats allowed;
@@ -105,22 +106,24 @@ def _has_batch_stats(train_state: ts_lib.TrainState) -> bool:
 
 
 def _logits(params, train_state, batch: Batch, rng, *, train: bool):
-  outputs, model_state = ts_lib.apply_model(train_state, params, batch.x, batch.t,
-                                            train=train, rng=rng)
+  outputs, model_state = ts_lib.apply_model(
+    train_state, params, batch.x, batch.t, train=train, rng=rng
+  )
   return base.masked_logits(outputs, train_state.class_mask), model_state
 
 
-def _loss_fns(train_state: ts_lib.TrainState, meta: Batch, rng: jax.Array,
-              spec: specs.LaMAMLSpec):
+def _loss_fns(train_state: ts_lib.TrainState, meta: Batch, rng: jax.Array, spec: specs.LaMAMLSpec):
   """`inner_grad(fast, sample)`: the (clamped) single-sample gradient of an
   inner step; `meta_loss(fast) -> (loss, model_state)` on the meta-batch."""
   inner_train_mode = not _has_batch_stats(train_state)
 
   def inner_grad(fast, sample: Batch):
     one = Batch(sample.x[None], sample.y[None], sample.t[None], jnp.ones((1,), jnp.float32))
+
     def loss(p):
       logits, _ = _logits(p, train_state, one, rng, train=inner_train_mode)
       return base.cross_entropy(logits, one.y, one.mask)
+
     grads = jax.grad(loss)(fast)
     if spec.inner_grad_clip is not None:
       clamp = spec.inner_grad_clip
@@ -134,8 +137,15 @@ def _loss_fns(train_state: ts_lib.TrainState, meta: Batch, rng: jax.Array,
   return inner_grad, meta_loss
 
 
-def meta_objective(params: PyTree, alpha: PyTree, train_state: ts_lib.TrainState, inner: Batch,
-                   meta: Batch, rng: jax.Array, spec: specs.LaMAMLSpec):
+def meta_objective(
+  params: PyTree,
+  alpha: PyTree,
+  train_state: ts_lib.TrainState,
+  inner: Batch,
+  meta: Batch,
+  rng: jax.Array,
+  spec: specs.LaMAMLSpec,
+):
   """The meta-loss `1/k sum_i L(theta_i; b_m)` over the real inner steps (eq. 5, 7).
 
   `theta_i = theta_{i-1} - relu(alpha) * grad l(theta_{i-1}; b[i])` (eq. 4);
@@ -168,13 +178,22 @@ def meta_objective(params: PyTree, alpha: PyTree, train_state: ts_lib.TrainState
     return (fast, loss_sum + sample.mask * loss, model_state), None
 
   (_, loss_sum, model_state), _ = jax.lax.scan(
-      body, (params, jnp.zeros(()), train_state.model_state), inner)
+    body, (params, jnp.zeros(()), train_state.model_state), inner
+  )
   return loss_sum / jnp.maximum(jnp.sum(inner.mask), 1.0), {'model_state': model_state}
 
 
-def first_order_meta_gradients(params: PyTree, alpha: PyTree, train_state: ts_lib.TrainState,
-                               inner: Batch, meta: Batch, rng: jax.Array,
-                               spec: specs.LaMAMLSpec, *, wrt_alpha: bool = True):
+def first_order_meta_gradients(
+  params: PyTree,
+  alpha: PyTree,
+  train_state: ts_lib.TrainState,
+  inner: Batch,
+  meta: Batch,
+  rng: jax.Array,
+  spec: specs.LaMAMLSpec,
+  *,
+  wrt_alpha: bool = True,
+):
   """The first-order gradients of `meta_objective` in one forward scan.
 
   With the inner gradients `g_j` constant, `theta_i = theta_0 - relu(alpha) *
@@ -201,36 +220,50 @@ def first_order_meta_gradients(params: PyTree, alpha: PyTree, train_state: ts_li
     (loss, model_state), meta_grads = jax.value_and_grad(meta_loss, has_aux=True)(fast)
     g_theta = jax.tree.map(lambda a, g: a + sample.mask * g, g_theta, meta_grads)
     if wrt_alpha:
-      g_alpha = jax.tree.map(lambda a, c, g: a + sample.mask * c * g, g_alpha, cumulative,
-                             meta_grads)
+      g_alpha = jax.tree.map(
+        lambda a, c, g: a + sample.mask * c * g, g_alpha, cumulative, meta_grads
+      )
     return (fast, cumulative, g_theta, g_alpha, loss_sum + sample.mask * loss, model_state), None
 
   init = (params, zeros, zeros, zeros, jnp.zeros(()), train_state.model_state)
   (_, _, g_theta, g_alpha, loss_sum, model_state), _ = jax.lax.scan(body, init, inner)
   n = jnp.maximum(jnp.sum(inner.mask), 1.0)
   g_theta = jax.tree.map(lambda g: g / n, g_theta)
-  g_alpha = (jax.tree.map(lambda a, g: -jnp.where(a > 0, g, 0.0) / n, alpha, g_alpha)
-             if wrt_alpha else None)
+  g_alpha = (
+    jax.tree.map(lambda a, g: -jnp.where(a > 0, g, 0.0) / n, alpha, g_alpha) if wrt_alpha else None
+  )
   return (loss_sum / n, {'model_state': model_state}), (g_theta, g_alpha)
 
 
-def meta_gradients(params: PyTree, alpha: PyTree, train_state: ts_lib.TrainState, inner: Batch,
-                   meta: Batch, rng: jax.Array, spec: specs.LaMAMLSpec, *, wrt_alpha: bool = True):
+def meta_gradients(
+  params: PyTree,
+  alpha: PyTree,
+  train_state: ts_lib.TrainState,
+  inner: Batch,
+  meta: Batch,
+  rng: jax.Array,
+  spec: specs.LaMAMLSpec,
+  *,
+  wrt_alpha: bool = True,
+):
   """`((loss, aux), (g_theta, g_alpha))` of `meta_objective`; `g_alpha` is
   None when `wrt_alpha` is False (fixed learning rates need none). First
   order runs `first_order_meta_gradients`; second order differentiates
   through the inner steps in reverse mode."""
   if not spec.second_order:
-    return first_order_meta_gradients(params, alpha, train_state, inner, meta, rng, spec,
-                                      wrt_alpha=wrt_alpha)
+    return first_order_meta_gradients(
+      params, alpha, train_state, inner, meta, rng, spec, wrt_alpha=wrt_alpha
+    )
   argnums = (0, 1) if wrt_alpha else 0
   (loss, aux), grads = jax.value_and_grad(meta_objective, argnums=argnums, has_aux=True)(
-      params, alpha, train_state, inner, meta, rng, spec)
+    params, alpha, train_state, inner, meta, rng, spec
+  )
   return (loss, aux), (grads if wrt_alpha else (grads, None))
 
 
-def make(spec: specs.LaMAMLSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(
+  spec: specs.LaMAMLSpec | None = None, context: base.Context | None = None
+) -> base.Algorithm:
   """La-MAML (or C-MAML / Sync-La-MAML, by `spec`) as an `Algorithm`; the
   context sizes the replay buffer."""
   spec = spec or specs.LaMAMLSpec()
@@ -255,13 +288,22 @@ def make(spec: specs.LaMAMLSpec | None = None,
       current = jax.tree.map(lambda a: a[order], batch)
       memory = sample_with_replacement(buffer, k_memory, spec.replay_batch_size)
       buffer = jax.lax.cond(
-          index == 0,
-          lambda b: buffer_lib.add(b, current, k_insert, policy='reservoir'),
-          lambda b: b, buffer)
+        index == 0,
+        lambda b: buffer_lib.add(b, current, k_insert, policy='reservoir'),
+        lambda b: b,
+        buffer,
+      )
       ts = train_state.replace(params=params, model_state=model_state)
       (loss, aux), (g_theta, g_alpha) = meta_gradients(
-          params, alpha, ts, current, base.concat_batches(memory, current), k_dropout, spec,
-          wrt_alpha=spec.learn_lr)
+        params,
+        alpha,
+        ts,
+        current,
+        base.concat_batches(memory, current),
+        k_dropout,
+        spec,
+        wrt_alpha=spec.learn_lr,
+      )
       g_theta, theta_norm = clip_by_global_norm(g_theta, spec.grad_clip_norm)
       metrics = {'loss': loss, 'meta_grad_norm': theta_norm}
       if spec.learn_lr:
@@ -275,17 +317,27 @@ def make(spec: specs.LaMAMLSpec | None = None,
         params = jax.tree.map(lambda p, a, g: p - jax.nn.relu(a) * g, params, alpha, g_theta)
       return (params, opt_state, alpha, buffer, aux['model_state']), metrics
 
-    carry = (train_state.params, train_state.opt_state, state.alpha, state.buffer,
-             train_state.model_state)
+    carry = (
+      train_state.params,
+      train_state.opt_state,
+      state.alpha,
+      state.buffer,
+      train_state.model_state,
+    )
     (params, opt_state, alpha, buffer, model_state), per_glance = jax.lax.scan(
-        glance, carry, jnp.arange(spec.glances))
-    new_state = train_state.replace(step=train_state.step + 1, params=params, opt_state=opt_state,
-                                    model_state=model_state)
+      glance, carry, jnp.arange(spec.glances)
+    )
+    new_state = train_state.replace(
+      step=train_state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+    )
     alphas = jnp.concatenate([a.ravel() for a in jax.tree.leaves(alpha)])
     metrics = {k: jnp.mean(v) for k, v in per_glance.items()}
-    metrics.update(accuracy=accuracy, alpha_mean=jnp.mean(alphas),
-                   alpha_zero_fraction=jnp.mean((alphas <= 0).astype(jnp.float32)),
-                   buffer_size=buffer_lib.size(buffer))
+    metrics.update(
+      accuracy=accuracy,
+      alpha_mean=jnp.mean(alphas),
+      alpha_zero_fraction=jnp.mean((alphas <= 0).astype(jnp.float32)),
+      buffer_size=buffer_lib.size(buffer),
+    )
     return new_state, LaMAMLState(alpha, buffer), metrics
 
   return base.make(spec, step, init=init)

@@ -8,6 +8,7 @@ at the end of the previous task:
 with `h` the penultimate activations and `theta_old` frozen at the last
 `end_task` (no penalty during the first task).
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -37,38 +38,53 @@ def feature_distance(features, old_features, mask) -> jax.Array:
 def old_features(train_state: ts_lib.TrainState, state: LFLState, batch) -> jax.Array:
   """Features `[B, F]` of the frozen previous-task model (evaluation mode, no gradient)."""
   (_, features), _ = ts_lib.apply_model(
-      train_state.replace(model_state=state.old_model_state), state.old_params,
-      batch.x, batch.t, train=False, return_features=True)
+    train_state.replace(model_state=state.old_model_state),
+    state.old_params,
+    batch.x,
+    batch.t,
+    train=False,
+    return_features=True,
+  )
   return jax.lax.stop_gradient(features)
 
 
-def make(spec: specs.LFLSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(spec: specs.LFLSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
   del context  # nothing of the stream is needed
   spec = spec or specs.LFLSpec()
 
   def init(train_state, rng):
     del rng
-    return LFLState(jax.tree.map(jnp.array, train_state.params),
-                    jax.tree.map(jnp.array, train_state.model_state), jnp.zeros((), jnp.float32))
+    return LFLState(
+      jax.tree.map(jnp.array, train_state.params),
+      jax.tree.map(jnp.array, train_state.model_state),
+      jnp.zeros((), jnp.float32),
+    )
 
   def loss_fn(params, train_state, batch, state, rng):
     loss, aux = base.task_loss(params, train_state, batch, rng, return_features=True)
-    distance = feature_distance(aux['features'], old_features(train_state, state, batch), batch.mask)
+    distance = feature_distance(
+      aux['features'], old_features(train_state, state, batch), batch.mask
+    )
     penalty = spec.lfl_lambda * state.active * distance
     return loss + penalty, dict(aux, task_loss=loss, penalty=penalty)
 
   def step(train_state, batch, state: LFLState):
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        train_state.params, train_state, batch, state, train_state.step_rng())
-    metrics = {'loss': aux['task_loss'], 'penalty': aux['penalty'],
-               'accuracy': base.accuracy(aux['logits'], batch.y, batch.mask)}
+      train_state.params, train_state, batch, state, train_state.step_rng()
+    )
+    metrics = {
+      'loss': aux['task_loss'],
+      'penalty': aux['penalty'],
+      'accuracy': base.accuracy(aux['logits'], batch.y, batch.mask),
+    }
     return base.apply_update(train_state, grads, aux['model_state']), state, metrics
 
   def end_task(train_state, state, task_data):
     del task_data
-    return train_state, LFLState(jax.tree.map(jnp.array, train_state.params),
-                                 jax.tree.map(jnp.array, train_state.model_state),
-                                 jnp.ones((), jnp.float32))
+    return train_state, LFLState(
+      jax.tree.map(jnp.array, train_state.params),
+      jax.tree.map(jnp.array, train_state.model_state),
+      jnp.ones((), jnp.float32),
+    )
 
   return base.make(spec, step, init=init, end_task=end_task)

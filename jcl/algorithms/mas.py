@@ -6,6 +6,7 @@ finished task's inputs (no labels needed); accumulated over tasks and
 anchored at the latest solution. Penalty (eq. 3): `mas_lambda * sum Omega
 (theta - theta*)^2`.
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,12 +33,11 @@ def output_norm_sample(params, train_state: ts_lib.TrainState, sample: Batch):
 def mas_importance(train_state: ts_lib.TrainState, data: Batch):
   """MAS importance over the real samples of `data` `[K, B, ...]`."""
   return base.per_sample_mean(
-      lambda params, sample: output_norm_sample(params, train_state, sample),
-      train_state.params, data)
+    lambda params, sample: output_norm_sample(params, train_state, sample), train_state.params, data
+  )
 
 
-def make(spec: specs.MASSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(spec: specs.MASSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
   del context  # nothing of the stream is needed
   spec = spec or specs.MASSpec()
 

@@ -50,6 +50,7 @@ and `core/train_methods.py` of imirzadeh/CL-LinearModeConnectivity differ):
 * Task t trains from w̄_{t-1} (the paper; the authors' script and Sequel
   resume from the continual solution ŵ_{t-1} and use w̄ only to evaluate).
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -79,6 +80,7 @@ class MCSGDState(NamedTuple):
     anchor: w̄ of the last finished task (`w_prev` of the next phase).
     lmc_steps: int32, SGD steps taken by all mode-connectivity phases.
   """
+
   buffer: buffer_lib.ReplayBuffer
   anchor: PyTree
   lmc_steps: jax.Array
@@ -98,24 +100,33 @@ def interpolate(w_end: PyTree, w: PyTree, tau: jax.Array) -> PyTree:
 def eval_loss(params: PyTree, train_state: TrainState, batch: Batch) -> jax.Array:
   """Masked mean cross-entropy of the model in evaluation mode (no dropout)."""
   logits, _ = ts_lib.apply_model(train_state, params, batch.x, batch.t, train=False)
-  return base.cross_entropy(base.masked_logits(logits, train_state.class_mask), batch.y,
-                            batch.mask)
+  return base.cross_entropy(base.masked_logits(logits, train_state.class_mask), batch.y, batch.mask)
 
 
-def segment_loss(w: PyTree, w_end: PyTree, train_state: TrainState, batch: Batch,
-                 taus: jax.Array) -> jax.Array:
+def segment_loss(
+  w: PyTree, w_end: PyTree, train_state: TrainState, batch: Batch, taus: jax.Array
+) -> jax.Array:
   """`mean_j L(w_end + tau_j (w - w_end))` on `batch`, the points `taus [n]`
   evaluated together with `vmap`."""
-  return jnp.mean(jax.vmap(lambda tau: eval_loss(interpolate(w_end, w, tau), train_state,
-                                                 batch))(taus))
+  return jnp.mean(
+    jax.vmap(lambda tau: eval_loss(interpolate(w_end, w, tau), train_state, batch))(taus)
+  )
 
 
-def connectivity_loss(w: PyTree, w_prev: PyTree, w_task: PyTree, train_state: TrainState,
-                      prev_batch: Batch, task_batch: Batch, taus: jax.Array) -> jax.Array:
+def connectivity_loss(
+  w: PyTree,
+  w_prev: PyTree,
+  w_task: PyTree,
+  train_state: TrainState,
+  prev_batch: Batch,
+  task_batch: Batch,
+  taus: jax.Array,
+) -> jax.Array:
   """The MC-SGD objective on one batch per segment: the segment from
   `w_prev` on `prev_batch` plus the segment from `w_task` on `task_batch`."""
-  return (segment_loss(w, w_prev, train_state, prev_batch, taus)
-          + segment_loss(w, w_task, train_state, task_batch, taus))
+  return segment_loss(w, w_prev, train_state, prev_batch, taus) + segment_loss(
+    w, w_task, train_state, task_batch, taus
+  )
 
 
 def _shuffled_slots(rng: jax.Array, eligible: jax.Array) -> jax.Array:
@@ -124,8 +135,13 @@ def _shuffled_slots(rng: jax.Array, eligible: jax.Array) -> jax.Array:
   return jnp.argsort(-scores).astype(jnp.int32)
 
 
-def _cycled_batch(buffer: buffer_lib.ReplayBuffer, order: jax.Array, count: jax.Array,
-                  step: jax.Array, batch_size: int) -> Batch:
+def _cycled_batch(
+  buffer: buffer_lib.ReplayBuffer,
+  order: jax.Array,
+  count: jax.Array,
+  step: jax.Array,
+  batch_size: int,
+) -> Batch:
   """Batch `step` of the first `count` slots of `order`, wrapping around;
   all-masked when `count == 0`."""
   position = jnp.mod(step * batch_size + jnp.arange(batch_size), jnp.maximum(count, 1))
@@ -134,8 +150,9 @@ def _cycled_batch(buffer: buffer_lib.ReplayBuffer, order: jax.Array, count: jax.
   return Batch(buffer.x[idx], buffer.y[idx], buffer.t[idx], mask)
 
 
-def store_task(buffer: buffer_lib.ReplayBuffer, data: Batch, rng: jax.Array,
-               per_task: int) -> buffer_lib.ReplayBuffer:
+def store_task(
+  buffer: buffer_lib.ReplayBuffer, data: Batch, rng: jax.Array, per_task: int
+) -> buffer_lib.ReplayBuffer:
   """Offers every real sample of `data [K, B, ...]` to its task's memory: each
   task keeps `per_task` of them, uniformly without replacement."""
 
@@ -147,8 +164,13 @@ def store_task(buffer: buffer_lib.ReplayBuffer, data: Batch, rng: jax.Array,
   return base.scan_batches(add, (buffer, rng), data)[0]
 
 
-def connect(spec: specs.MCSGDSpec, train_state: TrainState, buffer: buffer_lib.ReplayBuffer,
-            w_prev: PyTree, rng: jax.Array) -> tuple[PyTree, jax.Array]:
+def connect(
+  spec: specs.MCSGDSpec,
+  train_state: TrainState,
+  buffer: buffer_lib.ReplayBuffer,
+  w_prev: PyTree,
+  rng: jax.Array,
+) -> tuple[PyTree, jax.Array]:
   """The mode-connectivity phase of task `train_state.task` (> 0).
 
   Args:
@@ -192,33 +214,38 @@ def connect(spec: specs.MCSGDSpec, train_state: TrainState, buffer: buffer_lib.R
   return w_bar, steps_per_epoch * spec.lmc_epochs
 
 
-def make(spec: specs.MCSGDSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(
+  spec: specs.MCSGDSpec | None = None, context: base.Context | None = None
+) -> base.Algorithm:
   spec = spec or specs.MCSGDSpec()
   context = require_context(context, 'mcsgd')
 
   def init(train_state, rng):
     del rng
-    memory = buffer_lib.init(spec.memory_per_task * context.num_tasks,
-                             tuple(context.input_shape), num_classes=context.num_classes,
-                             num_tasks=context.num_tasks)
-    return MCSGDState(memory, jax.tree.map(jnp.copy, train_state.params),
-                      jnp.zeros((), jnp.int32))
+    memory = buffer_lib.init(
+      spec.memory_per_task * context.num_tasks,
+      tuple(context.input_shape),
+      num_classes=context.num_classes,
+      num_tasks=context.num_tasks,
+    )
+    return MCSGDState(memory, jax.tree.map(jnp.copy, train_state.params), jnp.zeros((), jnp.int32))
 
   def end_task(train_state, state: MCSGDState, task_data: Batch):
     rng = train_state.step_rng(MEMORY_SALT)
     buffer = store_task(state.buffer, task_data, rng, spec.memory_per_task)
 
     def connect_to_previous(_):
-      return connect(spec, train_state, buffer, state.anchor,
-                     train_state.step_rng(SHUFFLE_SALT))
+      return connect(spec, train_state, buffer, state.anchor, train_state.step_rng(SHUFFLE_SALT))
 
     def keep_first_solution(_):  # task 0: no w_prev yet
       return train_state.params, jnp.zeros((), jnp.int32)
 
-    w_bar, steps = jax.lax.cond(train_state.task > 0, connect_to_previous, keep_first_solution,
-                                None)
-    return (train_state.replace(params=w_bar),
-            MCSGDState(buffer, w_bar, state.lmc_steps + steps.astype(jnp.int32)))
+    w_bar, steps = jax.lax.cond(
+      train_state.task > 0, connect_to_previous, keep_first_solution, None
+    )
+    return (
+      train_state.replace(params=w_bar),
+      MCSGDState(buffer, w_bar, state.lmc_steps + steps.astype(jnp.int32)),
+    )
 
   return base.make(spec, base.sgd_step(), init=init, end_task=end_task)

@@ -17,6 +17,7 @@ step
 Which column a leaf belongs to is read from its path (`column_k`) in the
 parameter tree and in the optimizer state, at trace time.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,9 +57,10 @@ def num_columns(params: PyTree) -> int:
   outside = [jax.tree_util.keystr(path) for path, _ in paths if column_of(path) is None]
   if outside or not paths:
     raise ValueError(
-        'pnn trains a progressive network (one column per task), but the parameters '
-        f'{outside[:3]} belong to no column: build the model with '
-        'jcl.algorithms.adapt_model(spec, model, context) (or jcl.algorithms.pnn.adapt_model)')
+      'pnn trains a progressive network (one column per task), but the parameters '
+      f'{outside[:3]} belong to no column: build the model with '
+      'jcl.algorithms.adapt_model(spec, model, context) (or jcl.algorithms.pnn.adapt_model)'
+    )
   return 1 + max(column_of(path) for path, _ in paths)
 
 
@@ -101,8 +103,10 @@ def make(spec: specs.PNNSpec | None = None, context: base.Context | None = None)
     except jax.errors.ConcretizationTypeError:  # a traced task id cannot be checked here
       return train_state, algo_state
     if not 0 <= task < columns:
-      raise ValueError(f'pnn: task {task} has no column (the model has {columns}; '
-                       'adapt_model sizes it by context.num_tasks)')
+      raise ValueError(
+        f'pnn: task {task} has no column (the model has {columns}; '
+        'adapt_model sizes it by context.num_tasks)'
+      )
     return train_state, algo_state
 
   def step(train_state: TrainState, batch: Batch, algo_state):
@@ -111,8 +115,9 @@ def make(spec: specs.PNNSpec | None = None, context: base.Context | None = None)
     grads, _, aux, metrics = base.loss_and_grads(train_state, batch, algo_state)
     updated = base.apply_update(train_state, active_only(grads, task), aux.get('model_state'))
     updated = updated.replace(
-        params=keep_frozen(updated.params, train_state.params, task),
-        opt_state=keep_frozen(updated.opt_state, train_state.opt_state, task))
+      params=keep_frozen(updated.params, train_state.params, task),
+      opt_state=keep_frozen(updated.opt_state, train_state.opt_state, task),
+    )
     return updated, algo_state, metrics
 
   return base.make(spec, step, init=init, begin_task=begin_task)

@@ -25,6 +25,7 @@ docstring for the numerics.
 Every function is pure, jit-able and vmap-able: fixed shapes, a fixed
 number of `lax.fori_loop` iterations and no Python branching on values.
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,9 +59,13 @@ def _compute_dtype(*arrays: jax.Array) -> jnp.dtype:
 
 
 def _tree_vdot(a: PyTree, b: PyTree, dtype) -> jax.Array:
-  leaves = jax.tree.leaves(jax.tree.map(
+  leaves = jax.tree.leaves(
+    jax.tree.map(
       lambda x, y: jnp.vdot(x.astype(dtype).ravel(), y.astype(dtype).ravel(), precision=_HIGHEST),
-      a, b))
+      a,
+      b,
+    )
+  )
   return sum(leaves, jnp.zeros((), dtype))
 
 
@@ -186,15 +191,21 @@ def _lawson_hanson(q: jax.Array, b: jax.Array, free: jax.Array, iterations: int)
 
     new_u = jnp.where(accept, s, jnp.where(backtrack, u_bt, u))
     new_passive = jnp.where(
-        accept, passive.at[k].set(passive[k] | enter),
-        jnp.where(backtrack, passive_bt,
-                  jnp.where(revert, passive.at[last_idx].set(False), passive)))
+      accept,
+      passive.at[k].set(passive[k] | enter),
+      jnp.where(backtrack, passive_bt, jnp.where(revert, passive.at[last_idx].set(False), passive)),
+    )
     new_last = jnp.where(accept & enter, k, -1)
     progress = (accept & has_last) | backtrack
-    new_blocked = jnp.where(revert, blocked.at[last_idx].set(True),
-                            jnp.where(progress, jnp.zeros_like(blocked), blocked))
-    changed = (jnp.any(new_u != u) | jnp.any(new_passive != passive) | (new_last != last)
-               | jnp.any(new_blocked != blocked))
+    new_blocked = jnp.where(
+      revert, blocked.at[last_idx].set(True), jnp.where(progress, jnp.zeros_like(blocked), blocked)
+    )
+    changed = (
+      jnp.any(new_u != u)
+      | jnp.any(new_passive != passive)
+      | (new_last != last)
+      | jnp.any(new_blocked != blocked)
+    )
     steps = jnp.where(changed, i + 1, steps)
     return new_u, new_passive, new_last, new_blocked, steps
 
@@ -240,9 +251,15 @@ def _gem_dual_solve(gram, linear, active, margin, iterations, ridge):
 
 
 @functools.partial(jax.jit, static_argnames=('iterations',))
-def gem_dual_solve(gram: jax.Array, linear: jax.Array, active: jax.Array, *,
-                   margin: float | jax.Array = 0.0, iterations: int | None = None,
-                   ridge: float | jax.Array = 0.0) -> jax.Array:
+def gem_dual_solve(
+  gram: jax.Array,
+  linear: jax.Array,
+  active: jax.Array,
+  *,
+  margin: float | jax.Array = 0.0,
+  iterations: int | None = None,
+  ridge: float | jax.Array = 0.0,
+) -> jax.Array:
   """Solves GEM's dual QP (eq. 11) on the active constraints.
 
       min_v 1/2 v^T (Q + ridge I) v + c^T v   s.t.  v_k >= margin  (k active),
@@ -285,9 +302,15 @@ def gem_dual_solve(gram: jax.Array, linear: jax.Array, active: jax.Array, *,
 
 
 @functools.partial(jax.jit, static_argnames=('iterations',))
-def gem_project(g: jax.Array, memory_grads: jax.Array, active: jax.Array, *,
-                margin: float | jax.Array = 0.0, iterations: int | None = None,
-                ridge: float | jax.Array = 0.0) -> jax.Array:
+def gem_project(
+  g: jax.Array,
+  memory_grads: jax.Array,
+  active: jax.Array,
+  *,
+  margin: float | jax.Array = 0.0,
+  iterations: int | None = None,
+  ridge: float | jax.Array = 0.0,
+) -> jax.Array:
   """GEM's gradient projection (Lopez-Paz & Ranzato 2017, eqs. 10-12).
 
   When some active constraint is violated (`<g, G_k> < 0`), returns
@@ -326,9 +349,15 @@ def gem_project(g: jax.Array, memory_grads: jax.Array, active: jax.Array, *,
 
 
 @functools.partial(jax.jit, static_argnames=('iterations',))
-def tree_gem_project(g_tree: PyTree, memory_grads_tree: PyTree, active: jax.Array, *,
-                     margin: float | jax.Array = 0.0, iterations: int | None = None,
-                     ridge: float | jax.Array = 0.0) -> PyTree:
+def tree_gem_project(
+  g_tree: PyTree,
+  memory_grads_tree: PyTree,
+  active: jax.Array,
+  *,
+  margin: float | jax.Array = 0.0,
+  iterations: int | None = None,
+  ridge: float | jax.Array = 0.0,
+) -> PyTree:
   """`gem_project` on gradients given as pytrees.
 
   Args:
@@ -348,8 +377,10 @@ def tree_gem_project(g_tree: PyTree, memory_grads_tree: PyTree, active: jax.Arra
   dtype = jnp.result_type(jnp.float32, *leaves)
   active = active.astype(bool)
   rows = jax.tree.map(
-      lambda x, m: jnp.where(active[:, None], m.astype(dtype).reshape(m.shape[0], x.size), 0.0),
-      g_tree, memory_grads_tree)
+    lambda x, m: jnp.where(active[:, None], m.astype(dtype).reshape(m.shape[0], x.size), 0.0),
+    g_tree,
+    memory_grads_tree,
+  )
   flat_g = jax.tree.map(lambda x: x.astype(dtype).ravel(), g_tree)
   gram = sum(jax.tree.leaves(jax.tree.map(lambda m: _dot(m, m.T), rows)))
   linear = sum(jax.tree.leaves(jax.tree.map(_dot, rows, flat_g)))

@@ -12,6 +12,7 @@ of task k (eq. 5):
 
 and the penalty (eq. 4) is `si_lambda * sum Omega (theta - theta_k)^2`.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -28,8 +29,8 @@ PyTree = Any
 
 class SIState(NamedTuple):
   penalty: reg.QuadraticPenaltyState  # Omega and theta* (the previous task's end)
-  path_integral: PyTree               # omega of the current task
-  task_start: PyTree                  # theta at the start of the current task
+  path_integral: PyTree  # omega of the current task
+  task_start: PyTree  # theta at the start of the current task
 
 
 def si_importance(path_integral: PyTree, start: PyTree, end: PyTree, xi: float) -> PyTree:
@@ -37,8 +38,11 @@ def si_importance(path_integral: PyTree, start: PyTree, end: PyTree, xi: float) 
   return jax.tree.map(lambda w, a, b: w / (jnp.square(b - a) + xi), path_integral, start, end)
 
 
-def make(spec: specs.SISpec | None = None, loss_fn: base.LossFn = base.task_loss,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(
+  spec: specs.SISpec | None = None,
+  loss_fn: base.LossFn = base.task_loss,
+  context: base.Context | None = None,
+) -> base.Algorithm:
   """SI from its spec; `loss_fn` is the task loss whose path integral is tracked."""
   del context  # nothing of the stream is needed
   spec = spec or specs.SISpec()
@@ -46,24 +50,35 @@ def make(spec: specs.SISpec | None = None, loss_fn: base.LossFn = base.task_loss
   def init(train_state, rng):
     del rng
     params = train_state.params
-    return SIState(reg.init_penalty(params), base.tree_zeros_like(params),
-                   jax.tree.map(jnp.array, params))
+    return SIState(
+      reg.init_penalty(params), base.tree_zeros_like(params), jax.tree.map(jnp.array, params)
+    )
 
   def penalty(params, state: SIState):
     return reg.quadratic_penalty(params, state.penalty, spec.si_lambda)
 
   def step(train_state, batch, state: SIState):
-    task_grads, grads, aux, metrics = base.loss_and_grads(train_state, batch, state, penalty, loss_fn)
+    task_grads, grads, aux, metrics = base.loss_and_grads(
+      train_state, batch, state, penalty, loss_fn
+    )
     new_train_state = base.apply_update(train_state, grads, aux.get('model_state'))
-    path_integral = jax.tree.map(lambda w, g, new, old: w - g * (new - old), state.path_integral,
-                                 task_grads, new_train_state.params, train_state.params)
+    path_integral = jax.tree.map(
+      lambda w, g, new, old: w - g * (new - old),
+      state.path_integral,
+      task_grads,
+      new_train_state.params,
+      train_state.params,
+    )
     return new_train_state, state._replace(path_integral=path_integral), metrics
 
   def end_task(train_state, state: SIState, task_data):
     del task_data
     params = train_state.params
     importance = si_importance(state.path_integral, state.task_start, params, spec.xi)
-    return train_state, SIState(reg.consolidate(state.penalty, importance, params, mode='online'),
-                                base.tree_zeros_like(params), jax.tree.map(jnp.array, params))
+    return train_state, SIState(
+      reg.consolidate(state.penalty, importance, params, mode='online'),
+      base.tree_zeros_like(params),
+      jax.tree.map(jnp.array, params),
+    )
 
   return base.make(spec, step, init=init, end_task=end_task)

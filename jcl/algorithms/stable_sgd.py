@@ -15,6 +15,7 @@ optimizer and loop configs (jcl.experiment.build calls it through
 `jcl.algorithms.adapt_regime`). A model without a `dropout` field is refused
 by `jcl.models.make_model`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,14 +24,19 @@ from jcl import specs
 from jcl.algorithms import base
 
 
-def make(spec: specs.StableSGDSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(
+  spec: specs.StableSGDSpec | None = None, context: base.Context | None = None
+) -> base.Algorithm:
   del context  # nothing of the stream is needed
   return base.make(spec or specs.StableSGDSpec(), base.sgd_step())
 
 
-def adapt_regime(spec: specs.StableSGDSpec, model_config: dict[str, Any],
-                 optimizer: specs.OptimizerSpec, train_config: Any):
+def adapt_regime(
+  spec: specs.StableSGDSpec,
+  model_config: dict[str, Any],
+  optimizer: specs.OptimizerSpec,
+  train_config: Any,
+):
   """`(model_config, optimizer, train_config)` under Stable SGD's regime: the
   model's `dropout`, the optimizer's `lr_decay` and `min_lr`, the loop's
   `batch_size` come from `spec`; everything else is kept

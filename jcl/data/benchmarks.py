@@ -35,6 +35,7 @@ constants (`normalize=True`) or `x / 255`. Every task's arrays are
 materialized: full MNIST costs about 220 MB per Permuted/Rotated task; use
 `samples_per_task` to subsample.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,6 +70,7 @@ class TaskSplit:
     y: `[N]` int32 labels in the model's label space (after remapping).
     t: `[N]` int32 0-based task id, constant within a task.
   """
+
   x: np.ndarray
   y: np.ndarray
   t: np.ndarray
@@ -89,6 +91,7 @@ class Task:
       `val_fraction == 0`.
     test: the test split.
   """
+
   id: int
   classes: tuple[int, ...]
   train: TaskSplit
@@ -112,6 +115,7 @@ class Benchmark:
     info: builder details: `class_order`, `permutations`, `angles`, `seed`,
       `dataset`, ... (depends on the builder).
   """
+
   name: str
   scenario: str
   tasks: tuple[Task, ...]
@@ -138,7 +142,7 @@ class Benchmark:
 
   def seen_classes_mask(self, task_id: int) -> np.ndarray:
     """bool `[num_classes]`: output units of tasks `0..task_id` (class-IL)."""
-    return self.class_mask_table()[:self._check_task_id(task_id) + 1].any(0)
+    return self.class_mask_table()[: self._check_task_id(task_id) + 1].any(0)
 
   def class_mask_table(self) -> np.ndarray:
     """bool `[num_tasks, num_classes]`; row k is `task_classes_mask(k)`."""
@@ -148,8 +152,7 @@ class Benchmark:
     return table
 
 
-def joint_task(benchmark: Benchmark, upto_task: int,
-               split: str = 'train') -> TaskSplit:
+def joint_task(benchmark: Benchmark, upto_task: int, split: str = 'train') -> TaskSplit:
   """Concatenation of one split of tasks `0..upto_task` (Joint upper bound).
 
   Args:
@@ -163,17 +166,18 @@ def joint_task(benchmark: Benchmark, upto_task: int,
   if split not in SPLITS:
     raise ValueError(f'split={split!r}: must be one of {SPLITS}')
   if not 0 <= upto_task < benchmark.num_tasks:
-    raise ValueError(f'upto_task={upto_task}: must be in '
-                     f'[0, {benchmark.num_tasks})')
-  parts = [getattr(task, split) for task in benchmark.tasks[:upto_task + 1]]
+    raise ValueError(f'upto_task={upto_task}: must be in [0, {benchmark.num_tasks})')
+  parts = [getattr(task, split) for task in benchmark.tasks[: upto_task + 1]]
   parts = [p for p in parts if p is not None]
   if not parts:
-    raise ValueError(f"split={split!r}: no task up to {upto_task} has one")
-  x = transforms.aligned_empty((sum(len(p) for p in parts),) + parts[0].x.shape[1:],
-                               parts[0].x.dtype)
+    raise ValueError(f'split={split!r}: no task up to {upto_task} has one')
+  x = transforms.aligned_empty(
+    (sum(len(p) for p in parts),) + parts[0].x.shape[1:], parts[0].x.dtype
+  )
   np.concatenate([p.x for p in parts], out=x)
-  return TaskSplit(x=x, y=np.concatenate([p.y for p in parts]),
-                   t=np.concatenate([p.t for p in parts]))
+  return TaskSplit(
+    x=x, y=np.concatenate([p.y for p in parts]), t=np.concatenate([p.t for p in parts])
+  )
 
 
 # -----------------------------------------------------------------------------
@@ -185,8 +189,9 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_common(num_tasks: Any, scenario: Any, multi_head: Any,
-                  samples_per_task: Any, val_fraction: Any) -> None:
+def _check_common(
+  num_tasks: Any, scenario: Any, multi_head: Any, samples_per_task: Any, val_fraction: Any
+) -> None:
   """Validates the options every builder shares; raises ValueError."""
   if not _is_int(num_tasks) or num_tasks <= 0:
     raise ValueError(f'num_tasks={num_tasks!r}: must be a positive integer')
@@ -195,21 +200,25 @@ def _check_common(num_tasks: Any, scenario: Any, multi_head: Any,
   if not isinstance(multi_head, bool):
     raise ValueError(f'multi_head={multi_head!r}: must be True or False')
   if multi_head and scenario != 'task':
-    raise ValueError(f"multi_head=True: only with scenario='task' (got "
-                     f'scenario={scenario!r}); allowed: multi_head=False')
-  if samples_per_task is not None and (
-      not _is_int(samples_per_task) or samples_per_task <= 0):
-    raise ValueError(f'samples_per_task={samples_per_task!r}: must be None '
-                     '(all) or a positive integer')
-  if (not isinstance(val_fraction, numbers.Real) or
-      isinstance(val_fraction, bool) or not 0 <= val_fraction < 1):
-    raise ValueError(f'val_fraction={val_fraction!r}: must be a number in '
-                     '[0, 1)')
+    raise ValueError(
+      f"multi_head=True: only with scenario='task' (got "
+      f'scenario={scenario!r}); allowed: multi_head=False'
+    )
+  if samples_per_task is not None and (not _is_int(samples_per_task) or samples_per_task <= 0):
+    raise ValueError(
+      f'samples_per_task={samples_per_task!r}: must be None (all) or a positive integer'
+    )
+  if (
+    not isinstance(val_fraction, numbers.Real)
+    or isinstance(val_fraction, bool)
+    or not 0 <= val_fraction < 1
+  ):
+    raise ValueError(f'val_fraction={val_fraction!r}: must be a number in [0, 1)')
 
 
-def _resolve_class_order(class_order: ClassOrder,
-                         class_order_seed: Optional[int], seed: int,
-                         num_classes: int) -> np.ndarray:
+def _resolve_class_order(
+  class_order: ClassOrder, class_order_seed: Optional[int], seed: int, num_classes: int
+) -> np.ndarray:
   """The class order as an int64 `[C]` permutation of `0..C-1`."""
   if isinstance(class_order, str):
     if class_order == 'fixed':
@@ -217,45 +226,54 @@ def _resolve_class_order(class_order: ClassOrder,
     if class_order == 'random':
       s = seed if class_order_seed is None else class_order_seed
       if not _is_int(s):
-        raise ValueError(f'class_order_seed={class_order_seed!r}: must be an '
-                         'integer or None (use seed)')
+        raise ValueError(
+          f'class_order_seed={class_order_seed!r}: must be an integer or None (use seed)'
+        )
       rng = np.random.default_rng([s, transforms.SEED_CLASS_ORDER])
       return rng.permutation(num_classes)
-    raise ValueError(f'class_order={class_order!r}: must be one of '
-                     f'{CLASS_ORDERS} or a permutation of 0..{num_classes - 1}')
+    raise ValueError(
+      f'class_order={class_order!r}: must be one of '
+      f'{CLASS_ORDERS} or a permutation of 0..{num_classes - 1}'
+    )
   order = np.asarray(class_order)
-  if (order.shape != (num_classes,) or
-      not np.issubdtype(order.dtype, np.integer) or
-      not np.array_equal(np.sort(order), np.arange(num_classes))):
-    raise ValueError(f'class_order={class_order!r}: must be one of '
-                     f'{CLASS_ORDERS} or a permutation of 0..{num_classes - 1}')
+  if (
+    order.shape != (num_classes,)
+    or not np.issubdtype(order.dtype, np.integer)
+    or not np.array_equal(np.sort(order), np.arange(num_classes))
+  ):
+    raise ValueError(
+      f'class_order={class_order!r}: must be one of '
+      f'{CLASS_ORDERS} or a permutation of 0..{num_classes - 1}'
+    )
   return order.astype(np.int64)
 
 
-def _resolve_dataset(dataset: Optional[Dataset], name: str, source: str,
-                     path: Optional[PathLike]) -> Dataset:
+def _resolve_dataset(
+  dataset: Optional[Dataset], name: str, source: str, path: Optional[PathLike]
+) -> Dataset:
   if dataset is not None:
     if not isinstance(dataset, Dataset):
-      raise ValueError(f'dataset={type(dataset).__name__}: must be a '
-                       'jcl.data.Dataset or None')
+      raise ValueError(f'dataset={type(dataset).__name__}: must be a jcl.data.Dataset or None')
     return dataset
   return load_dataset(name, source=source, path=path)
 
 
-def _normalizer(dataset: Dataset, normalize: bool
-               ) -> Callable[[np.ndarray], np.ndarray]:
+def _normalizer(dataset: Dataset, normalize: bool) -> Callable[[np.ndarray], np.ndarray]:
   if not isinstance(normalize, bool):
     raise ValueError(f'normalize={normalize!r}: must be True or False')
   if not normalize:
     return transforms.to_float
-  mean, std = transforms.normalization_constants(
-      canonical_name(dataset.name), dataset.x_train)
+  mean, std = transforms.normalization_constants(canonical_name(dataset.name), dataset.x_train)
   return lambda x: transforms.to_float(x, mean, std)
 
 
-def _subset(pool: np.ndarray, rng: np.random.Generator,
-            samples_per_task: Optional[int], val_fraction: float, task_id: int
-           ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def _subset(
+  pool: np.ndarray,
+  rng: np.random.Generator,
+  samples_per_task: Optional[int],
+  val_fraction: float,
+  task_id: int,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
   """Draws a task's (train, val) indices from its training pool.
 
   `samples_per_task` first subsamples the pool (train + val together); then
@@ -265,21 +283,24 @@ def _subset(pool: np.ndarray, rng: np.random.Generator,
   perm = rng.permutation(pool)
   if samples_per_task is not None:
     if samples_per_task > len(pool):
-      raise ValueError(f'samples_per_task={samples_per_task}: task {task_id} '
-                       f'has only {len(pool)} training examples')
+      raise ValueError(
+        f'samples_per_task={samples_per_task}: task {task_id} '
+        f'has only {len(pool)} training examples'
+      )
     perm = perm[:samples_per_task]
   if val_fraction == 0:
     return np.sort(perm), None
   n_val = max(1, int(round(val_fraction * len(perm))))
   if n_val >= len(perm):
-    raise ValueError(f'val_fraction={val_fraction}: leaves no training '
-                     f'examples in task {task_id} ({len(perm)} in all)')
+    raise ValueError(
+      f'val_fraction={val_fraction}: leaves no training '
+      f'examples in task {task_id} ({len(perm)} in all)'
+    )
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def _make_split(x: np.ndarray, y: np.ndarray, task_id: int) -> TaskSplit:
-  return TaskSplit(x=x, y=np.asarray(y, np.int32),
-                   t=np.full(len(y), task_id, np.int32))
+  return TaskSplit(x=x, y=np.asarray(y, np.int32), t=np.full(len(y), task_id, np.int32))
 
 
 # -----------------------------------------------------------------------------
@@ -287,14 +308,20 @@ def _make_split(x: np.ndarray, y: np.ndarray, task_id: int) -> TaskSplit:
 # -----------------------------------------------------------------------------
 
 
-def split_benchmark(dataset: Dataset, *, num_tasks: int,
-                    name: Optional[str] = None, scenario: str = 'class',
-                    multi_head: bool = False,
-                    class_order: ClassOrder = 'fixed',
-                    class_order_seed: Optional[int] = None,
-                    samples_per_task: Optional[int] = None,
-                    val_fraction: float = 0.0, seed: int = 0,
-                    normalize: bool = True) -> Benchmark:
+def split_benchmark(
+  dataset: Dataset,
+  *,
+  num_tasks: int,
+  name: Optional[str] = None,
+  scenario: str = 'class',
+  multi_head: bool = False,
+  class_order: ClassOrder = 'fixed',
+  class_order_seed: Optional[int] = None,
+  samples_per_task: Optional[int] = None,
+  val_fraction: float = 0.0,
+  seed: int = 0,
+  normalize: bool = True,
+) -> Benchmark:
   """Splits the classes of any `Dataset` into tasks (see the module doc).
 
   Args:
@@ -318,15 +345,15 @@ def split_benchmark(dataset: Dataset, *, num_tasks: int,
   Returns:
     The `Benchmark`; `info['class_order']` holds the order.
   """
-  _check_common(num_tasks, scenario, multi_head, samples_per_task,
-                val_fraction)
+  _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
   num_classes = dataset.num_classes
   if num_classes % num_tasks:
     divisors = [d for d in range(1, num_classes + 1) if num_classes % d == 0]
-    raise ValueError(f'num_tasks={num_tasks}: must divide the {num_classes} '
-                     f'classes of {dataset.name!r} (allowed: {divisors})')
-  order = _resolve_class_order(class_order, class_order_seed, seed,
-                               num_classes)
+    raise ValueError(
+      f'num_tasks={num_tasks}: must divide the {num_classes} '
+      f'classes of {dataset.name!r} (allowed: {divisors})'
+    )
+  order = _resolve_class_order(class_order, class_order_seed, seed, num_classes)
   per_task = num_classes // num_tasks
   position = np.empty(num_classes, np.int64)
   position[order] = np.arange(num_classes)
@@ -337,7 +364,7 @@ def split_benchmark(dataset: Dataset, *, num_tasks: int,
   tasks = []
   task_classes = []
   for k in range(num_tasks):
-    classes = order[k * per_task:(k + 1) * per_task]
+    classes = order[k * per_task : (k + 1) * per_task]
     pool = np.flatnonzero(np.isin(dataset.y_train, classes))
     rng = np.random.default_rng([seed, transforms.SEED_SUBSET, k])
     train_idx, val_idx = _subset(pool, rng, samples_per_task, val_fraction, k)
@@ -346,46 +373,68 @@ def split_benchmark(dataset: Dataset, *, num_tasks: int,
     def split(x, y, idx, k=k):
       return _make_split(to_float(x[idx]), label_map[y[idx]], k)
 
-    tasks.append(Task(
-        id=k, classes=tuple(int(c) for c in classes),
+    tasks.append(
+      Task(
+        id=k,
+        classes=tuple(int(c) for c in classes),
         train=split(dataset.x_train, dataset.y_train, train_idx),
-        val=(None if val_idx is None else
-             split(dataset.x_train, dataset.y_train, val_idx)),
-        test=split(dataset.x_test, dataset.y_test, test_idx)))
-    units = range(per_task) if within_task else range(
-        k * per_task, (k + 1) * per_task)
+        val=(None if val_idx is None else split(dataset.x_train, dataset.y_train, val_idx)),
+        test=split(dataset.x_test, dataset.y_test, test_idx),
+      )
+    )
+    units = range(per_task) if within_task else range(k * per_task, (k + 1) * per_task)
     task_classes.append(tuple(units))
   return Benchmark(
-      name=name or f'split_{canonical_name(dataset.name)}',
-      scenario=scenario, tasks=tuple(tasks),
-      num_classes=per_task if within_task else num_classes,
-      num_heads=num_tasks if multi_head else 1,
-      input_shape=dataset.input_shape, task_classes=tuple(task_classes),
-      info=dict(dataset=dataset.name, class_order=tuple(int(c) for c in order),
-                seed=seed, samples_per_task=samples_per_task,
-                val_fraction=val_fraction))
+    name=name or f'split_{canonical_name(dataset.name)}',
+    scenario=scenario,
+    tasks=tuple(tasks),
+    num_classes=per_task if within_task else num_classes,
+    num_heads=num_tasks if multi_head else 1,
+    input_shape=dataset.input_shape,
+    task_classes=tuple(task_classes),
+    info=dict(
+      dataset=dataset.name,
+      class_order=tuple(int(c) for c in order),
+      seed=seed,
+      samples_per_task=samples_per_task,
+      val_fraction=val_fraction,
+    ),
+  )
 
 
-def _split_builder(dataset_name: str, default_tasks: int,
-                   default_source: str = 'auto'):
+def _split_builder(dataset_name: str, default_tasks: int, default_source: str = 'auto'):
   """Makes `split_<dataset>` builders sharing one signature."""
 
-  def builder(num_tasks: int = default_tasks, *, scenario: str = 'class',
-              multi_head: bool = False, class_order: ClassOrder = 'fixed',
-              class_order_seed: Optional[int] = None,
-              samples_per_task: Optional[int] = None,
-              val_fraction: float = 0.0, seed: int = 0,
-              normalize: bool = True, source: str = default_source,
-              path: Optional[PathLike] = None,
-              dataset: Optional[Dataset] = None) -> Benchmark:
-    _check_common(num_tasks, scenario, multi_head, samples_per_task,
-                  val_fraction)
+  def builder(
+    num_tasks: int = default_tasks,
+    *,
+    scenario: str = 'class',
+    multi_head: bool = False,
+    class_order: ClassOrder = 'fixed',
+    class_order_seed: Optional[int] = None,
+    samples_per_task: Optional[int] = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    normalize: bool = True,
+    source: str = default_source,
+    path: Optional[PathLike] = None,
+    dataset: Optional[Dataset] = None,
+  ) -> Benchmark:
+    _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
     ds = _resolve_dataset(dataset, dataset_name, source, path)
     return split_benchmark(
-        ds, num_tasks=num_tasks, name=f'split_{dataset_name}',
-        scenario=scenario, multi_head=multi_head, class_order=class_order,
-        class_order_seed=class_order_seed, samples_per_task=samples_per_task,
-        val_fraction=val_fraction, seed=seed, normalize=normalize)
+      ds,
+      num_tasks=num_tasks,
+      name=f'split_{dataset_name}',
+      scenario=scenario,
+      multi_head=multi_head,
+      class_order=class_order,
+      class_order_seed=class_order_seed,
+      samples_per_task=samples_per_task,
+      val_fraction=val_fraction,
+      seed=seed,
+      normalize=normalize,
+    )
 
   builder.__name__ = builder.__qualname__ = f'split_{dataset_name}'
   return builder
@@ -413,30 +462,42 @@ _SPLIT_ARGS_DOC = """
 """
 
 split_mnist = _split_builder('mnist', 5)
-split_mnist.__doc__ = ('Split MNIST: 5 tasks of 2 digits (bundled real-MNIST '
-                       "sample by default: source='auto' without path).\n"
-                       + _SPLIT_ARGS_DOC)
+split_mnist.__doc__ = (
+  'Split MNIST: 5 tasks of 2 digits (bundled real-MNIST '
+  "sample by default: source='auto' without path).\n" + _SPLIT_ARGS_DOC
+)
 split_fashion_mnist = _split_builder('fashion_mnist', 5)
 split_fashion_mnist.__doc__ = (
-    'Split Fashion-MNIST: 5 tasks of 2 classes (TFDS by default, or IDX/NPZ '
-    'via path).\n' + _SPLIT_ARGS_DOC)
+  'Split Fashion-MNIST: 5 tasks of 2 classes (TFDS by default, or IDX/NPZ '
+  'via path).\n' + _SPLIT_ARGS_DOC
+)
 split_cifar10 = _split_builder('cifar10', 5)
-split_cifar10.__doc__ = ('Split CIFAR-10: 5 tasks of 2 classes (TFDS by '
-                         'default, or an NPZ via path).\n' + _SPLIT_ARGS_DOC)
+split_cifar10.__doc__ = (
+  'Split CIFAR-10: 5 tasks of 2 classes (TFDS by default, or an NPZ via path).\n' + _SPLIT_ARGS_DOC
+)
 split_cifar100 = _split_builder('cifar100', 10)
-split_cifar100.__doc__ = ('Split CIFAR-100: 10 tasks of 10 classes by default '
-                          '(20 of 5 with num_tasks=20; TFDS by default, or an '
-                          'NPZ via path).\n' + _SPLIT_ARGS_DOC)
+split_cifar100.__doc__ = (
+  'Split CIFAR-100: 10 tasks of 10 classes by default '
+  '(20 of 5 with num_tasks=20; TFDS by default, or an '
+  'NPZ via path).\n' + _SPLIT_ARGS_DOC
+)
 
 
-def split_tinyimagenet(path: Optional[PathLike] = None, num_tasks: int = 10,
-                       *, scenario: str = 'class', multi_head: bool = False,
-                       class_order: ClassOrder = 'fixed',
-                       class_order_seed: Optional[int] = None,
-                       samples_per_task: Optional[int] = None,
-                       val_fraction: float = 0.0, seed: int = 0,
-                       normalize: bool = True, source: str = 'auto',
-                       dataset: Optional[Dataset] = None) -> Benchmark:
+def split_tinyimagenet(
+  path: Optional[PathLike] = None,
+  num_tasks: int = 10,
+  *,
+  scenario: str = 'class',
+  multi_head: bool = False,
+  class_order: ClassOrder = 'fixed',
+  class_order_seed: Optional[int] = None,
+  samples_per_task: Optional[int] = None,
+  val_fraction: float = 0.0,
+  seed: int = 0,
+  normalize: bool = True,
+  source: str = 'auto',
+  dataset: Optional[Dataset] = None,
+) -> Benchmark:
   """Split TinyImageNet: 10 tasks of 20 classes by default.
 
   Args:
@@ -451,17 +512,26 @@ def split_tinyimagenet(path: Optional[PathLike] = None, num_tasks: int = 10,
   Returns:
     The `Benchmark`.
   """
-  _check_common(num_tasks, scenario, multi_head, samples_per_task,
-                val_fraction)
+  _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
   if dataset is None and path is None:
-    raise ValueError('path=None: split_tinyimagenet needs path= (the '
-                     'tiny-imagenet-200 folder or an NPZ) or dataset=')
+    raise ValueError(
+      'path=None: split_tinyimagenet needs path= (the '
+      'tiny-imagenet-200 folder or an NPZ) or dataset='
+    )
   ds = _resolve_dataset(dataset, 'tinyimagenet', source, path)
   return split_benchmark(
-      ds, num_tasks=num_tasks, name='split_tinyimagenet', scenario=scenario,
-      multi_head=multi_head, class_order=class_order,
-      class_order_seed=class_order_seed, samples_per_task=samples_per_task,
-      val_fraction=val_fraction, seed=seed, normalize=normalize)
+    ds,
+    num_tasks=num_tasks,
+    name='split_tinyimagenet',
+    scenario=scenario,
+    multi_head=multi_head,
+    class_order=class_order,
+    class_order_seed=class_order_seed,
+    samples_per_task=samples_per_task,
+    val_fraction=val_fraction,
+    seed=seed,
+    normalize=normalize,
+  )
 
 
 # -----------------------------------------------------------------------------
@@ -470,12 +540,18 @@ def split_tinyimagenet(path: Optional[PathLike] = None, num_tasks: int = 10,
 
 
 def transformed_benchmark(
-    dataset: Dataset, transform_fns: Sequence[Callable[[np.ndarray],
-                                                       np.ndarray]], *,
-    name: str, scenario: str = 'domain', multi_head: bool = False,
-    samples_per_task: Optional[int] = None, val_fraction: float = 0.0,
-    seed: int = 0, normalize: bool = True,
-    info: Optional[Mapping[str, Any]] = None) -> Benchmark:
+  dataset: Dataset,
+  transform_fns: Sequence[Callable[[np.ndarray], np.ndarray]],
+  *,
+  name: str,
+  scenario: str = 'domain',
+  multi_head: bool = False,
+  samples_per_task: Optional[int] = None,
+  val_fraction: float = 0.0,
+  seed: int = 0,
+  normalize: bool = True,
+  info: Optional[Mapping[str, Any]] = None,
+) -> Benchmark:
   """One task per input transform, all classes in every task.
 
   Each task draws its own training subset (`samples_per_task`, val held out
@@ -499,8 +575,7 @@ def transformed_benchmark(
     The `Benchmark` (labels: module docstring).
   """
   num_tasks = len(transform_fns)
-  _check_common(num_tasks, scenario, multi_head, samples_per_task,
-                val_fraction)
+  _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
   num_classes = dataset.num_classes
   to_float = _normalizer(dataset, normalize)
   pool = np.arange(len(dataset.y_train))
@@ -514,31 +589,48 @@ def transformed_benchmark(
     def split(x, y, idx, k=k, fn=fn, offset=offset):
       return _make_split(to_float(fn(x[idx])), y[idx] + offset, k)
 
-    tasks.append(Task(
-        id=k, classes=tuple(range(num_classes)),
+    tasks.append(
+      Task(
+        id=k,
+        classes=tuple(range(num_classes)),
         train=split(dataset.x_train, dataset.y_train, train_idx),
-        val=(None if val_idx is None else
-             split(dataset.x_train, dataset.y_train, val_idx)),
-        test=split(dataset.x_test, dataset.y_test,
-                   np.arange(len(dataset.y_test)))))
+        val=(None if val_idx is None else split(dataset.x_train, dataset.y_train, val_idx)),
+        test=split(dataset.x_test, dataset.y_test, np.arange(len(dataset.y_test))),
+      )
+    )
     task_classes.append(tuple(range(offset, offset + num_classes)))
   return Benchmark(
-      name=name, scenario=scenario, tasks=tuple(tasks),
-      num_classes=num_classes * (num_tasks if scenario == 'class' else 1),
-      num_heads=num_tasks if multi_head else 1,
-      input_shape=dataset.input_shape, task_classes=tuple(task_classes),
-      info=dict(dataset=dataset.name, seed=seed,
-                samples_per_task=samples_per_task, val_fraction=val_fraction,
-                **(info or {})))
+    name=name,
+    scenario=scenario,
+    tasks=tuple(tasks),
+    num_classes=num_classes * (num_tasks if scenario == 'class' else 1),
+    num_heads=num_tasks if multi_head else 1,
+    input_shape=dataset.input_shape,
+    task_classes=tuple(task_classes),
+    info=dict(
+      dataset=dataset.name,
+      seed=seed,
+      samples_per_task=samples_per_task,
+      val_fraction=val_fraction,
+      **(info or {}),
+    ),
+  )
 
 
-def permuted_mnist(num_tasks: int = 10, *, scenario: str = 'domain',
-                   multi_head: bool = False, first_task_identity: bool = False,
-                   samples_per_task: Optional[int] = None,
-                   val_fraction: float = 0.0, seed: int = 0,
-                   normalize: bool = True, source: str = 'auto',
-                   path: Optional[PathLike] = None,
-                   dataset: Optional[Dataset] = None) -> Benchmark:
+def permuted_mnist(
+  num_tasks: int = 10,
+  *,
+  scenario: str = 'domain',
+  multi_head: bool = False,
+  first_task_identity: bool = False,
+  samples_per_task: Optional[int] = None,
+  val_fraction: float = 0.0,
+  seed: int = 0,
+  normalize: bool = True,
+  source: str = 'auto',
+  path: Optional[PathLike] = None,
+  dataset: Optional[Dataset] = None,
+) -> Benchmark:
   """Permuted MNIST: task k shuffles the pixels with permutation k.
 
   By default every task, the first included, gets a fresh random
@@ -566,32 +658,44 @@ def permuted_mnist(num_tasks: int = 10, *, scenario: str = 'domain',
   Returns:
     The `Benchmark`.
   """
-  _check_common(num_tasks, scenario, multi_head, samples_per_task,
-                val_fraction)
+  _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
   if not isinstance(first_task_identity, bool):
-    raise ValueError(f'first_task_identity={first_task_identity!r}: must be '
-                     'True or False')
+    raise ValueError(f'first_task_identity={first_task_identity!r}: must be True or False')
   ds = _resolve_dataset(dataset, 'mnist', source, path)
   h, w = ds.input_shape[:2]
-  perms = transforms.task_permutations(num_tasks, h * w, seed,
-                                       first_task_identity)
+  perms = transforms.task_permutations(num_tasks, h * w, seed, first_task_identity)
   fns = [lambda x, p=p: transforms.permute_pixels(x, p) for p in perms]
   return transformed_benchmark(
-      ds, fns, name='permuted_mnist', scenario=scenario,
-      multi_head=multi_head, samples_per_task=samples_per_task,
-      val_fraction=val_fraction, seed=seed, normalize=normalize,
-      info=dict(permutations=perms, first_task_identity=first_task_identity))
+    ds,
+    fns,
+    name='permuted_mnist',
+    scenario=scenario,
+    multi_head=multi_head,
+    samples_per_task=samples_per_task,
+    val_fraction=val_fraction,
+    seed=seed,
+    normalize=normalize,
+    info=dict(permutations=perms, first_task_identity=first_task_identity),
+  )
 
 
-def rotated_mnist(num_tasks: int = 20, *, angles: str = 'fixed_step',
-                  degrees_per_task: float = 9.0, max_angle: float = 180.0,
-                  interpolation: str = 'nearest', scenario: str = 'domain',
-                  multi_head: bool = False,
-                  samples_per_task: Optional[int] = None,
-                  val_fraction: float = 0.0, seed: int = 0,
-                  normalize: bool = True, source: str = 'auto',
-                  path: Optional[PathLike] = None,
-                  dataset: Optional[Dataset] = None) -> Benchmark:
+def rotated_mnist(
+  num_tasks: int = 20,
+  *,
+  angles: str = 'fixed_step',
+  degrees_per_task: float = 9.0,
+  max_angle: float = 180.0,
+  interpolation: str = 'nearest',
+  scenario: str = 'domain',
+  multi_head: bool = False,
+  samples_per_task: Optional[int] = None,
+  val_fraction: float = 0.0,
+  seed: int = 0,
+  normalize: bool = True,
+  source: str = 'auto',
+  path: Optional[PathLike] = None,
+  dataset: Optional[Dataset] = None,
+) -> Benchmark:
   """Rotated MNIST: task k rotates every image by its angle (NumPy, no PIL).
 
   Two protocols (`transforms.task_angles`): `'fixed_step'`, task k rotated by
@@ -621,29 +725,33 @@ def rotated_mnist(num_tasks: int = 20, *, angles: str = 'fixed_step',
   Returns:
     The `Benchmark`.
   """
-  _check_common(num_tasks, scenario, multi_head, samples_per_task,
-                val_fraction)
+  _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
   if angles not in transforms.ANGLE_PROTOCOLS:
-    raise ValueError(f'angles={angles!r}: must be one of '
-                     f'{transforms.ANGLE_PROTOCOLS}')
+    raise ValueError(f'angles={angles!r}: must be one of {transforms.ANGLE_PROTOCOLS}')
   if interpolation not in transforms.INTERPOLATIONS:
-    raise ValueError(f'interpolation={interpolation!r}: must be one of '
-                     f'{transforms.INTERPOLATIONS}')
-  for key, value in (('degrees_per_task', degrees_per_task),
-                     ('max_angle', max_angle)):
+    raise ValueError(f'interpolation={interpolation!r}: must be one of {transforms.INTERPOLATIONS}')
+  for key, value in (('degrees_per_task', degrees_per_task), ('max_angle', max_angle)):
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
       raise ValueError(f'{key}={value!r}: must be a number (degrees)')
   ds = _resolve_dataset(dataset, 'mnist', source, path)
-  task_angles = transforms.task_angles(num_tasks, angles, degrees_per_task,
-                                       max_angle, seed)
-  fns = [lambda x, a=a: transforms.rotate_images(x, a, interpolation)
-         for a in task_angles]
+  task_angles = transforms.task_angles(num_tasks, angles, degrees_per_task, max_angle, seed)
+  fns = [lambda x, a=a: transforms.rotate_images(x, a, interpolation) for a in task_angles]
   return transformed_benchmark(
-      ds, fns, name='rotated_mnist', scenario=scenario,
-      multi_head=multi_head, samples_per_task=samples_per_task,
-      val_fraction=val_fraction, seed=seed, normalize=normalize,
-      info=dict(angles=tuple(float(a) for a in task_angles),
-                angle_protocol=angles, interpolation=interpolation))
+    ds,
+    fns,
+    name='rotated_mnist',
+    scenario=scenario,
+    multi_head=multi_head,
+    samples_per_task=samples_per_task,
+    val_fraction=val_fraction,
+    seed=seed,
+    normalize=normalize,
+    info=dict(
+      angles=tuple(float(a) for a in task_angles),
+      angle_protocol=angles,
+      interpolation=interpolation,
+    ),
+  )
 
 
 # -----------------------------------------------------------------------------
@@ -651,13 +759,13 @@ def rotated_mnist(num_tasks: int = 20, *, angles: str = 'fixed_step',
 # -----------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, Callable[..., Benchmark]] = {
-    'split_mnist': split_mnist,
-    'permuted_mnist': permuted_mnist,
-    'rotated_mnist': rotated_mnist,
-    'split_fashion_mnist': split_fashion_mnist,
-    'split_cifar10': split_cifar10,
-    'split_cifar100': split_cifar100,
-    'split_tinyimagenet': split_tinyimagenet,
+  'split_mnist': split_mnist,
+  'permuted_mnist': permuted_mnist,
+  'rotated_mnist': rotated_mnist,
+  'split_fashion_mnist': split_fashion_mnist,
+  'split_cifar10': split_cifar10,
+  'split_cifar100': split_cifar100,
+  'split_tinyimagenet': split_tinyimagenet,
 }
 
 
@@ -683,12 +791,10 @@ def make_benchmark(name: str, **kwargs: Any) -> Benchmark:
       message names the offending argument and the allowed values.
   """
   if name not in BENCHMARKS:
-    raise ValueError(f'benchmark name={name!r}: must be one of '
-                     f'{sorted(BENCHMARKS)}')
+    raise ValueError(f'benchmark name={name!r}: must be one of {sorted(BENCHMARKS)}')
   builder = BENCHMARKS[name]
   allowed = builder_options(name)
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown:
-    raise ValueError(f'{name}: unknown option(s) {unknown}; allowed: '
-                     f'{allowed}')
+    raise ValueError(f'{name}: unknown option(s) {unknown}; allowed: {allowed}')
   return builder(**kwargs)

@@ -2,6 +2,7 @@
 
 NumPy and the standard library only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,12 +13,12 @@ import numpy as np
 
 # Number of classes of the datasets jcl knows (others: max label + 1).
 NUM_CLASSES = {
-    'mnist': 10,
-    'fashion_mnist': 10,
-    'kmnist': 10,
-    'cifar10': 10,
-    'cifar100': 100,
-    'tinyimagenet': 200,
+  'mnist': 10,
+  'fashion_mnist': 10,
+  'kmnist': 10,
+  'cifar10': 10,
+  'cifar100': 100,
+  'tinyimagenet': 200,
 }
 
 
@@ -43,6 +44,7 @@ class Dataset:
     class_names: optional per-class names (e.g. WordNet ids), length
       `num_classes`.
   """
+
   name: str
   num_classes: int
   x_train: np.ndarray
@@ -64,10 +66,17 @@ def as_nhwc(x: np.ndarray) -> np.ndarray:
   return x
 
 
-def make_dataset(name: str, x_train: np.ndarray, y_train: np.ndarray,
-                 x_test: np.ndarray, y_test: np.ndarray, *,
-                 num_classes: Optional[int] = None, where: str = '<memory>',
-                 class_names: Optional[tuple[str, ...]] = None) -> Dataset:
+def make_dataset(
+  name: str,
+  x_train: np.ndarray,
+  y_train: np.ndarray,
+  x_test: np.ndarray,
+  y_test: np.ndarray,
+  *,
+  num_classes: Optional[int] = None,
+  where: str = '<memory>',
+  class_names: Optional[tuple[str, ...]] = None,
+) -> Dataset:
   """Validates raw arrays and wraps them in a `Dataset`.
 
   Args:
@@ -92,33 +101,36 @@ def make_dataset(name: str, x_train: np.ndarray, y_train: np.ndarray,
     x = as_nhwc(np.asarray(x))
     y = np.asarray(y)
     if x.ndim != 4:
-      raise DataError(f'{where}: x_{split} must be [N, H, W] or [N, H, W, C] '
-                      f'images, got shape {x.shape}')
+      raise DataError(
+        f'{where}: x_{split} must be [N, H, W] or [N, H, W, C] images, got shape {x.shape}'
+      )
     if y.ndim != 1:
-      raise DataError(f'{where}: y_{split} must be a [N] label vector, got '
-                      f'shape {y.shape}')
+      raise DataError(f'{where}: y_{split} must be a [N] label vector, got shape {y.shape}')
     if not np.issubdtype(y.dtype, np.integer):
-      raise DataError(f'{where}: y_{split} must hold integer labels, got '
-                      f'dtype {y.dtype}')
+      raise DataError(f'{where}: y_{split} must hold integer labels, got dtype {y.dtype}')
     if len(x) != len(y):
-      raise DataError(f'{where}: x_{split} has {len(x)} images but y_{split} '
-                      f'has {len(y)} labels')
+      raise DataError(f'{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels')
     if y.size and y.min() < 0:
       raise DataError(f'{where}: y_{split} has a negative label {y.min()}')
     arrays[split] = (x, y.astype(np.int64, copy=False))
   (x_train, y_train), (x_test, y_test) = arrays['train'], arrays['test']
   if x_train.shape[1:] != x_test.shape[1:]:
-    raise DataError(f'{where}: train images have shape {x_train.shape[1:]} '
-                    f'but test images {x_test.shape[1:]}')
+    raise DataError(
+      f'{where}: train images have shape {x_train.shape[1:]} but test images {x_test.shape[1:]}'
+    )
   max_label = max([int(y.max()) for y in (y_train, y_test) if y.size] or [-1])
   if num_classes is None:
     num_classes = NUM_CLASSES.get(name, max_label + 1)
   if max_label >= num_classes:
-    raise DataError(f'{where}: label {max_label} out of range for '
-                    f'num_classes={num_classes}')
+    raise DataError(f'{where}: label {max_label} out of range for num_classes={num_classes}')
   if class_names is not None and len(class_names) != num_classes:
-    raise DataError(f'{where}: {len(class_names)} class names for '
-                    f'{num_classes} classes')
-  return Dataset(name=name, num_classes=int(num_classes), x_train=x_train,
-                 y_train=y_train, x_test=x_test, y_test=y_test,
-                 class_names=class_names)
+    raise DataError(f'{where}: {len(class_names)} class names for {num_classes} classes')
+  return Dataset(
+    name=name,
+    num_classes=int(num_classes),
+    x_train=x_train,
+    y_train=y_train,
+    x_test=x_test,
+    y_test=y_test,
+    class_names=class_names,
+  )

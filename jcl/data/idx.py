@@ -4,6 +4,7 @@ IDX layout: 2 zero bytes, a dtype code (0x08 uint8, 0x09 int8, 0x0B int16,
 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, then one
 big-endian uint32 per dimension, then the data in row-major order.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,18 +20,22 @@ from jcl.data.dataset import DataError, Dataset, make_dataset
 PathLike = Union[str, os.PathLike]
 
 _IDX_DTYPES = {
-    0x08: np.dtype('u1'),
-    0x09: np.dtype('i1'),
-    0x0B: np.dtype('>i2'),
-    0x0C: np.dtype('>i4'),
-    0x0D: np.dtype('>f4'),
-    0x0E: np.dtype('>f8'),
+  0x08: np.dtype('u1'),
+  0x09: np.dtype('i1'),
+  0x0B: np.dtype('>i2'),
+  0x0C: np.dtype('>i4'),
+  0x0D: np.dtype('>f4'),
+  0x0E: np.dtype('>f8'),
 }
 _IDX_CODES = {dt.newbyteorder('>'): code for code, dt in _IDX_DTYPES.items()}
 
 # (train images, train labels, test images, test labels) base names.
-_IDX_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+_IDX_FILES = (
+  'train-images-idx3-ubyte',
+  'train-labels-idx1-ubyte',
+  't10k-images-idx3-ubyte',
+  't10k-labels-idx1-ubyte',
+)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -46,8 +51,9 @@ def _read_bytes(path: str) -> bytes:
     try:
       return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-      raise DataError(f'{path}: gzip decompression failed, the file is '
-                      f'corrupt or truncated ({e})') from e
+      raise DataError(
+        f'{path}: gzip decompression failed, the file is corrupt or truncated ({e})'
+      ) from e
   return raw
 
 
@@ -67,36 +73,43 @@ def parse_idx(data: bytes, where: str = '<bytes>') -> np.ndarray:
       whose length does not match the header.
   """
   if len(data) < 4:
-    raise DataError(f'{where}: not an IDX file: only {len(data)} bytes, too '
-                    'short for the 4-byte magic number')
+    raise DataError(
+      f'{where}: not an IDX file: only {len(data)} bytes, too short for the 4-byte magic number'
+    )
   zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
   if zero0 != 0 or zero1 != 0:
-    raise DataError(f'{where}: bad IDX magic number {data[:4].hex()}: the '
-                    'first two bytes must be 0')
+    raise DataError(
+      f'{where}: bad IDX magic number {data[:4].hex()}: the first two bytes must be 0'
+    )
   if code not in _IDX_DTYPES:
-    raise DataError(f'{where}: bad IDX magic number {data[:4].hex()}: unknown '
-                    f'dtype code 0x{code:02x} (expected one of '
-                    f'{", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)})')
+    raise DataError(
+      f'{where}: bad IDX magic number {data[:4].hex()}: unknown '
+      f'dtype code 0x{code:02x} (expected one of '
+      f'{", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)})'
+    )
   if ndim == 0:
-    raise DataError(f'{where}: bad IDX magic number {data[:4].hex()}: 0 '
-                    'dimensions')
+    raise DataError(f'{where}: bad IDX magic number {data[:4].hex()}: 0 dimensions')
   header = 4 + 4 * ndim
   if len(data) < header:
-    raise DataError(f'{where}: truncated IDX header: {ndim} dimensions need '
-                    f'{header} bytes, file has {len(data)}')
+    raise DataError(
+      f'{where}: truncated IDX header: {ndim} dimensions need {header} bytes, file has {len(data)}'
+    )
   shape = struct.unpack(f'>{ndim}I', data[4:header])
   dtype = _IDX_DTYPES[code]
   expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   actual = len(data) - header
   if actual < expected:
-    raise DataError(f'{where}: truncated IDX file: header declares shape '
-                    f'{shape} ({expected} data bytes) but only {actual} bytes '
-                    'follow')
+    raise DataError(
+      f'{where}: truncated IDX file: header declares shape '
+      f'{shape} ({expected} data bytes) but only {actual} bytes '
+      'follow'
+    )
   if actual > expected:
-    raise DataError(f'{where}: IDX file has {actual - expected} unexpected '
-                    f'trailing bytes after the declared shape {shape}')
-  arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize,
-                      offset=header)
+    raise DataError(
+      f'{where}: IDX file has {actual - expected} unexpected '
+      f'trailing bytes after the declared shape {shape}'
+    )
+  arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
   return arr.reshape(shape).astype(dtype.newbyteorder('='), copy=True)
 
 
@@ -117,8 +130,7 @@ def read_idx(path: PathLike) -> np.ndarray:
   return parse_idx(_read_bytes(path), where=path)
 
 
-def write_idx(path: PathLike, array: np.ndarray, compress: Optional[bool] = None
-             ) -> None:
+def write_idx(path: PathLike, array: np.ndarray, compress: Optional[bool] = None) -> None:
   """Writes an array as an IDX file (the inverse of `read_idx`).
 
   Args:
@@ -132,10 +144,10 @@ def write_idx(path: PathLike, array: np.ndarray, compress: Optional[bool] = None
   array = np.asarray(array)
   big = array.dtype.newbyteorder('>')
   if big not in _IDX_CODES or array.ndim == 0:
-    raise ValueError(f'array of dtype {array.dtype} and shape {array.shape} '
-                     'cannot be written as IDX')
-  header = bytes([0, 0, _IDX_CODES[big], array.ndim]) + struct.pack(
-      f'>{array.ndim}I', *array.shape)
+    raise ValueError(
+      f'array of dtype {array.dtype} and shape {array.shape} cannot be written as IDX'
+    )
+  header = bytes([0, 0, _IDX_CODES[big], array.ndim]) + struct.pack(f'>{array.ndim}I', *array.shape)
   data = header + np.ascontiguousarray(array, dtype=big).tobytes()
   if compress is None:
     compress = path.endswith('.gz')
@@ -152,9 +164,11 @@ def _find(directory: str, base: str) -> str:
     path = os.path.join(directory, name)
     if os.path.isfile(path):
       return path
-  raise DataError(f'{os.path.join(directory, base)}[.gz]: file not found '
-                  f'(the IDX directory {directory} must hold '
-                  f'{", ".join(_IDX_FILES)}, optionally gzipped)')
+  raise DataError(
+    f'{os.path.join(directory, base)}[.gz]: file not found '
+    f'(the IDX directory {directory} must hold '
+    f'{", ".join(_IDX_FILES)}, optionally gzipped)'
+  )
 
 
 def load_idx_dir(path: PathLike, name: str = 'mnist') -> Dataset:
@@ -186,15 +200,13 @@ def load_idx_dir(path: PathLike, name: str = 'mnist') -> Dataset:
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim not in (3, 4):
-      raise DataError(f'{images_path}: expected [N, H, W] images, got shape '
-                      f'{images.shape}')
+      raise DataError(f'{images_path}: expected [N, H, W] images, got shape {images.shape}')
     if labels.ndim != 1:
-      raise DataError(f'{labels_path}: expected [N] labels, got shape '
-                      f'{labels.shape}')
+      raise DataError(f'{labels_path}: expected [N] labels, got shape {labels.shape}')
     if len(images) != len(labels):
-      raise DataError(f'{images_path} has {len(images)} images but '
-                      f'{labels_path} has {len(labels)} labels')
+      raise DataError(
+        f'{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels'
+      )
     splits.append((images, labels.astype(np.int64)))
   (x_train, y_train), (x_test, y_test) = splits
-  return make_dataset(name, x_train, y_train, x_test, y_test,
-                      where=directory)
+  return make_dataset(name, x_train, y_train, x_test, y_test, where=directory)

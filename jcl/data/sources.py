@@ -5,6 +5,7 @@ Every loader returns a `Dataset` of uint8 `[N, H, W, C]` images and int64
 `tensorflow_datasets` and Pillow are imported lazily by the loaders that need
 them.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,18 +21,19 @@ PathLike = Union[str, os.PathLike]
 
 SOURCES = ('auto', 'sample', 'idx', 'npz', 'tfds', 'folder')
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
-MNIST_SAMPLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 'assets', 'mnist_sample.npz')
+MNIST_SAMPLE_PATH = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'assets', 'mnist_sample.npz'
+)
 # Datasets with a sample bundled as package data.
 SAMPLES = {'mnist': MNIST_SAMPLE_PATH}
 _ALIASES = {
-    'fashion-mnist': 'fashion_mnist',
-    'fashionmnist': 'fashion_mnist',
-    'cifar-10': 'cifar10',
-    'cifar-100': 'cifar100',
-    'tiny_imagenet': 'tinyimagenet',
-    'tiny-imagenet': 'tinyimagenet',
-    'tiny-imagenet-200': 'tinyimagenet',
+  'fashion-mnist': 'fashion_mnist',
+  'fashionmnist': 'fashion_mnist',
+  'cifar-10': 'cifar10',
+  'cifar-100': 'cifar100',
+  'tiny_imagenet': 'tinyimagenet',
+  'tiny-imagenet': 'tinyimagenet',
+  'tiny-imagenet-200': 'tinyimagenet',
 }
 
 
@@ -70,14 +72,16 @@ def load_npz(path: PathLike, name: Optional[str] = None) -> Dataset:
     with np.load(path, allow_pickle=False) as npz:
       missing = [k for k in NPZ_KEYS if k not in npz.files]
       if missing:
-        raise DataError(f'{path}: missing key(s) {missing}; an NPZ dataset '
-                        f'needs {list(NPZ_KEYS)} (found {sorted(npz.files)})')
+        raise DataError(
+          f'{path}: missing key(s) {missing}; an NPZ dataset '
+          f'needs {list(NPZ_KEYS)} (found {sorted(npz.files)})'
+        )
       arrays = {k: npz[k] for k in NPZ_KEYS}
       stored_name = str(npz['name']) if 'name' in npz.files else None
-      num_classes = (int(npz['num_classes'])
-                     if 'num_classes' in npz.files else None)
-      class_names = (tuple(str(c) for c in npz['class_names'])
-                     if 'class_names' in npz.files else None)
+      num_classes = int(npz['num_classes']) if 'num_classes' in npz.files else None
+      class_names = (
+        tuple(str(c) for c in npz['class_names']) if 'class_names' in npz.files else None
+      )
   except (zipfile.BadZipFile, OSError, EOFError) as e:
     raise DataError(f'{path}: not a readable NPZ file ({e})') from e
   except ValueError as e:
@@ -86,10 +90,16 @@ def load_npz(path: PathLike, name: Optional[str] = None) -> Dataset:
     raise DataError(f'{path}: cannot read NPZ arrays ({e})') from e
   if name is None:
     name = stored_name or os.path.splitext(os.path.basename(path))[0]
-  return make_dataset(name, arrays['x_train'], arrays['y_train'],
-                      arrays['x_test'], arrays['y_test'],
-                      num_classes=num_classes, where=path,
-                      class_names=class_names)
+  return make_dataset(
+    name,
+    arrays['x_train'],
+    arrays['y_train'],
+    arrays['x_test'],
+    arrays['y_test'],
+    num_classes=num_classes,
+    where=path,
+    class_names=class_names,
+  )
 
 
 def save_npz(dataset: Dataset, path: PathLike, compress: bool = True) -> None:
@@ -103,10 +113,13 @@ def save_npz(dataset: Dataset, path: PathLike, compress: bool = True) -> None:
     compress: use `np.savez_compressed`.
   """
   arrays: dict[str, Any] = dict(
-      x_train=dataset.x_train, y_train=dataset.y_train,
-      x_test=dataset.x_test, y_test=dataset.y_test,
-      name=np.asarray(dataset.name), num_classes=np.asarray(
-          dataset.num_classes))
+    x_train=dataset.x_train,
+    y_train=dataset.y_train,
+    x_test=dataset.x_test,
+    y_test=dataset.y_test,
+    name=np.asarray(dataset.name),
+    num_classes=np.asarray(dataset.num_classes),
+  )
   if dataset.class_names is not None:
     arrays['class_names'] = np.asarray(dataset.class_names)
   (np.savez_compressed if compress else np.savez)(os.fspath(path), **arrays)
@@ -154,9 +167,14 @@ def _read_all(source: Any, block: int = 1024) -> list[dict[str, Any]]:
   return examples
 
 
-def load_tfds(name: str, data_dir: Optional[PathLike] = None, *,
-              splits: Sequence[str] = ('train', 'test'),
-              image_key: str = 'image', label_key: str = 'label') -> Dataset:
+def load_tfds(
+  name: str,
+  data_dir: Optional[PathLike] = None,
+  *,
+  splits: Sequence[str] = ('train', 'test'),
+  image_key: str = 'image',
+  label_key: str = 'label',
+) -> Dataset:
   """Loads a TFDS image-classification dataset via `tfds.data_source`.
 
   Random-access ArrayRecord reading: TensorFlow is not needed (the dataset
@@ -184,13 +202,13 @@ def load_tfds(name: str, data_dir: Optional[PathLike] = None, *,
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('load_tfds needs tensorflow-datasets: pip install '
-                      "'jcl[tfds]' (or tensorflow-datasets)") from e
+    raise ImportError(
+      "load_tfds needs tensorflow-datasets: pip install 'jcl[tfds]' (or tensorflow-datasets)"
+    ) from e
   train_split, test_split = splits
   data_dir = None if data_dir is None else os.fspath(data_dir)
   where = f'tfds:{name}' + (f' (data_dir={data_dir})' if data_dir else '')
-  sources = tfds.data_source(name, split=[train_split, test_split],
-                             data_dir=data_dir)
+  sources = tfds.data_source(name, split=[train_split, test_split], data_dir=data_dir)
   arrays = []
   for split, source in zip((train_split, test_split), sources):
     examples = _read_all(source)
@@ -198,8 +216,9 @@ def load_tfds(name: str, data_dir: Optional[PathLike] = None, *,
       raise DataError(f'{where}: split {split!r} is empty')
     missing = [k for k in (image_key, label_key) if k not in examples[0]]
     if missing:
-      raise DataError(f'{where}: split {split!r} lacks feature(s) {missing} '
-                      f'(has {sorted(examples[0])})')
+      raise DataError(
+        f'{where}: split {split!r} lacks feature(s) {missing} (has {sorted(examples[0])})'
+      )
     arrays.append(np.stack([np.asarray(ex[image_key]) for ex in examples]))
     arrays.append(np.asarray([ex[label_key] for ex in examples], np.int64))
   num_classes = None
@@ -210,11 +229,11 @@ def load_tfds(name: str, data_dir: Optional[PathLike] = None, *,
     class_names = tuple(feature.names)
   except (AttributeError, KeyError, TypeError):
     pass
-  if class_names is not None and num_classes is not None and (
-      len(class_names) != num_classes):
+  if class_names is not None and num_classes is not None and (len(class_names) != num_classes):
     class_names = None
-  return make_dataset(canonical_name(name), *arrays, num_classes=num_classes,
-                      where=where, class_names=class_names)
+  return make_dataset(
+    canonical_name(name), *arrays, num_classes=num_classes, where=where, class_names=class_names
+  )
 
 
 # -----------------------------------------------------------------------------
@@ -227,9 +246,10 @@ def _read_images(paths: Sequence[str]) -> np.ndarray:
   try:
     from PIL import Image  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('reading JPEG folders needs Pillow: pip install Pillow '
-                      '(or convert the folder to an NPZ once with save_npz)'
-                      ) from e
+    raise ImportError(
+      'reading JPEG folders needs Pillow: pip install Pillow '
+      '(or convert the folder to an NPZ once with save_npz)'
+    ) from e
   images = []
   for p in paths:
     try:
@@ -240,8 +260,7 @@ def _read_images(paths: Sequence[str]) -> np.ndarray:
   try:
     return np.stack(images)
   except ValueError as e:
-    raise DataError(f'{os.path.dirname(paths[0])}: images of different '
-                    f'sizes ({e})') from e
+    raise DataError(f'{os.path.dirname(paths[0])}: images of different sizes ({e})') from e
 
 
 def load_tinyimagenet(path: PathLike) -> Dataset:
@@ -268,8 +287,10 @@ def load_tinyimagenet(path: PathLike) -> Dataset:
   root = os.fspath(path)
   wnids_path = os.path.join(root, 'wnids.txt')
   if not os.path.isfile(wnids_path):
-    raise DataError(f'{wnids_path}: file not found (expected the '
-                    'tiny-imagenet-200 layout: wnids.txt, train/, val/)')
+    raise DataError(
+      f'{wnids_path}: file not found (expected the '
+      'tiny-imagenet-200 layout: wnids.txt, train/, val/)'
+    )
   with open(wnids_path) as f:
     wnids = sorted({line.strip() for line in f if line.strip()})
   if not wnids:
@@ -280,8 +301,7 @@ def load_tinyimagenet(path: PathLike) -> Dataset:
     folder = os.path.join(root, 'train', wnid, 'images')
     if not os.path.isdir(folder):
       raise DataError(f'{folder}: folder not found')
-    files = sorted(f for f in os.listdir(folder)
-                   if f.lower().endswith(('.jpeg', '.jpg', '.png')))
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(('.jpeg', '.jpg', '.png')))
     if not files:
       raise DataError(f'{folder}: no images')
     train_paths += [os.path.join(folder, f) for f in files]
@@ -296,19 +316,25 @@ def load_tinyimagenet(path: PathLike) -> Dataset:
         continue
       fields = line.rstrip('\n').split('\t')
       if len(fields) < 2 or fields[1] not in index:
-        raise DataError(f'{ann_path}:{lineno}: expected "<file>\\t<wnid>..." '
-                        f'with a wnid from wnids.txt, got {line.strip()!r}')
+        raise DataError(
+          f'{ann_path}:{lineno}: expected "<file>\\t<wnid>..." '
+          f'with a wnid from wnids.txt, got {line.strip()!r}'
+        )
       test_paths.append(os.path.join(root, 'val', 'images', fields[0]))
       test_labels.append(index[fields[1]])
   for p in test_paths:
     if not os.path.isfile(p):
       raise DataError(f'{p}: file not found (listed in {ann_path})')
-  return make_dataset('tinyimagenet', _read_images(train_paths),
-                      np.asarray(train_labels, np.int64),
-                      _read_images(test_paths),
-                      np.asarray(test_labels, np.int64),
-                      num_classes=len(wnids), where=root,
-                      class_names=tuple(wnids))
+  return make_dataset(
+    'tinyimagenet',
+    _read_images(train_paths),
+    np.asarray(train_labels, np.int64),
+    _read_images(test_paths),
+    np.asarray(test_labels, np.int64),
+    num_classes=len(wnids),
+    where=root,
+    class_names=tuple(wnids),
+  )
 
 
 # -----------------------------------------------------------------------------
@@ -322,8 +348,9 @@ def _auto_source(name: str, path: Optional[str]) -> str:
     if name in SAMPLES:
       return 'sample'
     if name == 'tinyimagenet':
-      raise ValueError("dataset 'tinyimagenet' needs path= (the "
-                       'tiny-imagenet-200 folder or an NPZ)')
+      raise ValueError(
+        "dataset 'tinyimagenet' needs path= (the tiny-imagenet-200 folder or an NPZ)"
+      )
     return 'tfds'
   if os.path.isdir(path):
     if os.path.isfile(os.path.join(path, 'wnids.txt')):
@@ -331,12 +358,13 @@ def _auto_source(name: str, path: Optional[str]) -> str:
     return 'idx'
   if path.endswith('.npz'):
     return 'npz'
-  raise DataError(f'{path}: cannot infer the source: not a folder or .npz '
-                  f'file (pass source= one of {SOURCES[1:]})')
+  raise DataError(
+    f'{path}: cannot infer the source: not a folder or .npz '
+    f'file (pass source= one of {SOURCES[1:]})'
+  )
 
 
-def load_dataset(name: str, source: str = 'auto',
-                 path: Optional[PathLike] = None) -> Dataset:
+def load_dataset(name: str, source: str = 'auto', path: Optional[PathLike] = None) -> Dataset:
   """Loads dataset `name` from `source`.
 
   Args:
@@ -367,12 +395,14 @@ def load_dataset(name: str, source: str = 'auto',
   if source == 'auto':
     source = _auto_source(name, path)
   if source in ('idx', 'npz', 'folder') and path is None:
-    raise ValueError(f"source={source!r} needs path= (the "
-                     f"{'file' if source == 'npz' else 'folder'} to read)")
+    raise ValueError(
+      f'source={source!r} needs path= (the {"file" if source == "npz" else "folder"} to read)'
+    )
   if source == 'sample':
     if name not in SAMPLES:
-      raise ValueError(f"source='sample': no bundled sample for dataset "
-                       f'{name!r} (bundled: {sorted(SAMPLES)})')
+      raise ValueError(
+        f"source='sample': no bundled sample for dataset {name!r} (bundled: {sorted(SAMPLES)})"
+      )
     return load_npz(SAMPLES[name], name=name)
   if source == 'idx':
     return load_idx_dir(path, name=name)
@@ -380,7 +410,8 @@ def load_dataset(name: str, source: str = 'auto',
     return load_npz(path, name=name)
   if source == 'folder':
     if name != 'tinyimagenet':
-      raise ValueError(f"source='folder' reads the tiny-imagenet-200 layout; "
-                       f'not available for dataset {name!r}')
+      raise ValueError(
+        f"source='folder' reads the tiny-imagenet-200 layout; not available for dataset {name!r}"
+      )
     return load_tinyimagenet(path)
   return load_tfds(name, data_dir=path)

@@ -11,6 +11,7 @@ The order is decided apart from the arrays: `epoch_index_chunks` gives
 on the host, or a backend gathers where its data lives (the JAX loop keeps
 a task's split on the device and gathers inside the compiled chunk).
 """
+
 from __future__ import annotations
 
 from typing import Iterator, NamedTuple, Optional, Protocol
@@ -22,6 +23,7 @@ from jcl.types import Batch
 
 class _Split(Protocol):
   """Anything with `x`, `y`, `t` arrays of equal length (e.g. `TaskSplit`)."""
+
   x: np.ndarray
   y: np.ndarray
   t: np.ndarray
@@ -37,6 +39,9 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
 
   Returns:
     `n // batch_size` if `drop_last`, else `ceil(n / batch_size)`.
+
+  >>> num_batches(60000, 64), num_batches(60000, 64, drop_last=True)
+  (938, 937)
   """
   _check_positive(batch_size=batch_size)
   if n < 0:
@@ -44,8 +49,7 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
   return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def num_chunks(n: int, batch_size: int, chunk_steps: int,
-               drop_last: bool = False) -> int:
+def num_chunks(n: int, batch_size: int, chunk_steps: int, drop_last: bool = False) -> int:
   """Number of `[chunk_steps, batch_size]` chunks in one epoch over `n` samples.
 
   Args:
@@ -72,6 +76,7 @@ class IndexChunk(NamedTuple):
   and `mask [K, B]` float32 (1 real, 0 padding). Padding slots hold the row
   number `n` (one past the end), so an out-of-bounds-filling gather
   (`jnp.take(..., mode='fill')`) gives them zeros, as `gather` does."""
+
   idx: np.ndarray
   mask: np.ndarray
 
@@ -81,33 +86,41 @@ class IndexChunk(NamedTuple):
     return not bool(np.all(self.mask.any(axis=1)))
 
 
-def _index_chunks(order: np.ndarray, n: int, batch_size: int, chunk_steps: int,
-                  start: int = 0) -> Iterator[IndexChunk]:
+def _index_chunks(
+  order: np.ndarray, n: int, batch_size: int, chunk_steps: int, start: int = 0
+) -> Iterator[IndexChunk]:
   """Yields `[K, B]` index chunks of `order`, from chunk `start` on, padded with `n`."""
   per_chunk = chunk_steps * batch_size
   for begin in range(start * per_chunk, len(order), per_chunk):
-    part = order[begin:begin + per_chunk]
+    part = order[begin : begin + per_chunk]
     idx = np.full(per_chunk, n, np.int32)
-    idx[:len(part)] = part
+    idx[: len(part)] = part
     mask = np.zeros(per_chunk, np.float32)
-    mask[:len(part)] = 1.0
+    mask[: len(part)] = 1.0
     yield IndexChunk(idx.reshape(chunk_steps, batch_size), mask.reshape(chunk_steps, batch_size))
 
 
-def epoch_order(n: int, batch_size: int, rng: Optional[np.random.Generator],
-                drop_last: bool = False) -> np.ndarray:
+def epoch_order(
+  n: int, batch_size: int, rng: Optional[np.random.Generator], drop_last: bool = False
+) -> np.ndarray:
   """The sample order of one epoch over `n` samples: `rng.permutation(n)`
   (the stored order without `rng`), cut to whole batches with `drop_last`."""
   _check_positive(batch_size=batch_size)
   order = rng.permutation(n) if rng is not None else np.arange(n)
   if drop_last:
-    order = order[:num_batches(n, batch_size, True) * batch_size]
+    order = order[: num_batches(n, batch_size, True) * batch_size]
   return order
 
 
-def epoch_index_chunks(n: int, *, batch_size: int, chunk_steps: int,
-                       rng: Optional[np.random.Generator], drop_last: bool = False,
-                       start: int = 0) -> Iterator[IndexChunk]:
+def epoch_index_chunks(
+  n: int,
+  *,
+  batch_size: int,
+  chunk_steps: int,
+  rng: Optional[np.random.Generator],
+  drop_last: bool = False,
+  start: int = 0,
+) -> Iterator[IndexChunk]:
   """One epoch over `n` samples as index chunks (the order of `epoch_chunks`).
 
   Args:
@@ -118,10 +131,18 @@ def epoch_index_chunks(n: int, *, batch_size: int, chunk_steps: int,
     drop_last: drop the last partial batch.
     start: the first chunk yielded (earlier ones are skipped without work,
       e.g. when a run resumes mid-epoch).
+
+  >>> first, last = epoch_index_chunks(7, batch_size=2, chunk_steps=2, rng=None)
+  >>> first.idx.tolist(), last.idx.tolist(), last.mask.tolist()
+  ([[0, 1], [2, 3]], [[4, 5], [6, 7]], [[1.0, 1.0], [1.0, 0.0]])
+  >>> chunk = next(epoch_index_chunks(7, batch_size=4, chunk_steps=3, rng=None))
+  >>> last.padding_steps, chunk.padding_steps
+  (False, True)
   """
   _check_positive(chunk_steps=chunk_steps)
-  return _index_chunks(epoch_order(n, batch_size, rng, drop_last), n, batch_size, chunk_steps,
-                       start)
+  return _index_chunks(
+    epoch_order(n, batch_size, rng, drop_last), n, batch_size, chunk_steps, start
+  )
 
 
 def subset_index_chunk(n: int, batch_size: int, rows: Optional[np.ndarray] = None) -> IndexChunk:
@@ -146,13 +167,22 @@ def gather(split: _Split, chunk: IndexChunk) -> Batch:
       out[~real] = 0
     return out.reshape((k, b) + out.shape[1:])
 
-  return Batch(x=take(split.x, np.float32), y=take(split.y, np.int32),
-               t=take(split.t, np.int32), mask=chunk.mask)
+  return Batch(
+    x=take(split.x, np.float32),
+    y=take(split.y, np.int32),
+    t=take(split.t, np.int32),
+    mask=chunk.mask,
+  )
 
 
-def epoch_chunks(split: _Split, *, batch_size: int, chunk_steps: int,
-                 rng: Optional[np.random.Generator],
-                 drop_last: bool = False) -> Iterator[Batch]:
+def epoch_chunks(
+  split: _Split,
+  *,
+  batch_size: int,
+  chunk_steps: int,
+  rng: Optional[np.random.Generator],
+  drop_last: bool = False,
+) -> Iterator[Batch]:
   """One epoch over `split` as fixed-shape chunks of mini-batches.
 
   Every sample appears exactly once with mask 1 (unless dropped by
@@ -172,12 +202,15 @@ def epoch_chunks(split: _Split, *, batch_size: int, chunk_steps: int,
     batch_size, chunk_steps, drop_last)` of them.
   """
   _check_positive(batch_size=batch_size, chunk_steps=chunk_steps)
-  return (gather(split, chunk) for chunk in epoch_index_chunks(
-      len(split.y), batch_size=batch_size, chunk_steps=chunk_steps, rng=rng, drop_last=drop_last))
+  return (
+    gather(split, chunk)
+    for chunk in epoch_index_chunks(
+      len(split.y), batch_size=batch_size, chunk_steps=chunk_steps, rng=rng, drop_last=drop_last
+    )
+  )
 
 
-def eval_chunks(split: _Split, *, batch_size: int, chunk_steps: int
-               ) -> Iterator[Batch]:
+def eval_chunks(split: _Split, *, batch_size: int, chunk_steps: int) -> Iterator[Batch]:
   """All of `split`, in order, as fixed-shape chunks (for evaluation).
 
   Args:
@@ -189,5 +222,6 @@ def eval_chunks(split: _Split, *, batch_size: int, chunk_steps: int
     `Batch` chunks as `epoch_chunks` (no shuffling, nothing dropped); weight
     per-sample metrics by `mask`.
   """
-  return epoch_chunks(split, batch_size=batch_size, chunk_steps=chunk_steps,
-                      rng=None, drop_last=False)
+  return epoch_chunks(
+    split, batch_size=batch_size, chunk_steps=chunk_steps, rng=None, drop_last=False
+  )

@@ -2,6 +2,7 @@
 
 All functions are vectorized over the batch and take `[N, H, W, C]` arrays.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,12 +12,12 @@ import numpy as np
 
 # Per-channel (mean, std) of the training images scaled to [0, 1].
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    'mnist': ((0.1307,), (0.3081,)),
-    'fashion_mnist': ((0.2860,), (0.3530,)),
-    'kmnist': ((0.1918,), (0.3483,)),
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    'tinyimagenet': ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+  'mnist': ((0.1307,), (0.3081,)),
+  'fashion_mnist': ((0.2860,), (0.3530,)),
+  'kmnist': ((0.1918,), (0.3483,)),
+  'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+  'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+  'tinyimagenet': ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
 }
 
 INTERPOLATIONS = ('nearest', 'bilinear')
@@ -30,8 +31,9 @@ SEED_SUBSET = 3
 SEED_CLASS_ORDER = 4
 
 
-def normalization_constants(name: str, x_train: Optional[np.ndarray] = None
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def normalization_constants(
+  name: str, x_train: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and std for dataset `name`.
 
   Args:
@@ -46,12 +48,13 @@ def normalization_constants(name: str, x_train: Optional[np.ndarray] = None
     mean, std = NORMALIZATION[name]
     return np.asarray(mean, np.float32), np.asarray(std, np.float32)
   if x_train is None:
-    raise ValueError(f'no normalization constants for dataset {name!r} '
-                     f'(known: {sorted(NORMALIZATION)}) and no x_train given')
+    raise ValueError(
+      f'no normalization constants for dataset {name!r} '
+      f'(known: {sorted(NORMALIZATION)}) and no x_train given'
+    )
   x = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64) / 255.0
   std = x.std(axis=0)
-  return x.mean(axis=0).astype(np.float32), np.where(
-      std > 0, std, 1.0).astype(np.float32)
+  return x.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
 
 # Byte alignment of the image arrays the builders make: JAX's CPU client then
@@ -66,11 +69,12 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
   size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   buffer = np.empty(size + ALIGNMENT, np.uint8)
   offset = (-buffer.ctypes.data) % ALIGNMENT
-  return buffer[offset:offset + size].view(dtype).reshape(shape)
+  return buffer[offset : offset + size].view(dtype).reshape(shape)
 
 
-def to_float(x: np.ndarray, mean: Optional[np.ndarray] = None,
-             std: Optional[np.ndarray] = None) -> np.ndarray:
+def to_float(
+  x: np.ndarray, mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None
+) -> np.ndarray:
   """Scales uint8 images to float32 `[0, 1]`, then optionally standardizes.
 
   Args:
@@ -90,8 +94,9 @@ def to_float(x: np.ndarray, mean: Optional[np.ndarray] = None,
   return out
 
 
-def task_permutations(num_tasks: int, num_pixels: int, seed: int,
-                      first_task_identity: bool = False) -> np.ndarray:
+def task_permutations(
+  num_tasks: int, num_pixels: int, seed: int, first_task_identity: bool = False
+) -> np.ndarray:
   """The pixel permutations of Permuted MNIST.
 
   Args:
@@ -110,8 +115,7 @@ def task_permutations(num_tasks: int, num_pixels: int, seed: int,
     if k == 0 and first_task_identity:
       perms[k] = np.arange(num_pixels)
     else:
-      perms[k] = np.random.default_rng(
-          [seed, SEED_PERMUTATION, k]).permutation(num_pixels)
+      perms[k] = np.random.default_rng([seed, SEED_PERMUTATION, k]).permutation(num_pixels)
   return perms
 
 
@@ -132,9 +136,13 @@ def permute_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
   return out
 
 
-def task_angles(num_tasks: int, angles: str = 'fixed_step',
-                degrees_per_task: float = 9.0, max_angle: float = 180.0,
-                seed: int = 0) -> np.ndarray:
+def task_angles(
+  num_tasks: int,
+  angles: str = 'fixed_step',
+  degrees_per_task: float = 9.0,
+  max_angle: float = 180.0,
+  seed: int = 0,
+) -> np.ndarray:
   """The rotation angle of each Rotated MNIST task, in degrees.
 
   Args:
@@ -159,8 +167,9 @@ def task_angles(num_tasks: int, angles: str = 'fixed_step',
   raise ValueError(f'angles={angles!r}: must be one of {ANGLE_PROTOCOLS}')
 
 
-def _rotation_matrix(h: int, w: int, angle: float
-                    ) -> tuple[float, float, float, float, float, float]:
+def _rotation_matrix(
+  h: int, w: int, angle: float
+) -> tuple[float, float, float, float, float, float]:
   """PIL's inverse affine map `(a, b, c, d, e, f)` for `Image.rotate(angle)`.
 
   The output pixel with continuous coordinates `(x, y)` samples the input at
@@ -176,16 +185,17 @@ def _rotation_matrix(h: int, w: int, angle: float
   return a, b, c, d, e, f
 
 
-def _nearest_source_pixels(h: int, w: int, angle: float
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def _nearest_source_pixels(h: int, w: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
   """Integer source `(col, row)` of each output pixel, `[H, W]` each.
 
   Reproduces PIL's nearest-neighbour affine path bit for bit: the map is
   evaluated at pixel centers in 16.16 fixed point and floored.
   """
   a, b, c, d, e, f = _rotation_matrix(h, w, angle)
+
   def fix(v):
     return math.floor(v * 65536.0 + 0.5)
+
   a0, a1, a3, a4 = fix(a), fix(b), fix(d), fix(e)
   a2 = fix(c + a * 0.5 + b * 0.5)
   a5 = fix(f + d * 0.5 + e * 0.5)
@@ -194,16 +204,14 @@ def _nearest_source_pixels(h: int, w: int, angle: float
   return (a2 + xs * a0 + ys * a1) >> 16, (a5 + xs * a3 + ys * a4) >> 16
 
 
-def _bilinear_source_coords(h: int, w: int, angle: float
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def _bilinear_source_coords(h: int, w: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
   """Continuous source `(x, y)` of each output pixel center, `[H, W]` each."""
   a, b, c, d, e, f = _rotation_matrix(h, w, angle)
   xo, yo = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
   return a * xo + b * yo + c, d * xo + e * yo + f
 
 
-def rotate_images(x: np.ndarray, angle: float,
-                  interpolation: str = 'nearest') -> np.ndarray:
+def rotate_images(x: np.ndarray, angle: float, interpolation: str = 'nearest') -> np.ndarray:
   """Rotates images about their center, counter-clockwise, filling with 0.
 
   Pure NumPy. With `'nearest'` it reproduces `PIL.Image.rotate(angle)`
@@ -244,12 +252,12 @@ def rotate_images(x: np.ndarray, angle: float,
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
     xa, xb = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
     ya, yb = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+
     def gather(yi, xi):
       return flat[:, (yi * w + xi).reshape(-1)].astype(np.float32)
+
     top = gather(ya, xa) * (1 - fx) + gather(ya, xb) * fx
     bottom = gather(yb, xa) * (1 - fx) + gather(yb, xb) * fx
     out = (top * (1 - fy) + bottom * fy) * valid
     return out.astype(np.float32).reshape(n, h, w, c)
-  raise ValueError(f'interpolation={interpolation!r}: must be one of '
-                   f'{INTERPOLATIONS}')
-
+  raise ValueError(f'interpolation={interpolation!r}: must be one of {INTERPOLATIONS}')

@@ -7,6 +7,7 @@ returns logits `[B, num_classes]`, or `(logits, features [B, F])` with
 `return_features=True`. Heads (single, multi-head, task-masked) are shared by
 all models, see `jcl.models.heads`.
 """
+
 from jcl.models import initializers
 from jcl.models.cnn import CNN
 from jcl.models.heads import MASK_VALUE
@@ -24,19 +25,19 @@ from jcl.models.resnet import BasicBlock
 from jcl.models.resnet import ResNet18Reduced
 
 __all__ = [
-    'BasicBlock',
-    'CNN',
-    'MASK_VALUE',
-    'MLP',
-    'ResNet18Reduced',
-    'TaskClasses',
-    'TaskHead',
-    'count_params',
-    'init_variables',
-    'initializers',
-    'make_model',
-    'mask_logits',
-    'model_names',
-    'register_model',
-    'task_class_table',
+  'BasicBlock',
+  'CNN',
+  'MASK_VALUE',
+  'MLP',
+  'ResNet18Reduced',
+  'TaskClasses',
+  'TaskHead',
+  'count_params',
+  'init_variables',
+  'initializers',
+  'make_model',
+  'mask_logits',
+  'model_names',
+  'register_model',
+  'task_class_table',
 ]

@@ -1,4 +1,5 @@
 """Small convolutional network for 28x28 (MNIST-like) and 32x32 (CIFAR-like)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -31,6 +32,7 @@ class CNN(nn.Module):
     dropout: dropout rate in [0, 1) applied to the flattened conv output and
       to the dense features, only when `train=True` (rng name 'dropout').
   """
+
   channels: Sequence[int] = (32, 64)
   hidden: int = 256
   num_classes: int = 10
@@ -39,19 +41,22 @@ class CNN(nn.Module):
   dropout: float = 0.0
 
   def __post_init__(self):
-    object.__setattr__(self, 'channels', _checks.check_positive_ints(
-        'channels', self.channels, allow_empty=False))
-    object.__setattr__(self, 'hidden',
-                       _checks.check_positive_int('hidden', self.hidden))
+    object.__setattr__(
+      self, 'channels', _checks.check_positive_ints('channels', self.channels, allow_empty=False)
+    )
+    object.__setattr__(self, 'hidden', _checks.check_positive_int('hidden', self.hidden))
     heads.normalize_head_fields(self)
-    object.__setattr__(self, 'dropout',
-                       _checks.check_rate('dropout', self.dropout))
+    object.__setattr__(self, 'dropout', _checks.check_rate('dropout', self.dropout))
     super().__post_init__()
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, t: Optional[jax.Array] = None, *,
-      train: bool = False, return_features: bool = False,
+    self,
+    x: jax.Array,
+    t: Optional[jax.Array] = None,
+    *,
+    train: bool = False,
+    return_features: bool = False,
   ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
     """Applies the network.
 
@@ -69,21 +74,30 @@ class CNN(nn.Module):
       raise ValueError(f'CNN expects [B, H, W, C] inputs, got shape {x.shape}.')
     h = x
     for i, ch in enumerate(self.channels):
-      h = nn.Conv(ch, (3, 3), padding='SAME', conv_general_dilated=conv.conv_general_dilated,
-                  kernel_init=initializers.CONV_KERNEL_INIT,
-                  bias_init=initializers.BIAS_INIT, name=f'Conv_{i}')(h)
+      h = nn.Conv(
+        ch,
+        (3, 3),
+        padding='SAME',
+        conv_general_dilated=conv.conv_general_dilated,
+        kernel_init=initializers.CONV_KERNEL_INIT,
+        bias_init=initializers.BIAS_INIT,
+        name=f'Conv_{i}',
+      )(h)
       h = nn.relu(h)
       h = nn.max_pool(h, (2, 2), strides=(2, 2))  # [B, H/2, W/2, ch]
     h = jnp.reshape(h, (h.shape[0], -1))  # [B, H' * W' * channels[-1]]
     if self.dropout > 0.0:
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Dense(self.hidden, kernel_init=initializers.DENSE_KERNEL_INIT,
-                 bias_init=initializers.BIAS_INIT, name='Dense_0')(h)
+    h = nn.Dense(
+      self.hidden,
+      kernel_init=initializers.DENSE_KERNEL_INIT,
+      bias_init=initializers.BIAS_INIT,
+      name='Dense_0',
+    )(h)
     h = nn.relu(h)  # [B, hidden]
     if self.dropout > 0.0:
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    logits = heads.TaskHead(self.num_classes, self.num_heads,
-                            self.task_classes, name='head')(h, t)
+    logits = heads.TaskHead(self.num_classes, self.num_heads, self.task_classes, name='head')(h, t)
     if return_features:
       return logits, h
     return logits

@@ -19,6 +19,7 @@ Gradients (stride s, explicit padding `(lo, hi)` per spatial axis):
 Anything but a plain 2-D NHWC/HWIO convolution without dilation or feature
 groups goes to `lax.conv_general_dilated` unchanged.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,8 +37,9 @@ def _plain(x, w, strides, padding):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def canonical_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-                   padding: tuple[tuple[int, int], ...]) -> jax.Array:
+def canonical_conv(
+  x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]
+) -> jax.Array:
   """`x [N, H, W, I] * w [kh, kw, I, O] -> [N, Ho, Wo, O]` with explicit padding."""
   return _plain(x, w, strides, padding)
 
@@ -54,21 +56,29 @@ def _backward(strides, padding, residuals, g):
   # with the flipped kernel whose in/out features are swapped.
   w_flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
   pads_x = []
-  for k, lo, size, out, s in ((kh, padding[0][0], h, ho, strides[0]),
-                              (kw, padding[1][0], wd, wo, strides[1])):
+  for k, lo, size, out, s in (
+    (kh, padding[0][0], h, ho, strides[0]),
+    (kw, padding[1][0], wd, wo, strides[1]),
+  ):
     before = k - 1 - lo
-    after = size + lo - (out - 1) * s - 1   # so that dx has x's size
+    after = size + lo - (out - 1) * s - 1  # so that dx has x's size
     pads_x.append((before, after))
-  dx = lax.conv_general_dilated(g, w_flipped, (1, 1), pads_x, lhs_dilation=strides,
-                                dimension_numbers=_CANONICAL)
+  dx = lax.conv_general_dilated(
+    g, w_flipped, (1, 1), pads_x, lhs_dilation=strides, dimension_numbers=_CANONICAL
+  )
   # Kernel gradient: batch and features swapped on both operands.
-  xt = jnp.transpose(x, (3, 1, 2, 0))   # [I, H, W, N]
-  gt = jnp.transpose(g, (1, 2, 0, 3))   # [Ho, Wo, N, O]
-  pads_w = [(lo, k - 1 + (out - 1) * s + 1 - size - lo)
-            for k, (lo, _), size, out, s in ((kh, padding[0], h, ho, strides[0]),
-                                             (kw, padding[1], wd, wo, strides[1]))]
-  dw = lax.conv_general_dilated(xt, gt, (1, 1), pads_w, rhs_dilation=strides,
-                                dimension_numbers=_CANONICAL)   # [I, kh, kw, O]
+  xt = jnp.transpose(x, (3, 1, 2, 0))  # [I, H, W, N]
+  gt = jnp.transpose(g, (1, 2, 0, 3))  # [Ho, Wo, N, O]
+  pads_w = [
+    (lo, k - 1 + (out - 1) * s + 1 - size - lo)
+    for k, (lo, _), size, out, s in (
+      (kh, padding[0], h, ho, strides[0]),
+      (kw, padding[1], wd, wo, strides[1]),
+    )
+  ]
+  dw = lax.conv_general_dilated(
+    xt, gt, (1, 1), pads_w, rhs_dilation=strides, dimension_numbers=_CANONICAL
+  )  # [I, kh, kw, O]
   return dx, jnp.transpose(dw, (1, 2, 0, 3))
 
 
@@ -83,19 +93,42 @@ def _is_canonical(dimension_numbers) -> bool:
   return tuple(dimension_numbers) == _CANONICAL
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding: Any,
-                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count: int = 1, precision=None, **kwargs) -> jax.Array:
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides: Sequence[int],
+  padding: Any,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  precision=None,
+  **kwargs,
+) -> jax.Array:
   """`lax.conv_general_dilated`, with canonical gradient convolutions for
   plain 2-D NHWC/HWIO convolutions (see the module docstring)."""
-  plain = (lhs.ndim == 4 and _is_canonical(dimension_numbers) and feature_group_count == 1
-           and all(d in (None, 1) for d in (lhs_dilation or (1,)))
-           and all(d in (None, 1) for d in (rhs_dilation or (1,)))
-           and precision is None and not kwargs)
+  plain = (
+    lhs.ndim == 4
+    and _is_canonical(dimension_numbers)
+    and feature_group_count == 1
+    and all(d in (None, 1) for d in (lhs_dilation or (1,)))
+    and all(d in (None, 1) for d in (rhs_dilation or (1,)))
+    and precision is None
+    and not kwargs
+  )
   if not plain:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision,
-                                    **kwargs)
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      precision=precision,
+      **kwargs,
+    )
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)

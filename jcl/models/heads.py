@@ -16,6 +16,7 @@ usual output layouts of continual learning:
 `mask_logits` is the same masking, exposed for losses (e.g. class-incremental
 training that hides classes not seen yet).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -61,8 +62,7 @@ def mask_logits(logits: jax.Array, class_mask: jax.Array) -> jax.Array:
   return jnp.where(class_mask, logits, fill)
 
 
-def normalize_task_classes(task_classes: Any, num_classes: int,
-                           num_heads: int = 1) -> TaskClasses:
+def normalize_task_classes(task_classes: Any, num_classes: int, num_heads: int = 1) -> TaskClasses:
   """Validates `task_classes` and returns it as a tuple of tuples of ints.
 
   Args:
@@ -80,30 +80,36 @@ def normalize_task_classes(task_classes: Any, num_classes: int,
   """
   if task_classes is None:
     return None
-  if (isinstance(task_classes, (str, bytes))
-      or not isinstance(task_classes, Sequence) or not task_classes):
-    raise ValueError('task_classes must be None or a non-empty sequence of '
-                     f'sequences of class ids, got {task_classes!r}.')
+  if (
+    isinstance(task_classes, (str, bytes))
+    or not isinstance(task_classes, Sequence)
+    or not task_classes
+  ):
+    raise ValueError(
+      'task_classes must be None or a non-empty sequence of '
+      f'sequences of class ids, got {task_classes!r}.'
+    )
   out = []
   for i, classes in enumerate(task_classes):
-    if (isinstance(classes, (str, bytes))
-        or not isinstance(classes, Sequence) or not classes):
-      raise ValueError(f'task_classes[{i}] must be a non-empty sequence of '
-                       f'class ids, got {classes!r}.')
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes:
+      raise ValueError(
+        f'task_classes[{i}] must be a non-empty sequence of class ids, got {classes!r}.'
+      )
     for c in classes:
-      if (isinstance(c, bool) or not isinstance(c, numbers.Integral)
-          or not 0 <= c < num_classes):
-        raise ValueError(f'task_classes[{i}] holds {c!r}, not a class id in '
-                         f'[0, num_classes={num_classes}).')
+      if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < num_classes:
+        raise ValueError(
+          f'task_classes[{i}] holds {c!r}, not a class id in [0, num_classes={num_classes}).'
+        )
     out.append(tuple(int(c) for c in classes))
   if num_heads > 1 and len(out) != num_heads:
-    raise ValueError(f'task_classes has {len(out)} tasks but num_heads is '
-                     f'{num_heads}; with several heads they must be equal.')
+    raise ValueError(
+      f'task_classes has {len(out)} tasks but num_heads is '
+      f'{num_heads}; with several heads they must be equal.'
+    )
   return tuple(out)
 
 
-def task_class_table(task_classes: Sequence[Sequence[int]],
-                     num_classes: int) -> np.ndarray:
+def task_class_table(task_classes: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
   """Builds the `[T, C]` boolean table: `table[t, c]` iff class c is in task t.
 
   Args:
@@ -119,8 +125,9 @@ def task_class_table(task_classes: Sequence[Sequence[int]],
   return table
 
 
-def check_head_config(num_classes: int, num_heads: int,
-                      task_classes: Any) -> tuple[int, int, TaskClasses]:
+def check_head_config(
+  num_classes: int, num_heads: int, task_classes: Any
+) -> tuple[int, int, TaskClasses]:
   """Validates the three head fields; returns them normalized.
 
   Raises:
@@ -140,10 +147,8 @@ def normalize_head_fields(module: nn.Module) -> None:
   Raises:
     ValueError: naming the offending field.
   """
-  values = check_head_config(module.num_classes, module.num_heads,
-                             module.task_classes)
-  for field, value in zip(('num_classes', 'num_heads', 'task_classes'),
-                          values):
+  values = check_head_config(module.num_classes, module.num_heads, module.task_classes)
+  for field, value in zip(('num_classes', 'num_heads', 'task_classes'), values):
     object.__setattr__(module, field, value)
 
 
@@ -160,6 +165,7 @@ class TaskHead(nn.Module):
       normalized). When given, logits of classes outside the sample's task are
       set to `MASK_VALUE`. With `H > 1` it must have `H` entries.
   """
+
   num_classes: int = 10
   num_heads: int = 1
   task_classes: TaskClasses = None
@@ -174,8 +180,7 @@ class TaskHead(nn.Module):
     return self.num_heads > 1 or self.task_classes is not None
 
   @nn.compact
-  def __call__(self, features: jax.Array,
-               t: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, features: jax.Array, t: Optional[jax.Array] = None) -> jax.Array:
     """Computes the logits of each sample's head.
 
     Args:
@@ -190,19 +195,18 @@ class TaskHead(nn.Module):
       `[B, num_classes]` logits.
     """
     h, c = self.num_heads, self.num_classes
-    kernel = self.param('kernel', initializers.DENSE_KERNEL_INIT,
-                        (features.shape[-1], h * c))
+    kernel = self.param('kernel', initializers.DENSE_KERNEL_INIT, (features.shape[-1], h * c))
     bias = self.param('bias', initializers.BIAS_INIT, (h * c,))
     logits = jnp.dot(features, kernel) + bias  # [B, H * C]
     if self.needs_task_ids:
       if t is None:
-        raise ValueError('This head needs task ids t (num_heads > 1 or '
-                         'task_classes set), got t=None.')
+        raise ValueError(
+          'This head needs task ids t (num_heads > 1 or task_classes set), got t=None.'
+        )
       t = jnp.asarray(t).astype(jnp.int32).reshape(-1)  # [B]
     if h > 1:
       per_head = logits.reshape(logits.shape[:-1] + (h, c))  # [B, H, C]
-      logits = jnp.take_along_axis(
-          per_head, t[:, None, None], axis=1)[:, 0]  # [B, C]
+      logits = jnp.take_along_axis(per_head, t[:, None, None], axis=1)[:, 0]  # [B, C]
     if self.task_classes is not None:
       table = jnp.asarray(task_class_table(self.task_classes, c))  # [T, C]
       logits = mask_logits(logits, table[t])  # [B, C]

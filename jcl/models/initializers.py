@@ -5,6 +5,7 @@ PyTorch-parity backend can swap them here (e.g. PyTorch's
 `kaiming_uniform(a=sqrt(5))` for `nn.Linear` / `nn.Conv2d`) without touching
 the model definitions.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn

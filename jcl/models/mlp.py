@@ -1,4 +1,5 @@
 """Multi-layer perceptron (the usual model of Permuted / Split MNIST)."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
@@ -12,21 +13,20 @@ from jcl.models import heads
 from jcl.models import initializers
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'relu': nn.relu,
-    'tanh': jnp.tanh,
-    'sigmoid': nn.sigmoid,
-    'gelu': nn.gelu,
-    'elu': nn.elu,
-    'silu': nn.silu,
-    'leaky_relu': nn.leaky_relu,
+  'relu': nn.relu,
+  'tanh': jnp.tanh,
+  'sigmoid': nn.sigmoid,
+  'gelu': nn.gelu,
+  'elu': nn.elu,
+  'silu': nn.silu,
+  'leaky_relu': nn.leaky_relu,
 }
 
 
 def check_activation(activation: str) -> str:
   """Returns `activation` if it names an entry of `ACTIVATIONS`."""
   if not isinstance(activation, str) or activation not in ACTIVATIONS:
-    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got '
-                     f'{activation!r}.')
+    raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.')
   return activation
 
 
@@ -46,6 +46,7 @@ class MLP(nn.Module):
       when `train=True` (rng name 'dropout').
     activation: name of the hidden activation, a key of `ACTIVATIONS`.
   """
+
   widths: Sequence[int] = (100, 100)
   num_classes: int = 10
   num_heads: int = 1
@@ -54,18 +55,20 @@ class MLP(nn.Module):
   activation: str = 'relu'
 
   def __post_init__(self):
-    object.__setattr__(self, 'widths',
-                       _checks.check_positive_ints('widths', self.widths))
+    object.__setattr__(self, 'widths', _checks.check_positive_ints('widths', self.widths))
     heads.normalize_head_fields(self)
-    object.__setattr__(self, 'dropout',
-                       _checks.check_rate('dropout', self.dropout))
+    object.__setattr__(self, 'dropout', _checks.check_rate('dropout', self.dropout))
     check_activation(self.activation)
     super().__post_init__()
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, t: Optional[jax.Array] = None, *,
-      train: bool = False, return_features: bool = False,
+    self,
+    x: jax.Array,
+    t: Optional[jax.Array] = None,
+    *,
+    train: bool = False,
+    return_features: bool = False,
   ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
     """Applies the network.
 
@@ -83,13 +86,16 @@ class MLP(nn.Module):
     act = ACTIVATIONS[self.activation]
     h = jnp.reshape(x, (x.shape[0], -1))  # [B, D]
     for i, width in enumerate(self.widths):
-      h = nn.Dense(width, kernel_init=initializers.DENSE_KERNEL_INIT,
-                   bias_init=initializers.BIAS_INIT, name=f'Dense_{i}')(h)
+      h = nn.Dense(
+        width,
+        kernel_init=initializers.DENSE_KERNEL_INIT,
+        bias_init=initializers.BIAS_INIT,
+        name=f'Dense_{i}',
+      )(h)
       h = act(h)  # [B, width]
       if self.dropout > 0.0:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    logits = heads.TaskHead(self.num_classes, self.num_heads,
-                            self.task_classes, name='head')(h, t)
+    logits = heads.TaskHead(self.num_classes, self.num_heads, self.task_classes, name='head')(h, t)
     if return_features:
       return logits, h
     return logits

@@ -29,6 +29,7 @@ batch runs the columns up to its largest task id. Parameters live under
 `task_classes`, the selected column's logits outside the sample's classes are
 masked, as `heads.TaskHead` does.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,19 +57,38 @@ def _scaled(init: Callable, factor: float) -> Callable:
   return lambda key, shape, dtype=jnp.float32: factor * init(key, shape, dtype)
 
 
-def _layer(kind: str, features: int, name: str, *, use_bias: bool = True,
-           kernel_size: int = 3, init_scale: float = 1.0) -> nn.Module:
+def _layer(
+  kind: str,
+  features: int,
+  name: str,
+  *,
+  use_bias: bool = True,
+  kernel_size: int = 3,
+  init_scale: float = 1.0,
+) -> nn.Module:
   """A dense layer, or a SAME convolution of `kernel_size`; `init_scale`
   multiplies the initial kernel."""
   kernel_init = initializers.DENSE_KERNEL_INIT if kind == 'dense' else initializers.CONV_KERNEL_INIT
   if init_scale != 1.0:
     kernel_init = _scaled(kernel_init, init_scale)
   if kind == 'dense':
-    return nn.Dense(features, use_bias=use_bias, kernel_init=kernel_init,
-                    bias_init=initializers.BIAS_INIT, name=name)
-  return nn.Conv(features, (kernel_size, kernel_size), padding='SAME', use_bias=use_bias,
-                 conv_general_dilated=conv.conv_general_dilated,
-                 kernel_init=kernel_init, bias_init=initializers.BIAS_INIT, name=name)
+    return nn.Dense(
+      features,
+      use_bias=use_bias,
+      kernel_init=kernel_init,
+      bias_init=initializers.BIAS_INIT,
+      name=name,
+    )
+  return nn.Conv(
+    features,
+    (kernel_size, kernel_size),
+    padding='SAME',
+    use_bias=use_bias,
+    conv_general_dilated=conv.conv_general_dilated,
+    kernel_init=kernel_init,
+    bias_init=initializers.BIAS_INIT,
+    name=name,
+  )
 
 
 class LateralLayer(nn.Module):
@@ -86,6 +106,7 @@ class LateralLayer(nn.Module):
     adapter: 'linear' (eq. 1) or 'mlp' (eq. 2).
     activation: name of the MLP adapter's non-linearity (`ACTIVATIONS`).
   """
+
   features: int
   kind: str = 'dense'
   adapter: str = 'linear'
@@ -101,8 +122,9 @@ class LateralLayer(nn.Module):
     if self.adapter == 'linear':  # eq. 1: sum_j U^(k:j) h^(j)
       scale = 1.0 / math.sqrt(len(anterior))
       for j, h in enumerate(anterior):
-        out = out + _layer(self.kind, self.features, f'lateral_{j}', use_bias=False,
-                           init_scale=scale)(h)
+        out = out + _layer(
+          self.kind, self.features, f'lateral_{j}', use_bias=False, init_scale=scale
+        )(h)
       return out
     stacked = jnp.concatenate(tuple(anterior), axis=-1)  # [B, ..., k * n_{i-1}]
     alpha = self.param('alpha', ALPHA_INIT, ())
@@ -120,14 +142,17 @@ class ProgressiveColumn(nn.Module):
     adapter: 'linear' or 'mlp'.
     activation: the adapters' non-linearity.
   """
+
   kinds: tuple[str, ...]
   features: tuple[int, ...]
   adapter: str = 'linear'
   activation: str = 'relu'
 
   def setup(self):
-    self.layers = [LateralLayer(f, kind, self.adapter, self.activation)
-                   for kind, f in zip(self.kinds, self.features)]
+    self.layers = [
+      LateralLayer(f, kind, self.adapter, self.activation)
+      for kind, f in zip(self.kinds, self.features)
+    ]
 
   def __call__(self, i: int, own: jax.Array, anterior: Sequence[jax.Array]) -> jax.Array:
     return self.layers[i](own, tuple(anterior))
@@ -135,21 +160,31 @@ class ProgressiveColumn(nn.Module):
 
 def _check_columns(module: nn.Module) -> None:
   """Validates the fields every progressive model shares (in place)."""
-  object.__setattr__(module, 'num_columns',
-                     _checks.check_positive_int('num_columns', module.num_columns))
+  object.__setattr__(
+    module, 'num_columns', _checks.check_positive_int('num_columns', module.num_columns)
+  )
   heads.normalize_head_fields(module)
   if module.num_heads not in (1, module.num_columns):
-    raise ValueError(f'num_heads must be 1 (masked or shared head) or num_columns='
-                     f'{module.num_columns} (one head per column), got {module.num_heads}.')
+    raise ValueError(
+      f'num_heads must be 1 (masked or shared head) or num_columns='
+      f'{module.num_columns} (one head per column), got {module.num_heads}.'
+    )
   if module.adapter not in ADAPTERS:
     raise ValueError(f'adapter must be one of {ADAPTERS}, got {module.adapter!r}.')
   object.__setattr__(module, 'dropout', _checks.check_rate('dropout', module.dropout))
 
 
-def progressive_forward(module: nn.Module, x: jax.Array, t: Optional[jax.Array], *,
-                        kinds: Sequence[str], features: Sequence[int],
-                        post: Sequence[Callable[[jax.Array], jax.Array]], activation: str,
-                        return_features: bool):
+def progressive_forward(
+  module: nn.Module,
+  x: jax.Array,
+  t: Optional[jax.Array],
+  *,
+  kinds: Sequence[str],
+  features: Sequence[int],
+  post: Sequence[Callable[[jax.Array], jax.Array]],
+  activation: str,
+  return_features: bool,
+):
   """Runs the columns one after the other and reads column `t[b]` for sample b.
 
   Column k runs only when some sample reads a column >= k (`k <= max(t)`, a
@@ -178,8 +213,9 @@ def progressive_forward(module: nn.Module, x: jax.Array, t: Optional[jax.Array],
       """Column k on input `h`; `anterior[j][i]` is column j's output of
       hidden layer i. Returns its hidden layers' outputs and its logits."""
       del mdl
-      column = ProgressiveColumn(tuple(kinds), tuple(features), module.adapter, activation,
-                                 name=f'column_{k}')
+      column = ProgressiveColumn(
+        tuple(kinds), tuple(features), module.adapter, activation, name=f'column_{k}'
+      )
       hidden = []
       for i in range(len(post) + 1):
         lateral = [outputs[i - 1] for outputs in anterior] if i > 0 else []
@@ -195,7 +231,7 @@ def progressive_forward(module: nn.Module, x: jax.Array, t: Optional[jax.Array],
     del mdl, h
     return jax.tree.map(jnp.zeros_like, (anterior[0], logits[0]))
 
-  hidden, logits = [], []   # per column: its hidden layers' outputs, its logits [B, C]
+  hidden, logits = [], []  # per column: its hidden layers' outputs, its logits [B, C]
   for k in range(module.num_columns):
     if k == 0 or module.is_initializing():
       out = run_column(k)(module, x, hidden)
@@ -227,6 +263,7 @@ class ProgressiveMLP(nn.Module):
     task_classes: per-task class ids to mask (single head).
     adapter: 'linear' (eq. 1) or 'mlp' (eq. 2).
   """
+
   num_columns: int = 2
   widths: Sequence[int] = (100, 100)
   num_classes: int = 10
@@ -243,9 +280,14 @@ class ProgressiveMLP(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: Optional[jax.Array] = None, *, train: bool = False,
-               return_features: bool = False
-               ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
+  def __call__(
+    self,
+    x: jax.Array,
+    t: Optional[jax.Array] = None,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+  ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
     """`x` `[B, ...]` (flattened), `t` `[B]` -> logits `[B, C]` of column `t`
     (and its last hidden activations `[B, widths[-1]]`)."""
     act = ACTIVATIONS[self.activation]
@@ -256,9 +298,15 @@ class ProgressiveMLP(nn.Module):
 
     n = len(self.widths)
     return progressive_forward(
-        self, jnp.reshape(x, (x.shape[0], -1)), t, kinds=('dense',) * (n + 1),
-        features=(*self.widths, self.num_classes), post=(hidden,) * n,
-        activation=self.activation, return_features=return_features)
+      self,
+      jnp.reshape(x, (x.shape[0], -1)),
+      t,
+      kinds=('dense',) * (n + 1),
+      features=(*self.widths, self.num_classes),
+      post=(hidden,) * n,
+      activation=self.activation,
+      return_features=return_features,
+    )
 
 
 class ProgressiveCNN(nn.Module):
@@ -274,6 +322,7 @@ class ProgressiveCNN(nn.Module):
       `ProgressiveMLP`.
     channels, hidden, dropout: as in `CNN`, per column.
   """
+
   num_columns: int = 2
   channels: Sequence[int] = (32, 64)
   hidden: int = 256
@@ -284,16 +333,22 @@ class ProgressiveCNN(nn.Module):
   adapter: str = 'linear'
 
   def __post_init__(self):
-    object.__setattr__(self, 'channels', _checks.check_positive_ints(
-        'channels', self.channels, allow_empty=False))
+    object.__setattr__(
+      self, 'channels', _checks.check_positive_ints('channels', self.channels, allow_empty=False)
+    )
     object.__setattr__(self, 'hidden', _checks.check_positive_int('hidden', self.hidden))
     _check_columns(self)
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: Optional[jax.Array] = None, *, train: bool = False,
-               return_features: bool = False
-               ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
+  def __call__(
+    self,
+    x: jax.Array,
+    t: Optional[jax.Array] = None,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+  ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
     """`x` `[B, H, W, C]`, `t` `[B]` -> logits `[B, C]` of column `t` (and its
     dense features `[B, hidden]`)."""
     if x.ndim != 4:
@@ -312,9 +367,15 @@ class ProgressiveCNN(nn.Module):
     k = len(self.channels)
     post = (conv_block,) * (k - 1) + (last_conv_block, lambda h: drop(nn.relu(h)))
     return progressive_forward(
-        self, x, t, kinds=('conv',) * k + ('dense', 'dense'),
-        features=(*self.channels, self.hidden, self.num_classes), post=post,
-        activation='relu', return_features=return_features)
+      self,
+      x,
+      t,
+      kinds=('conv',) * k + ('dense', 'dense'),
+      features=(*self.channels, self.hidden, self.num_classes),
+      post=post,
+      activation='relu',
+      return_features=return_features,
+    )
 
 
 def progressive_version(model: nn.Module, num_columns: int, adapter: str = 'linear') -> nn.Module:
@@ -326,10 +387,18 @@ def progressive_version(model: nn.Module, num_columns: int, adapter: str = 'line
       and residual blocks have no column version here).
   """
   if not isinstance(model, (MLP, CNN)):
-    raise ValueError(f'no progressive (column) version of {type(model).__name__}: PNN supports '
-                     f"the 'mlp' and 'cnn' models.")
-  common = dict(num_columns=num_columns, num_classes=model.num_classes, num_heads=model.num_heads,
-                task_classes=model.task_classes, dropout=model.dropout, adapter=adapter)
+    raise ValueError(
+      f'no progressive (column) version of {type(model).__name__}: PNN supports '
+      f"the 'mlp' and 'cnn' models."
+    )
+  common = dict(
+    num_columns=num_columns,
+    num_classes=model.num_classes,
+    num_heads=model.num_heads,
+    task_classes=model.task_classes,
+    dropout=model.dropout,
+    adapter=adapter,
+  )
   if isinstance(model, MLP):
     return ProgressiveMLP(widths=model.widths, activation=model.activation, **common)
   return ProgressiveCNN(channels=model.channels, hidden=model.hidden, **common)

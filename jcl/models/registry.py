@@ -1,4 +1,5 @@
 """Model registry (`make_model`) and initialization helpers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,9 @@ from jcl.models.mlp import MLP
 from jcl.models.resnet import ResNet18Reduced
 
 _REGISTRY: dict[str, type[nn.Module]] = {
-    'mlp': MLP,
-    'cnn': CNN,
-    'resnet18_reduced': ResNet18Reduced,
+  'mlp': MLP,
+  'cnn': CNN,
+  'resnet18_reduced': ResNet18Reduced,
 }
 
 
@@ -41,8 +42,9 @@ def register_model(name: str, cls: type[nn.Module]) -> None:
 
 
 def _fields(cls: type[nn.Module]) -> tuple[str, ...]:
-  return tuple(f.name for f in dataclasses.fields(cls)
-               if f.init and f.name not in ('parent', 'name'))
+  return tuple(
+    f.name for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')
+  )
 
 
 def make_model(name: str, **kwargs: Any) -> nn.Module:
@@ -62,19 +64,18 @@ def make_model(name: str, **kwargs: Any) -> nn.Module:
       field, or an invalid value (naming the field).
   """
   if name not in _REGISTRY:
-    raise ValueError(f'Unknown model {name!r}; valid names: '
-                     f'{", ".join(model_names())}.')
+    raise ValueError(f'Unknown model {name!r}; valid names: {", ".join(model_names())}.')
   cls = _REGISTRY[name]
   fields = _fields(cls)
   unknown = sorted(set(kwargs) - set(fields))
   if unknown:
-    raise ValueError(f'Unknown field(s) {unknown} for model {name!r}; valid '
-                     f'fields: {", ".join(fields)}.')
+    raise ValueError(
+      f'Unknown field(s) {unknown} for model {name!r}; valid fields: {", ".join(fields)}.'
+    )
   return cls(**kwargs)
 
 
-def _init(model: nn.Module, rng: jax.Array,
-          input_shape: tuple[int, ...]) -> dict[str, Any]:
+def _init(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict[str, Any]:
   x = jnp.zeros((1, *input_shape), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
   return dict(model.init({'params': rng}, x, t, train=False))
@@ -84,16 +85,14 @@ def _init(model: nn.Module, rng: jax.Array,
 # time; on CPU, XLA's backend optimizations make compiling the init of a
 # ResNet several times slower (e.g. ~18 s instead of ~3 s), so they are off.
 _FAST_COMPILE_OPTIONS = {
-    'xla_backend_optimization_level': 0,
-    'xla_llvm_disable_expensive_passes': True,
+  'xla_backend_optimization_level': 0,
+  'xla_llvm_disable_expensive_passes': True,
 }
 _jitted_init = jax.jit(_init, static_argnums=(0, 2))
-_jitted_init_cpu = jax.jit(_init, static_argnums=(0, 2),
-                           compiler_options=_FAST_COMPILE_OPTIONS)
+_jitted_init_cpu = jax.jit(_init, static_argnums=(0, 2), compiler_options=_FAST_COMPILE_OPTIONS)
 
 
-def init_variables(model: nn.Module, rng: jax.Array,
-                   input_shape: Sequence[int]) -> dict[str, Any]:
+def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
   """Initializes `model` on a dummy batch of one sample.
 
   Calls `model.init` with `x = zeros([1, *input_shape])` float32 and

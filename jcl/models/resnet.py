@@ -16,6 +16,7 @@ live in `variables['batch_stats']`, are used when `train=False` and updated
 when `train=True` with `mutable=['batch_stats']`. (Flax keeps the biased
 batch variance in the running average where PyTorch keeps the unbiased one.)
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,14 +34,23 @@ from jcl.models import initializers
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-_Conv = functools.partial(nn.Conv, use_bias=False, conv_general_dilated=conv.conv_general_dilated,
-                          kernel_init=initializers.CONV_KERNEL_INIT)
+_Conv = functools.partial(
+  nn.Conv,
+  use_bias=False,
+  conv_general_dilated=conv.conv_general_dilated,
+  kernel_init=initializers.CONV_KERNEL_INIT,
+)
 
 
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, scale_init=initializers.BN_SCALE_INIT,
-                      bias_init=initializers.BN_BIAS_INIT, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    scale_init=initializers.BN_SCALE_INIT,
+    bias_init=initializers.BN_BIAS_INIT,
+    name=name,
+  )
 
 
 class BasicBlock(nn.Module):
@@ -50,22 +60,32 @@ class BasicBlock(nn.Module):
     planes: output channels.
     stride: stride of the first conv (and of the shortcut conv).
   """
+
   planes: int
   stride: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps `[B, H, W, C_in]` to `[B, ceil(H / s), ceil(W / s), planes]`."""
-    out = _Conv(self.planes, (3, 3), strides=(self.stride, self.stride),
-                padding=((1, 1), (1, 1)), name='conv1')(x)
+    out = _Conv(
+      self.planes,
+      (3, 3),
+      strides=(self.stride, self.stride),
+      padding=((1, 1), (1, 1)),
+      name='conv1',
+    )(x)
     out = nn.relu(_batch_norm(train, 'bn1')(out))
-    out = _Conv(self.planes, (3, 3), strides=(1, 1),
-                padding=((1, 1), (1, 1)), name='conv2')(out)
+    out = _Conv(self.planes, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), name='conv2')(out)
     out = _batch_norm(train, 'bn2')(out)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
-      shortcut = _Conv(self.planes, (1, 1), strides=(self.stride, self.stride),
-                       padding='VALID', name='shortcut_conv')(x)
+      shortcut = _Conv(
+        self.planes,
+        (1, 1),
+        strides=(self.stride, self.stride),
+        padding='VALID',
+        name='shortcut_conv',
+      )(x)
       shortcut = _batch_norm(train, 'shortcut_bn')(shortcut)
     return nn.relu(out + shortcut)
 
@@ -80,6 +100,7 @@ class ResNet18Reduced(nn.Module):
     task_classes: optional per-task class ids for masking (see
       `heads.TaskHead`).
   """
+
   nf: int = 20
   num_classes: int = 10
   num_heads: int = 1
@@ -92,8 +113,12 @@ class ResNet18Reduced(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, t: Optional[jax.Array] = None, *,
-      train: bool = False, return_features: bool = False,
+    self,
+    x: jax.Array,
+    t: Optional[jax.Array] = None,
+    *,
+    train: bool = False,
+    return_features: bool = False,
   ) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
     """Applies the network.
 
@@ -109,19 +134,19 @@ class ResNet18Reduced(nn.Module):
       `[B, 8 * nf]`.
     """
     if x.ndim != 4:
-      raise ValueError(
-          f'ResNet18Reduced expects [B, H, W, C] inputs, got shape {x.shape}.')
+      raise ValueError(f'ResNet18Reduced expects [B, H, W, C] inputs, got shape {x.shape}.')
     nf = self.nf
-    out = _Conv(nf, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                name='conv1')(x)
+    out = _Conv(nf, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), name='conv1')(x)
     out = nn.relu(_batch_norm(train, 'bn1')(out))  # [B, H, W, nf]
     for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2))):
       for block in range(2):
-        out = BasicBlock(nf * mult, stride if block == 0 else 1,
-                         name=f'layer{stage + 1}_{block}')(out, train)
+        out = BasicBlock(nf * mult, stride if block == 0 else 1, name=f'layer{stage + 1}_{block}')(
+          out, train
+        )
     features = jnp.mean(out, axis=(1, 2))  # [B, 8 * nf]
-    logits = heads.TaskHead(self.num_classes, self.num_heads,
-                            self.task_classes, name='head')(features, t)
+    logits = heads.TaskHead(self.num_classes, self.num_heads, self.task_classes, name='head')(
+      features, t
+    )
     if return_features:
       return logits, features
     return logits

@@ -24,6 +24,7 @@ and renamed (`os.replace`), so a crash never leaves a half-written
 checkpoint. A checkpoint that cannot be read or does not fit the state is
 reported by name and the previous one is used.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,7 +83,9 @@ def unflatten(like, leaves: list):
     if isinstance(node, tuple) and hasattr(node, '_fields'):
       return type(node)(*built)
     if dataclasses.is_dataclass(node):
-      return dataclasses.replace(node, **{f.name: v for f, v in zip(dataclasses.fields(node), built)})
+      return dataclasses.replace(
+        node, **{f.name: v for f, v in zip(dataclasses.fields(node), built)}
+      )
     if isinstance(node, dict):
       return type(node)(zip(sorted(node), built))
     return type(node)(built)
@@ -98,16 +101,24 @@ def _restore_leaves(saved: list, like: list, what: str) -> list:
   restored = []
   for i, (value, template) in enumerate(zip(saved, like)):
     if isinstance(template, torch.Tensor):
-      if (not isinstance(value, torch.Tensor) or value.shape != template.shape
-          or value.dtype != template.dtype):
-        got = (f'{tuple(value.shape)} {value.dtype}' if isinstance(value, torch.Tensor)
-               else type(value).__name__)
-        raise ValueError(f'{what}[{i}]: saved {got}, the state has '
-                         f'{tuple(template.shape)} {template.dtype}')
+      if (
+        not isinstance(value, torch.Tensor)
+        or value.shape != template.shape
+        or value.dtype != template.dtype
+      ):
+        got = (
+          f'{tuple(value.shape)} {value.dtype}'
+          if isinstance(value, torch.Tensor)
+          else type(value).__name__
+        )
+        raise ValueError(
+          f'{what}[{i}]: saved {got}, the state has {tuple(template.shape)} {template.dtype}'
+        )
       value = value.to(template.device)
     elif type(value) is not type(template):
-      raise ValueError(f'{what}[{i}]: saved a {type(value).__name__}, the state has a '
-                       f'{type(template).__name__}')
+      raise ValueError(
+        f'{what}[{i}]: saved a {type(value).__name__}, the state has a {type(template).__name__}'
+      )
     restored.append(value)
   return restored
 
@@ -152,13 +163,14 @@ class Checkpointer:
     the oldest beyond `max_to_keep`."""
     train_state, algo_state = state
     payload = {
-        'model': train_state.model.state_dict(),
-        'optimizer': _optimizer_leaves(train_state.optimizer),
-        'class_mask': train_state.class_mask, 'step': int(train_state.step),
-        'task': int(train_state.task),
-        'algo_state': flatten(algo_state),
-        'torch_rng': _rng_states(train_state.device),
-        'record': json.dumps(record),
+      'model': train_state.model.state_dict(),
+      'optimizer': _optimizer_leaves(train_state.optimizer),
+      'class_mask': train_state.class_mask,
+      'step': int(train_state.step),
+      'task': int(train_state.task),
+      'algo_state': flatten(algo_state),
+      'torch_rng': _rng_states(train_state.device),
+      'record': json.dumps(record),
     }
     steps = self.all_steps()
     step = steps[-1] + 1 if steps else 1
@@ -178,11 +190,13 @@ class Checkpointer:
         os.remove(tmp)
       raise
     _fsync_directory(self.directory)
-    for old in self.all_steps()[:-self.max_to_keep]:
+    for old in self.all_steps()[: -self.max_to_keep]:
       os.remove(self.path(old))
     return step
 
-  def restore_latest(self, like: tuple[Any, Any]) -> tuple[int, tuple[Any, Any], dict[str, Any]] | None:
+  def restore_latest(
+    self, like: tuple[Any, Any]
+  ) -> tuple[int, tuple[Any, Any], dict[str, Any]] | None:
     """The newest readable checkpoint as `(step, (train_state, algo_state),
     record)`, or None if there is none. `like` is the run's freshly built
     `(train_state, algo_state)`: the model and optimizer are loaded into it
@@ -197,13 +211,17 @@ class Checkpointer:
       try:
         return step, *self._restore(self.path(step), like)
       except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back
-        message = (f'checkpoint {self.path(step)} is corrupt or incompatible '
-                   f'({type(err).__name__}: {str(err)[:200]}); trying the previous one')
+        message = (
+          f'checkpoint {self.path(step)} is corrupt or incompatible '
+          f'({type(err).__name__}: {str(err)[:200]}); trying the previous one'
+        )
         logging.warning(message)
         print(message)
         failures.append(message)
     if failures:
-      raise CheckpointError('no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(failures))
+      raise CheckpointError(
+        'no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(failures)
+      )
     return None
 
   def latest_record(self) -> dict[str, Any] | None:
@@ -235,15 +253,22 @@ class Checkpointer:
     if sorted(payload['model']) != sorted(model):
       raise ValueError(f'the model has {sorted(model)}, the checkpoint {sorted(payload["model"])}')
     names = sorted(model)
-    model_values = _restore_leaves([payload['model'][n] for n in names],
-                                   [model[n] for n in names], 'model')
-    optimizer = unflatten(_optimizer_leaves(train_state.optimizer), _restore_leaves(
-        flatten(payload['optimizer']), flatten(_optimizer_leaves(train_state.optimizer)),
-        'optimizer'))
+    model_values = _restore_leaves(
+      [payload['model'][n] for n in names], [model[n] for n in names], 'model'
+    )
+    optimizer = unflatten(
+      _optimizer_leaves(train_state.optimizer),
+      _restore_leaves(
+        flatten(payload['optimizer']),
+        flatten(_optimizer_leaves(train_state.optimizer)),
+        'optimizer',
+      ),
+    )
     (class_mask,) = _restore_leaves([payload['class_mask']], [train_state.class_mask], 'class_mask')
     like_leaves = flatten(algo_state)
-    algo_state = unflatten(algo_state, _restore_leaves(payload['algo_state'], like_leaves,
-                                                       'algo_state'))
+    algo_state = unflatten(
+      algo_state, _restore_leaves(payload['algo_state'], like_leaves, 'algo_state')
+    )
     rng = payload['torch_rng']
 
     train_state.model.load_state_dict(dict(zip(names, model_values)))
@@ -252,8 +277,9 @@ class Checkpointer:
     torch.set_rng_state(rng['cpu'])
     if 'cuda' in rng and train_state.device.type == 'cuda':
       torch.cuda.set_rng_state(rng['cuda'], train_state.device)
-    train_state = train_state.replace(class_mask=class_mask, step=payload['step'],
-                                      task=payload['task'])
+    train_state = train_state.replace(
+      class_mask=class_mask, step=payload['step'], task=payload['task']
+    )
     return (train_state, algo_state), record
 
   def close(self) -> None:

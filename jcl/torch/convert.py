@@ -25,6 +25,7 @@ arrays are accepted as they are and NumPy arrays come back):
 Both directions are exact (transposes only), so flax -> PyTorch -> flax is
 bit for bit.
 """
+
 from __future__ import annotations
 
 import re
@@ -115,11 +116,15 @@ def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, torch.Tensor]:
       name = 'bias'
     else:
       raise ValueError(f'unknown flax parameter {"/".join(path)}')
-    state_dict['.'.join(_torch_path(module) + [name])] = torch.from_numpy(np.array(value, copy=True))
+    state_dict['.'.join(_torch_path(module) + [name])] = torch.from_numpy(
+      np.array(value, copy=True)
+    )
   for path, value in _leaves(variables.get('batch_stats', {})):
     *module, leaf = path
     name = {'mean': 'running_mean', 'var': 'running_var'}[leaf]
-    state_dict['.'.join(_torch_path(module) + [name])] = torch.from_numpy(np.array(value, copy=True))
+    state_dict['.'.join(_torch_path(module) + [name])] = torch.from_numpy(
+      np.array(value, copy=True)
+    )
   for collection, tree in variables.items():
     if collection in ('params', 'batch_stats'):
       continue
@@ -128,8 +133,9 @@ def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, torch.Tensor]:
   return state_dict
 
 
-def torch_to_flax(state_dict: Mapping[str, torch.Tensor],
-                  collections: tuple[str, ...] = ()) -> dict[str, dict]:
+def torch_to_flax(
+  state_dict: Mapping[str, torch.Tensor], collections: tuple[str, ...] = ()
+) -> dict[str, dict]:
   """The flax variables of a `jcl.torch.models` state dict (NumPy leaves).
 
   Args:

@@ -9,6 +9,7 @@ initialized from the seed (flax's distributions, not the JAX run's numbers;
 convert weights with `jcl.torch.convert` to start both from the same ones).
 Seeds and grids run replica after replica ('sequential'; there is no vmap).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,32 +34,41 @@ name = 'torch'
 @dataclasses.dataclass
 class Parts:
   """What a run is made of (one replica's, for seeds and grids)."""
+
   spec: RunSpec
   benchmark: benchmarks_lib.Benchmark
   model: torch.nn.Module
   algorithm: algorithms.Algorithm
   context: algorithms.Context
   train_state: ts_lib.TrainState
-  train_config: loop.TrainConfig   # after the algorithm's regime (`adapt_regime`)
+  train_config: loop.TrainConfig  # after the algorithm's regime (`adapt_regime`)
   device: Any = None
 
 
-def build_model(model_config: Mapping[str, Any], benchmark: benchmarks_lib.Benchmark,
-                seed: int, device=None) -> torch.nn.Module:
+def build_model(
+  model_config: Mapping[str, Any], benchmark: benchmarks_lib.Benchmark, seed: int, device=None
+) -> torch.nn.Module:
   """The model of `model_config` with the output head the benchmark's scenario needs."""
   kwargs = dict(model_config)
   model_name = kwargs.pop('name')
   task_classes = None
   if benchmark.scenario == 'task' and benchmark.num_heads == 1:
     task_classes = tuple(tuple(int(c) for c in cls) for cls in benchmark.task_classes)
-  model = models.make_model(model_name, benchmark.input_shape, seed=seed,
-                            num_classes=benchmark.num_classes, num_heads=benchmark.num_heads,
-                            task_classes=task_classes, **kwargs)
+  model = models.make_model(
+    model_name,
+    benchmark.input_shape,
+    seed=seed,
+    num_classes=benchmark.num_classes,
+    num_heads=benchmark.num_heads,
+    task_classes=task_classes,
+    **kwargs,
+  )
   return model.to(device) if device is not None else model
 
 
-def build(config, shared: dict[str, Any] | None = None, replica: Replica | None = None,
-          device=None) -> Parts:
+def build(
+  config, shared: dict[str, Any] | None = None, replica: Replica | None = None, device=None
+) -> Parts:
   """The parts of `config` (a config or a `RunSpec`); with `replica`, those of
   that replica of a run of seeds / a grid (its seed and gridded values)."""
   spec = RunSpec.from_config(config)
@@ -66,24 +76,37 @@ def build(config, shared: dict[str, Any] | None = None, replica: Replica | None 
     spec = spec.for_replica(replica)
   device = device if device is not None else (shared or {}).get('device')
   benchmark = spec.build_benchmark()
-  context = algorithms.Context(tuple(benchmark.input_shape), benchmark.num_classes,
-                               benchmark.num_tasks)
+  context = algorithms.Context(
+    tuple(benchmark.input_shape), benchmark.num_classes, benchmark.num_tasks
+  )
   model_config, optimizer, train_config = algorithms.adapt_regime(
-      spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train)
-  model = algorithms.adapt_model(spec.algorithm,
-                                 build_model(model_config, benchmark, spec.seed, device), context)
+    spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train
+  )
+  model = algorithms.adapt_model(
+    spec.algorithm, build_model(model_config, benchmark, spec.seed, device), context
+  )
   if device is not None:
     model = model.to(device)
-  state = ts_lib.create_train_state(model, optimizer, num_classes=benchmark.num_classes,
-                                    seed=spec.seed)
-  return Parts(spec, benchmark, model, algorithms.build(spec.algorithm, context), context, state,
-               train_config, device)
+  state = ts_lib.create_train_state(
+    model, optimizer, num_classes=benchmark.num_classes, seed=spec.seed
+  )
+  return Parts(
+    spec,
+    benchmark,
+    model,
+    algorithms.build(spec.algorithm, context),
+    context,
+    state,
+    train_config,
+    device,
+  )
 
 
 def executor(parts: Parts, shared: dict[str, Any]) -> fit_lib.TorchExecutor:
   del shared
-  return fit_lib.TorchExecutor(parts.algorithm, parts.benchmark, parts.train_config,
-                               parts.train_state.device)
+  return fit_lib.TorchExecutor(
+    parts.algorithm, parts.benchmark, parts.train_config, parts.train_state.device
+  )
 
 
 def init_algo_state(parts: Parts, shared: dict[str, Any]):
@@ -97,8 +120,10 @@ def seeded(parts: Parts):
 
 
 def vmapped(spec, replicas, mesh, shared):
-  raise ValueError("the torch backend runs seeds and grids one replica after the other: "
-                   "set replicas.mode to 'sequential' or 'auto'")
+  raise ValueError(
+    'the torch backend runs seeds and grids one replica after the other: '
+    "set replicas.mode to 'sequential' or 'auto'"
+  )
 
 
 def replica_mode(mode: str) -> str:
@@ -126,8 +151,12 @@ def devices(mesh) -> list[str]:
 
 
 def environment() -> dict[str, Any]:
-  return {'torch': torch.__version__, 'backend': 'torch', 'threads': torch.get_num_threads(),
-          'python': platform.python_version()}
+  return {
+    'torch': torch.__version__,
+    'backend': 'torch',
+    'threads': torch.get_num_threads(),
+    'python': platform.python_version(),
+  }
 
 
 def prepare(spec: RunSpec) -> None:
@@ -136,11 +165,9 @@ def prepare(spec: RunSpec) -> None:
 
 def run(config, workdir: str | None = None, extra_callbacks=(), device=None):
   """`jcl.runs.run(config, workdir, backend='torch')`."""
-  return runs.run(config, workdir, backend='torch', extra_callbacks=extra_callbacks,
-                  device=device)
+  return runs.run(config, workdir, backend='torch', extra_callbacks=extra_callbacks, device=device)
 
 
 def write_results(workdir: str, config, payload: Mapping[str, Any]) -> str:
   """Atomically writes `workdir/results.json` with the PyTorch environment."""
   return runs.write_results(workdir, config, payload, environment())
-

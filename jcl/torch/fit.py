@@ -13,6 +13,7 @@ run (`seeded`; the caller's generator state is restored afterwards). With a
 `jcl.torch.checkpoint.Checkpointer`) the run resumes from the newest
 checkpoint exactly where it stopped, generator state included.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,17 @@ from jcl.torch.algorithms.base import Algorithm
 from jcl.torch.train_state import TrainState
 from jcl.types import Batch
 
-__all__ = ['FitResult', 'NonFiniteLossError', 'TorchExecutor', 'TrainConfig', 'fit', 'seeded',
-           'subsample', 'task_data', 'training_split']
+__all__ = [
+  'FitResult',
+  'NonFiniteLossError',
+  'TorchExecutor',
+  'TrainConfig',
+  'fit',
+  'seeded',
+  'subsample',
+  'task_data',
+  'training_split',
+]
 
 
 def to_tensors(batch: Batch, device) -> Batch:
@@ -42,8 +52,7 @@ def to_tensors(batch: Batch, device) -> Batch:
 
 def task_data(split: TaskSplit, batch_size: int, device=None) -> Batch:
   """A whole split as one padded chunk `[K, B, ...]` of tensors (for `end_task`)."""
-  return to_tensors(stream.gather(split, stream.subset_index_chunk(len(split), batch_size)),
-                    device)
+  return to_tensors(stream.gather(split, stream.subset_index_chunk(len(split), batch_size)), device)
 
 
 def run_chunk(algorithm: Algorithm, train_state: TrainState, algo_state: Any, chunk: Batch):
@@ -58,8 +67,9 @@ def run_chunk(algorithm: Algorithm, train_state: TrainState, algo_state: Any, ch
       per_step.append(metrics)
   if not per_step:
     return train_state, algo_state, {}
-  means = {name: float(torch.stack([m[name].float() for m in per_step]).mean())
-           for name in per_step[0]}
+  means = {
+    name: float(torch.stack([m[name].float() for m in per_step]).mean()) for name in per_step[0]
+  }
   return train_state, algo_state, means
 
 
@@ -80,8 +90,12 @@ class TorchExecutor:
   compile_seconds = 0.0
 
   def __init__(self, algorithm: Algorithm, benchmark: Benchmark, config: TrainConfig, device):
-    self.algorithm, self.benchmark, self.config, self.device = (algorithm, benchmark, config,
-                                                                device)
+    self.algorithm, self.benchmark, self.config, self.device = (
+      algorithm,
+      benchmark,
+      config,
+      device,
+    )
     self._split: TaskSplit | None = None
 
   def place_task(self, task_id: int, splits: Sequence[TaskSplit]) -> None:
@@ -96,7 +110,8 @@ class TorchExecutor:
   def run_chunk(self, states, chunks):
     (chunk,) = chunks
     train_state, algo_state, means = run_chunk(
-        self.algorithm, *states, to_tensors(stream.gather(self._split, chunk), self.device))
+      self.algorithm, *states, to_tensors(stream.gather(self._split, chunk), self.device)
+    )
     return (train_state, algo_state), (means, train_state.step)
 
   def chunk_result(self, pending) -> loop.ChunkResult:
@@ -113,17 +128,26 @@ class TorchExecutor:
     train_state = states[0]
     if class_mask is not None:
       train_state = train_state.replace(
-          class_mask=torch.as_tensor(class_mask, dtype=torch.bool, device=self.device))
+        class_mask=torch.as_tensor(class_mask, dtype=torch.bool, device=self.device)
+      )
     accuracy, given_task = evaluation.evaluate_benchmark(
-        train_state, self.benchmark, self.config.eval_split, self.config.eval_batch_size)
+      train_state, self.benchmark, self.config.eval_split, self.config.eval_batch_size
+    )
     return accuracy[None], None if given_task is None else given_task[None]
 
 
-def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
-        config: TrainConfig | None = None, *, algo_state: Any = None,
-        callbacks: Sequence[callbacks_lib.Callback] = (),
-        cumulative_data: bool | None = None, evaluate: bool = True,
-        checkpoint: callbacks_lib.CheckpointCallback | None = None) -> FitResult:
+def fit(
+  algorithm: Algorithm,
+  train_state: TrainState,
+  benchmark: Benchmark,
+  config: TrainConfig | None = None,
+  *,
+  algo_state: Any = None,
+  callbacks: Sequence[callbacks_lib.Callback] = (),
+  cumulative_data: bool | None = None,
+  evaluate: bool = True,
+  checkpoint: callbacks_lib.CheckpointCallback | None = None,
+) -> FitResult:
   """Trains `algorithm` on every task of `benchmark` in order (`jcl.train.fit`'s contract).
 
   Args:
@@ -148,8 +172,11 @@ def fit(algorithm: Algorithm, train_state: TrainState, benchmark: Benchmark,
   stream_ = loop.Stream.single(benchmark, config, algorithm.spec)
   if cumulative_data is not None:
     stream_ = dataclasses.replace(stream_, cumulative_data=cumulative_data)
-  callbacks = [*([callbacks_lib.EvaluationCallback()] if evaluate else []), *callbacks,
-               *([checkpoint] if checkpoint is not None else [])]
+  callbacks = [
+    *([callbacks_lib.EvaluationCallback()] if evaluate else []),
+    *callbacks,
+    *([checkpoint] if checkpoint is not None else []),
+  ]
   executor = TorchExecutor(algorithm, benchmark, config, train_state.device)
   with seeded(config.seed, train_state.device):
     if algo_state is None:

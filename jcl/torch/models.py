@@ -24,6 +24,7 @@ Differences from a plain PyTorch network, all to match flax:
 `flax_to_torch` / `torch_to_flax` (from `jcl.torch.convert`) move weights
 between the two.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,19 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jcl.torch.convert import flax_to_torch  # re-exported: models and their converters
-from jcl.torch.convert import torch_to_flax
 
 MASK_VALUE = -1e9
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    'relu': F.relu,
-    'tanh': torch.tanh,
-    'sigmoid': torch.sigmoid,
-    'gelu': lambda x: F.gelu(x, approximate='tanh'),  # flax's nn.gelu default
-    'elu': F.elu,
-    'silu': F.silu,
-    'leaky_relu': lambda x: F.leaky_relu(x, 0.01),
+  'relu': F.relu,
+  'tanh': torch.tanh,
+  'sigmoid': torch.sigmoid,
+  'gelu': lambda x: F.gelu(x, approximate='tanh'),  # flax's nn.gelu default
+  'elu': F.elu,
+  'silu': F.silu,
+  'leaky_relu': lambda x: F.leaky_relu(x, 0.01),
 }
 
 # ----------------------------------------------------------------------------- checks
@@ -77,10 +76,13 @@ def _task_classes(task_classes, num_classes: int, num_heads: int):
   if task_classes is None:
     return None
   out = tuple(tuple(int(c) for c in classes) for classes in task_classes)
-  if not out or any(not classes or min(classes) < 0 or max(classes) >= num_classes
-                    for classes in out):
-    raise ValueError(f'task_classes must be non-empty sequences of class ids in '
-                     f'[0, {num_classes}), got {task_classes!r}.')
+  if not out or any(
+    not classes or min(classes) < 0 or max(classes) >= num_classes for classes in out
+  ):
+    raise ValueError(
+      f'task_classes must be non-empty sequences of class ids in '
+      f'[0, {num_classes}), got {task_classes!r}.'
+    )
   if num_heads > 1 and len(out) != num_heads:
     raise ValueError(f'task_classes has {len(out)} tasks but num_heads is {num_heads}.')
   return out
@@ -125,8 +127,9 @@ class TaskHead(nn.Module):
   sample's task classes are `MASK_VALUE` (see `jcl.models.heads`).
   """
 
-  def __init__(self, in_features: int, num_classes: int = 10, num_heads: int = 1,
-               task_classes=None):
+  def __init__(
+    self, in_features: int, num_classes: int = 10, num_heads: int = 1, task_classes=None
+  ):
     super().__init__()
     self.num_classes = _positive_int('num_classes', num_classes)
     self.num_heads = _positive_int('num_heads', num_heads)
@@ -152,8 +155,9 @@ class TaskHead(nn.Module):
     t = t.long().reshape(-1)
     if self.num_heads > 1:
       per_head = logits.reshape(logits.shape[0], self.num_heads, self.num_classes)
-      logits = per_head[torch.arange(logits.shape[0], device=logits.device),
-                        t.clamp(0, self.num_heads - 1)]  # [B, C]
+      logits = per_head[
+        torch.arange(logits.shape[0], device=logits.device), t.clamp(0, self.num_heads - 1)
+      ]  # [B, C]
     if self.task_classes is not None:
       rows = self.class_table[t.clamp(0, self.class_table.shape[0] - 1)]  # [B, C]
       logits = mask_logits(logits, rows)
@@ -184,8 +188,10 @@ class BatchNorm(nn.Module):
       mean = x.mean(dims)
       var = torch.clamp((x * x).mean(dims) - mean * mean, min=0.0)
       keep, new = self.momentum, 1.0 - self.momentum
-      self.new_stats = (keep * self.running_mean + new * mean.detach(),
-                        keep * self.running_var + new * var.detach())
+      self.new_stats = (
+        keep * self.running_mean + new * mean.detach(),
+        keep * self.running_var + new * var.detach(),
+      )
     else:
       mean, var = self.running_mean, self.running_var
     scale = torch.rsqrt(var + self.eps) * self.weight
@@ -204,9 +210,16 @@ class MLP(nn.Module):
       `jcl.models.MLP`.
   """
 
-  def __init__(self, input_shape: Sequence[int], widths: Sequence[int] = (100, 100),
-               num_classes: int = 10, num_heads: int = 1, task_classes=None,
-               dropout: float = 0.0, activation: str = 'relu'):
+  def __init__(
+    self,
+    input_shape: Sequence[int],
+    widths: Sequence[int] = (100, 100),
+    num_classes: int = 10,
+    num_heads: int = 1,
+    task_classes=None,
+    dropout: float = 0.0,
+    activation: str = 'relu',
+  ):
     super().__init__()
     self.widths = _positive_ints('widths', widths)
     self.dropout = _rate('dropout', dropout)
@@ -240,9 +253,16 @@ class CNN(nn.Module):
       `jcl.models.CNN`.
   """
 
-  def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (32, 64),
-               hidden: int = 256, num_classes: int = 10, num_heads: int = 1, task_classes=None,
-               dropout: float = 0.0):
+  def __init__(
+    self,
+    input_shape: Sequence[int],
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 256,
+    num_classes: int = 10,
+    num_heads: int = 1,
+    task_classes=None,
+    dropout: float = 0.0,
+  ):
     super().__init__()
     if len(input_shape) != 3:
       raise ValueError(f'CNN expects an (H, W, C) input shape, got {input_shape}.')
@@ -302,8 +322,14 @@ class ResNet18Reduced(nn.Module):
     nf, num_classes, num_heads, task_classes: as in `jcl.models.ResNet18Reduced`.
   """
 
-  def __init__(self, input_shape: Sequence[int], nf: int = 20, num_classes: int = 10,
-               num_heads: int = 1, task_classes=None):
+  def __init__(
+    self,
+    input_shape: Sequence[int],
+    nf: int = 20,
+    num_classes: int = 10,
+    num_heads: int = 1,
+    task_classes=None,
+  ):
     super().__init__()
     self.nf = _positive_int('nf', nf)
     in_channels = input_shape[-1]
@@ -332,9 +358,9 @@ class ResNet18Reduced(nn.Module):
 
 
 _REGISTRY: dict[str, type[nn.Module]] = {
-    'mlp': MLP,
-    'cnn': CNN,
-    'resnet18_reduced': ResNet18Reduced,
+  'mlp': MLP,
+  'cnn': CNN,
+  'resnet18_reduced': ResNet18Reduced,
 }
 
 
@@ -342,8 +368,9 @@ def model_names() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
-def make_model(name: str, input_shape: Sequence[int], *, seed: int | None = None,
-               **kwargs: Any) -> nn.Module:
+def make_model(
+  name: str, input_shape: Sequence[int], *, seed: int | None = None, **kwargs: Any
+) -> nn.Module:
   """The PyTorch counterpart of `jcl.models.make_model(name, **kwargs)`.
 
   Args:

@@ -18,6 +18,7 @@ operation as optax does, so the updates agree to float32 rounding:
 The learning rate is a float32 value that `jcl.torch.train_state.begin_task`
 sets per task, like optax's injected hyperparameter.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -65,8 +66,9 @@ class Optimizer:
     self.mu, self.nu = (zeros(), zeros()) if self.spec.name == 'adam' else (None, None)
 
   @torch.no_grad()
-  def updates(self, grads: Sequence[torch.Tensor],
-              params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+  def updates(
+    self, grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor]
+  ) -> list[torch.Tensor]:
     """The additive updates of one step (and the state advanced), as `tx.update`."""
     spec = self.spec
     grads = list(grads)
@@ -85,10 +87,12 @@ class Optimizer:
     self.mu = [(1 - ADAM_B1) * g + ADAM_B1 * m for g, m in zip(grads, self.mu)]
     self.nu = [(1 - ADAM_B2) * (g * g) + ADAM_B2 * v for g, v in zip(grads, self.nu)]
     self.count += 1
-    correction1 = _f32(1 - np.float32(ADAM_B1)**np.float32(self.count))
-    correction2 = _f32(1 - np.float32(ADAM_B2)**np.float32(self.count))
-    return [((m / correction1) / (torch.sqrt(v / correction2) + ADAM_EPS)) * neg_lr
-            for m, v in zip(self.mu, self.nu)]
+    correction1 = _f32(1 - np.float32(ADAM_B1) ** np.float32(self.count))
+    correction2 = _f32(1 - np.float32(ADAM_B2) ** np.float32(self.count))
+    return [
+      ((m / correction1) / (torch.sqrt(v / correction2) + ADAM_EPS)) * neg_lr
+      for m, v in zip(self.mu, self.nu)
+    ]
 
   @torch.no_grad()
   def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
@@ -96,5 +100,10 @@ class Optimizer:
     torch._foreach_add_(list(params), self.updates(grads, params))
 
   def state_dict(self) -> dict:
-    return {'learning_rate': self.learning_rate, 'count': self.count, 'trace': self.trace,
-            'mu': self.mu, 'nu': self.nu}
+    return {
+      'learning_rate': self.learning_rate,
+      'count': self.count,
+      'trace': self.trace,
+      'mu': self.mu,
+      'nu': self.nu,
+    }

@@ -17,6 +17,7 @@ say in it). Initialization is flax's distribution: LeCun-normal kernels
 (the linear adapter's `U^(k:j)` scaled by `1 / sqrt(k)`), zero biases,
 `alpha ~ U[0, 0.1)`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,9 @@ def generator_from_weights(module: nn.Module, salt: int = 0) -> torch.Generator:
   return torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], 'little') >> 1)
 
 
-def _layer(kind: str, in_features: int, out_features: int, *, bias: bool = True,
-           kernel_size: int = 3) -> nn.Module:
+def _layer(
+  kind: str, in_features: int, out_features: int, *, bias: bool = True, kernel_size: int = 3
+) -> nn.Module:
   """A dense layer, or a SAME convolution of `kernel_size` (stride 1)."""
   if kind == 'dense':
     return nn.Linear(in_features, out_features, bias=bias)
@@ -79,8 +81,15 @@ class LateralLayer(nn.Module):
     activation: the MLP adapter's non-linearity (`jcl.torch.models.ACTIVATIONS`).
   """
 
-  def __init__(self, kind: str, in_features: int, out_features: int, num_anterior: int = 0,
-               adapter: str = 'linear', activation: str = 'relu'):
+  def __init__(
+    self,
+    kind: str,
+    in_features: int,
+    out_features: int,
+    num_anterior: int = 0,
+    adapter: str = 'linear',
+    activation: str = 'relu',
+  ):
     super().__init__()
     self.kind, self.adapter, self.num_anterior = kind, adapter, num_anterior
     self.activation = models_lib.ACTIVATIONS[activation]
@@ -131,14 +140,25 @@ class ProgressiveColumn(nn.Module):
     adapter, activation: as `LateralLayer`.
   """
 
-  def __init__(self, kinds: Sequence[str], in_features: Sequence[int],
-               out_features: Sequence[int], index: int, adapter: str = 'linear',
-               activation: str = 'relu'):
+  def __init__(
+    self,
+    kinds: Sequence[str],
+    in_features: Sequence[int],
+    out_features: Sequence[int],
+    index: int,
+    adapter: str = 'linear',
+    activation: str = 'relu',
+  ):
     super().__init__()
     self.num_layers = len(kinds)
     for i, kind in enumerate(kinds):
-      setattr(self, f'layers_{i}', LateralLayer(kind, in_features[i], out_features[i],
-                                                index if i > 0 else 0, adapter, activation))
+      setattr(
+        self,
+        f'layers_{i}',
+        LateralLayer(
+          kind, in_features[i], out_features[i], index if i > 0 else 0, adapter, activation
+        ),
+      )
 
   def layer(self, i: int) -> LateralLayer:
     return getattr(self, f'layers_{i}')
@@ -148,8 +168,10 @@ def _check(num_columns: int, num_classes: int, num_heads: int, adapter: str, tas
   if not isinstance(num_columns, int) or isinstance(num_columns, bool) or num_columns < 1:
     raise ValueError(f'num_columns must be a positive int, got {num_columns!r}.')
   if num_heads not in (1, num_columns):
-    raise ValueError(f'num_heads must be 1 (masked or shared head) or num_columns='
-                     f'{num_columns} (one head per column), got {num_heads}.')
+    raise ValueError(
+      f'num_heads must be 1 (masked or shared head) or num_columns='
+      f'{num_columns} (one head per column), got {num_heads}.'
+    )
   if adapter not in ADAPTERS:
     raise ValueError(f'adapter must be one of {ADAPTERS}, got {adapter!r}.')
   if task_classes is None:
@@ -176,8 +198,11 @@ class _Progressive(nn.Module):
     if table is not None:
       self.register_buffer('class_table', table, persistent=False)
     for k in range(self.num_columns):
-      setattr(self, f'column_{k}', ProgressiveColumn(kinds, in_features, out_features, k,
-                                                     self.adapter, activation))
+      setattr(
+        self,
+        f'column_{k}',
+        ProgressiveColumn(kinds, in_features, out_features, k, self.adapter, activation),
+      )
     self.reset_parameters(generator)
 
   def column(self, k: int) -> ProgressiveColumn:
@@ -242,19 +267,35 @@ class ProgressiveMLP(_Progressive):
     generator: seeds the initialization (None: torch's global generator).
   """
 
-  def __init__(self, input_shape: Sequence[int], num_columns: int = 2,
-               widths: Sequence[int] = (100, 100), num_classes: int = 10, num_heads: int = 1,
-               task_classes=None, dropout: float = 0.0, activation: str = 'relu',
-               adapter: str = 'linear', generator: torch.Generator | None = None):
+  def __init__(
+    self,
+    input_shape: Sequence[int],
+    num_columns: int = 2,
+    widths: Sequence[int] = (100, 100),
+    num_classes: int = 10,
+    num_heads: int = 1,
+    task_classes=None,
+    dropout: float = 0.0,
+    activation: str = 'relu',
+    adapter: str = 'linear',
+    generator: torch.Generator | None = None,
+  ):
     super().__init__()
     if activation not in models_lib.ACTIVATIONS:
-      raise ValueError(f'activation must be one of {sorted(models_lib.ACTIVATIONS)}, '
-                       f'got {activation!r}.')
+      raise ValueError(
+        f'activation must be one of {sorted(models_lib.ACTIVATIONS)}, got {activation!r}.'
+      )
     self.num_columns, self.num_classes, self.num_heads = num_columns, num_classes, num_heads
     self.adapter, self.dropout, self.activation = adapter, float(dropout), activation
     self.widths = tuple(int(w) for w in widths)
-    self._build(('dense',) * (len(self.widths) + 1), (math.prod(input_shape), *self.widths),
-                (*self.widths, num_classes), activation, task_classes, generator)
+    self._build(
+      ('dense',) * (len(self.widths) + 1),
+      (math.prod(input_shape), *self.widths),
+      (*self.widths, num_classes),
+      activation,
+      task_classes,
+      generator,
+    )
 
   def forward(self, x, t=None, *, train: bool = False, return_features: bool = False):
     act = models_lib.ACTIVATIONS[self.activation]
@@ -275,10 +316,19 @@ class ProgressiveCNN(_Progressive):
     channels, hidden, dropout: as in `CNN`, per column.
   """
 
-  def __init__(self, input_shape: Sequence[int], num_columns: int = 2,
-               channels: Sequence[int] = (32, 64), hidden: int = 256, num_classes: int = 10,
-               num_heads: int = 1, task_classes=None, dropout: float = 0.0,
-               adapter: str = 'linear', generator: torch.Generator | None = None):
+  def __init__(
+    self,
+    input_shape: Sequence[int],
+    num_columns: int = 2,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 256,
+    num_classes: int = 10,
+    num_heads: int = 1,
+    task_classes=None,
+    dropout: float = 0.0,
+    adapter: str = 'linear',
+    generator: torch.Generator | None = None,
+  ):
     super().__init__()
     if len(input_shape) != 3:
       raise ValueError(f'ProgressiveCNN expects an (H, W, C) input shape, got {input_shape}.')
@@ -289,9 +339,14 @@ class ProgressiveCNN(_Progressive):
     for _ in self.channels:
       height, width = height // 2, width // 2
     flat = height * width * self.channels[-1]  # the dense layer reads the flattened conv output
-    self._build(('conv',) * len(self.channels) + ('dense', 'dense'),
-                (in_channels, *self.channels[:-1], flat, self.hidden),
-                (*self.channels, self.hidden, num_classes), 'relu', task_classes, generator)
+    self._build(
+      ('conv',) * len(self.channels) + ('dense', 'dense'),
+      (in_channels, *self.channels[:-1], flat, self.hidden),
+      (*self.channels, self.hidden, num_classes),
+      'relu',
+      task_classes,
+      generator,
+    )
 
   def forward(self, x, t=None, *, train: bool = False, return_features: bool = False):
     if x.ndim != 4:
@@ -304,14 +359,20 @@ class ProgressiveCNN(_Progressive):
       h = conv_block(h).permute(0, 2, 3, 1)  # flax's (height, width, channel) order
       return self._drop(h.reshape(h.shape[0], -1), train)
 
-    post = ([conv_block] * (len(self.channels) - 1)
-            + [last_conv_block, lambda h: self._drop(F.relu(h), train)])
+    post = [conv_block] * (len(self.channels) - 1) + [
+      last_conv_block,
+      lambda h: self._drop(F.relu(h), train),
+    ]
     return self._forward(x.permute(0, 3, 1, 2), t, post, return_features)
 
 
-def progressive_version(model: nn.Module, input_shape: Sequence[int], num_columns: int,
-                        adapter: str = 'linear',
-                        generator: torch.Generator | None = None) -> _Progressive:
+def progressive_version(
+  model: nn.Module,
+  input_shape: Sequence[int],
+  num_columns: int,
+  adapter: str = 'linear',
+  generator: torch.Generator | None = None,
+) -> _Progressive:
   """The progressive network with `num_columns` columns shaped like `model`
   (a `jcl.torch.models` MLP or CNN for inputs of `input_shape`), with its
   head layout; initialized from `generator`.
@@ -321,12 +382,20 @@ def progressive_version(model: nn.Module, input_shape: Sequence[int], num_column
       and residual blocks have no column version here).
   """
   if not isinstance(model, (models_lib.MLP, models_lib.CNN)):
-    raise ValueError(f'no progressive (column) version of {type(model).__name__}: PNN supports '
-                     f"the 'mlp' and 'cnn' models.")
+    raise ValueError(
+      f'no progressive (column) version of {type(model).__name__}: PNN supports '
+      f"the 'mlp' and 'cnn' models."
+    )
   head = model.head
-  common = dict(num_columns=num_columns, num_classes=head.num_classes, num_heads=head.num_heads,
-                task_classes=head.task_classes, dropout=model.dropout, adapter=adapter,
-                generator=generator)
+  common = dict(
+    num_columns=num_columns,
+    num_classes=head.num_classes,
+    num_heads=head.num_heads,
+    task_classes=head.task_classes,
+    dropout=model.dropout,
+    adapter=adapter,
+    generator=generator,
+  )
   if isinstance(model, models_lib.MLP):
     return ProgressiveMLP(input_shape, widths=model.widths, activation=model.activation, **common)
   return ProgressiveCNN(input_shape, channels=model.channels, hidden=model.hidden, **common)

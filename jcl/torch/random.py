@@ -8,6 +8,7 @@ step's random numbers depend only on the seed, the step and the purpose
 from the key; a test can pass a source that reproduces `jax.random`, so the
 buffer of a replay method makes exactly the choices of the JAX one.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
@@ -86,13 +87,15 @@ class TorchRandom:
 
   def randint(self, key, maxval: torch.Tensor) -> torch.Tensor:
     maxval = torch.as_tensor(maxval, device=self.device)
-    u = torch.rand(maxval.shape, generator=self._generator(key), dtype=torch.float64,
-                   device=self.device)
+    u = torch.rand(
+      maxval.shape, generator=self._generator(key), dtype=torch.float64, device=self.device
+    )
     return torch.minimum(torch.floor(u * maxval).long(), maxval.long() - 1).clamp_min(0)
 
   def bits31(self, key, num: int) -> torch.Tensor:
-    return torch.randint(0, 1 << 31, (num,), generator=self._generator(key), dtype=torch.int64,
-                         device=self.device)
+    return torch.randint(
+      0, 1 << 31, (num,), generator=self._generator(key), dtype=torch.int64, device=self.device
+    )
 
   def permutation(self, key, num: int) -> torch.Tensor:
     return torch.randperm(num, generator=self._generator(key), device=self.device)

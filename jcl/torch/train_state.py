@@ -7,6 +7,7 @@ source of random numbers. Unlike the JAX state it is updated in place;
 functions that take a state return it too, so the loops of both backends read
 the same.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ class TrainState:
     step: optimizer steps taken (padding steps excluded).
     task: the task being trained.
   """
+
   model: nn.Module
   optimizer: Optimizer
   regime: OptimizerSpec
@@ -52,8 +54,9 @@ class TrainState:
     self._params = dict(self.model.named_parameters())
     self.param_names = list(self._params)
     self.param_list = list(self._params.values())
-    self.norm_layers = [(name, m) for name, m in self.model.named_modules()
-                        if isinstance(m, models_lib.BatchNorm)]
+    self.norm_layers = [
+      (name, m) for name, m in self.model.named_modules() if isinstance(m, models_lib.BatchNorm)
+    ]
 
   @property
   def params(self) -> Tensors:
@@ -82,8 +85,9 @@ class TrainState:
     """The key of this step and purpose (`TrainState.step_rng(salt)` in JAX)."""
     return self.rng.key(self.step, salt)
 
-  def apply_gradients(self, grads: Mapping[str, torch.Tensor],
-                      model_state: Mapping[str, torch.Tensor] | None = None) -> 'TrainState':
+  def apply_gradients(
+    self, grads: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor] | None = None
+  ) -> 'TrainState':
     """One optimizer step with `grads` (`{name: tensor}`) and the new model
     state (BatchNorm statistics of the step's forward pass), in place."""
     self.optimizer.step(self.param_list, [grads[n] for n in self.param_names])
@@ -100,8 +104,14 @@ class TrainState:
     return dataclasses.replace(self, **changes)
 
 
-def create_train_state(model: nn.Module, optimizer: OptimizerSpec, *, num_classes: int,
-                       seed: int = 0, rng: random_lib.RandomSource | None = None) -> TrainState:
+def create_train_state(
+  model: nn.Module,
+  optimizer: OptimizerSpec,
+  *,
+  num_classes: int,
+  seed: int = 0,
+  rng: random_lib.RandomSource | None = None,
+) -> TrainState:
   """The initial state of `model` (already initialized) under `optimizer`.
 
   Args:
@@ -113,15 +123,24 @@ def create_train_state(model: nn.Module, optimizer: OptimizerSpec, *, num_classe
   """
   device = next(model.parameters()).device
   return TrainState(
-      model=model, optimizer=Optimizer(optimizer, list(model.parameters())), regime=optimizer,
-      rng=rng if rng is not None else random_lib.TorchRandom(seed, device),
-      class_mask=torch.ones(num_classes, dtype=torch.bool, device=device))
+    model=model,
+    optimizer=Optimizer(optimizer, list(model.parameters())),
+    regime=optimizer,
+    rng=rng if rng is not None else random_lib.TorchRandom(seed, device),
+    class_mask=torch.ones(num_classes, dtype=torch.bool, device=device),
+  )
 
 
-def apply_model(state: TrainState, x: torch.Tensor, t: torch.Tensor, *, train: bool,
-                params: Mapping[str, torch.Tensor] | None = None,
-                model_state: Mapping[str, torch.Tensor] | None = None,
-                return_features: bool = False):
+def apply_model(
+  state: TrainState,
+  x: torch.Tensor,
+  t: torch.Tensor,
+  *,
+  train: bool,
+  params: Mapping[str, torch.Tensor] | None = None,
+  model_state: Mapping[str, torch.Tensor] | None = None,
+  return_features: bool = False,
+):
   """Runs the model; returns `(outputs, new_model_state)` as the JAX `apply_model`.
 
   `outputs` is the logits `[B, C]`, or `(logits, features)`. With `params`
@@ -134,8 +153,9 @@ def apply_model(state: TrainState, x: torch.Tensor, t: torch.Tensor, *, train: b
     outputs = state.model(x, t, train=train, return_features=return_features)
   else:
     values = {**(params or {}), **(model_state or {})}
-    outputs = torch.func.functional_call(state.model, values, (x, t),
-                                         dict(train=train, return_features=return_features))
+    outputs = torch.func.functional_call(
+      state.model, values, (x, t), dict(train=train, return_features=return_features)
+    )
   if not state.norm_layers:
     return outputs, {}
   if not train:
@@ -150,7 +170,7 @@ def apply_model(state: TrainState, x: torch.Tensor, t: torch.Tensor, *, train: b
 
 def learning_rate_for_task(regime: OptimizerSpec, task_id: int) -> float:
   """`max(lr * lr_decay**task, min_lr)` in float32, as the JAX regime."""
-  decayed = np.float32(regime.learning_rate) * np.float32(regime.lr_decay)**np.float32(task_id)
+  decayed = np.float32(regime.learning_rate) * np.float32(regime.lr_decay) ** np.float32(task_id)
   return float(np.float32(max(np.float32(decayed), np.float32(regime.min_lr))))
 
 

@@ -4,6 +4,7 @@ Streams carry a sample id in `x[..., 0]` (exact in float32), so a buffer's
 contents can be traced back to the stream. Each stream runs through a fresh
 buffer once per seed, vmapped, inside one jitted `lax.scan`.
 """
+
 import functools
 
 import jax
@@ -38,14 +39,27 @@ def make_chunk(ids, labels=None, tasks=None, *, num_batches=None, batch_size=B, 
 
   mask = pad(real.astype(np.float32), 0.0)
   x = pad(np.where(real, ids, PAD_ID).astype(np.float32), PAD_ID)[..., None]
-  return Batch(jnp.asarray(x), jnp.asarray(pad(labels, 0)), jnp.asarray(pad(tasks, 0)),
-               jnp.asarray(mask))
+  return Batch(
+    jnp.asarray(x), jnp.asarray(pad(labels, 0)), jnp.asarray(pad(tasks, 0)), jnp.asarray(mask)
+  )
 
 
-@functools.partial(jax.jit, static_argnames=('policy', 'capacity', 'num_classes', 'num_tasks',
-                                             'per_task', 'logits_dim'))
-def run_streams(chunk, keys, logits=None, *, policy, capacity, num_classes, num_tasks=1,
-                per_task=None, logits_dim=0):
+@functools.partial(
+  jax.jit,
+  static_argnames=('policy', 'capacity', 'num_classes', 'num_tasks', 'per_task', 'logits_dim'),
+)
+def run_streams(
+  chunk,
+  keys,
+  logits=None,
+  *,
+  policy,
+  capacity,
+  num_classes,
+  num_tasks=1,
+  per_task=None,
+  logits_dim=0,
+):
   """Streams `chunk` `[K, B, ...]` through a fresh buffer once per key of `keys` `[S]`.
 
   Returns:
@@ -54,8 +68,13 @@ def run_streams(chunk, keys, logits=None, *, policy, capacity, num_classes, num_
   """
 
   def one(key):
-    buf = rb.init(capacity, chunk.x.shape[2:], num_classes=num_classes, num_tasks=num_tasks,
-                  logits_dim=logits_dim)
+    buf = rb.init(
+      capacity,
+      chunk.x.shape[2:],
+      num_classes=num_classes,
+      num_tasks=num_tasks,
+      logits_dim=logits_dim,
+    )
 
     def body(b, inputs):
       batch, batch_logits, k = inputs
@@ -110,8 +129,9 @@ def test_reservoir_fills_in_order_and_ignores_padding():
   real = rng.random(n) < 0.7
   labels = rng.integers(0, 4, n)
   chunk = make_chunk(np.arange(n), labels, real=real)
-  bufs, (_, _, _, sizes) = run_streams(chunk, keys(4), policy='reservoir', capacity=cap,
-                                       num_classes=4)
+  bufs, (_, _, _, sizes) = run_streams(
+    chunk, keys(4), policy='reservoir', capacity=cap, num_classes=4
+  )
   real_ids = np.flatnonzero(real)
   per_batch_real = real.reshape(-1, B).sum(1)
   # While filling, the k-th real sample sits in slot k - 1.
@@ -121,8 +141,9 @@ def test_reservoir_fills_in_order_and_ignores_padding():
   m = per_batch_real[:3].sum()
   assert m < cap
   cut = chunk._replace(mask=chunk.mask.at[3:].set(0.0))
-  partial = unstack(run_streams(cut, keys(4), policy='reservoir', capacity=cap,
-                                num_classes=4)[0], 0)
+  partial = unstack(
+    run_streams(cut, keys(4), policy='reservoir', capacity=cap, num_classes=4)[0], 0
+  )
   np.testing.assert_array_equal(stored_ids(partial), real_ids[:m])
   assert int(partial.seen) == m and not np.any(np.asarray(partial.valid)[m:])
   for i in range(4):
@@ -149,9 +170,14 @@ def reservoir_keep_probs(insert_prob, capacity, n):
 def test_reservoir_keeps_each_sample_with_probability_capacity_over_n():
   cap, n, trials = 100, 1000, 65536
   chunk = make_chunk(np.arange(n))
-  kept_counts = jax.jit(lambda c, k: jnp.sum(jax.vmap(
-      lambda b: jnp.zeros(n, jnp.int32).at[b.x[:, 0].astype(jnp.int32)].add(b.valid))(
-          run_streams(c, k, policy='reservoir', capacity=cap, num_classes=1)[0]), 0))
+  kept_counts = jax.jit(
+    lambda c, k: jnp.sum(
+      jax.vmap(lambda b: jnp.zeros(n, jnp.int32).at[b.x[:, 0].astype(jnp.int32)].add(b.valid))(
+        run_streams(c, k, policy='reservoir', capacity=cap, num_classes=1)[0]
+      ),
+      0,
+    )
+  )
   keep = np.asarray(kept_counts(chunk, keys(trials))) / trials
   buckets = {'early': slice(0, 100), 'middle': slice(450, 550), 'late': slice(900, 1000)}
   # Tolerance. Algorithm R leaves a uniformly random 100-subset of the 1000
@@ -167,8 +193,12 @@ def test_reservoir_keeps_each_sample_with_probability_capacity_over_n():
   # early bucket is the one that catches them.
   sigma = np.sqrt(100 * 0.1 * 0.9 * 900 / 999) / 100 / np.sqrt(trials)
   tol = 4.5 * sigma
-  for insert_prob in (lambda m: cap / (m + 1), lambda m: cap / (m - 1),
-                      lambda m: (cap + 1) / m, lambda m: (cap - 1) / m):
+  for insert_prob in (
+    lambda m: cap / (m + 1),
+    lambda m: cap / (m - 1),
+    lambda m: (cap + 1) / m,
+    lambda m: (cap - 1) / m,
+  ):
     wrong = reservoir_keep_probs(insert_prob, cap, n)
     assert max(abs(wrong[s].mean() - 0.1) for s in buckets.values()) > tol + 3 * sigma
   np.testing.assert_allclose(reservoir_keep_probs(lambda m: cap / m, cap, n), 0.1, atol=1e-12)
@@ -186,8 +216,9 @@ CB_CAP, CB_CLASSES, CB_BATCHES, CB_SEEDS = 100, 10, 200, 32
 def run_class_balanced(labels):
   """Streams `labels` (ids = positions) through CBRS buffers over CB_SEEDS seeds."""
   chunk = make_chunk(np.arange(len(labels)), labels, num_batches=CB_BATCHES)
-  bufs, trace = run_streams(chunk, keys(CB_SEEDS, seed=1), policy='class_balanced',
-                            capacity=CB_CAP, num_classes=CB_CLASSES)
+  bufs, trace = run_streams(
+    chunk, keys(CB_SEEDS, seed=1), policy='class_balanced', capacity=CB_CAP, num_classes=CB_CLASSES
+  )
   counts, seen, full, sizes = (np.asarray(a) for a in trace)
   # Stored samples are the stream's, with their own labels, each at most once.
   for i in range(CB_SEEDS):
@@ -196,8 +227,9 @@ def run_class_balanced(labels):
     assert len(set(ids)) == len(ids)
     np.testing.assert_array_equal(np.asarray(buf.y)[np.asarray(buf.valid)], labels[ids])
   check_counts(bufs, CB_CLASSES)
-  np.testing.assert_array_equal(seen[:, -1], np.tile(np.bincount(labels, minlength=CB_CLASSES),
-                                                     (CB_SEEDS, 1)))
+  np.testing.assert_array_equal(
+    seen[:, -1], np.tile(np.bincount(labels, minlength=CB_CLASSES), (CB_SEEDS, 1))
+  )
   assert np.all(counts.sum(-1) == sizes)
   return (counts, seen, full, sizes), bufs
 
@@ -222,10 +254,10 @@ def test_class_balanced_class_incremental_blocks():
   # At the end of each class's block, every class seen so far is within one.
   for c in range(1, CB_CLASSES):
     end = (c + 1) * per_class // B - 1
-    block = counts[:, end, :c + 1]
+    block = counts[:, end, : c + 1]
     assert np.all(sizes[:, end] == CB_CAP)
     assert np.all(block.max(-1) - block.min(-1) <= 1), (c, block[0])
-    assert np.all(counts[:, end, c + 1:] == 0)
+    assert np.all(counts[:, end, c + 1 :] == 0)
   np.testing.assert_array_equal(counts[:, -1], CB_CAP // CB_CLASSES)
   # The last class fills 10 slots by evicting the largest classes, becomes
   # full, then replaces its own samples with probability m_c / n_c: algorithm
@@ -303,15 +335,22 @@ PT_SEEDS = 4096
 def run_per_task():
   """The per-task stream through PT_SEEDS buffers (computed once, shared by the tests)."""
   chunk, tasks, real = per_task_stream()
-  bufs = run_streams(chunk, keys(PT_SEEDS, seed=4), policy='per_task',
-                     capacity=PT_TASKS * PT_PER_TASK, num_classes=3, num_tasks=PT_TASKS,
-                     per_task=PT_PER_TASK)[0]
+  bufs = run_streams(
+    chunk,
+    keys(PT_SEEDS, seed=4),
+    policy='per_task',
+    capacity=PT_TASKS * PT_PER_TASK,
+    num_classes=3,
+    num_tasks=PT_TASKS,
+    per_task=PT_PER_TASK,
+  )[0]
   return bufs, tasks, real
 
 
 # GEM's use: every task's region, with a traced task id, vmapped.
 all_task_slots = jax.jit(
-    lambda buf: jax.vmap(lambda k: rb.task_slots(buf, k, PT_PER_TASK))(jnp.arange(PT_TASKS)))
+  lambda buf: jax.vmap(lambda k: rb.task_slots(buf, k, PT_PER_TASK))(jnp.arange(PT_TASKS))
+)
 
 
 def test_per_task_regions():
@@ -348,7 +387,7 @@ def test_per_task_region_is_a_uniform_sample_of_the_task():
     half = n_k // 2
     var = half * (20 / n_k) * (1 - 20 / n_k) * (n_k - half) / (n_k - 1)
     tol = 5 * np.sqrt(var) / half / np.sqrt(trials)
-    for part in (ids[:half], ids[half:2 * half]):
+    for part in (ids[:half], ids[half : 2 * half]):
       assert abs(keep[part].mean() - 20 / n_k) < tol
 
 
@@ -379,16 +418,21 @@ def test_per_task_needs_matching_capacity():
 sample_jit = jax.jit(rb.sample, static_argnums=2)
 sample_many = jax.jit(jax.vmap(rb.sample, in_axes=(None, 0, None)), static_argnums=2)
 sample_many_tasks = jax.jit(
-    jax.vmap(lambda b, k, m, size: rb.sample(b, k, size, task_mask=m), in_axes=(None, 0, None, None)),
-    static_argnums=3)
+  jax.vmap(lambda b, k, m, size: rb.sample(b, k, size, task_mask=m), in_axes=(None, 0, None, None)),
+  static_argnums=3,
+)
 
 
 def filled_buffer(cap, valid, tasks=None, num_tasks=1):
   """A buffer whose slot i holds id i, valid where `valid`."""
   buf = rb.init(cap, (1,), num_classes=1, num_tasks=num_tasks, logits_dim=2)
   ids = jnp.arange(cap, dtype=jnp.float32)
-  return buf._replace(x=ids[:, None], valid=jnp.asarray(valid), logits=jnp.stack([ids, -ids], -1),
-                      t=jnp.zeros(cap, jnp.int32) if tasks is None else jnp.asarray(tasks, jnp.int32))
+  return buf._replace(
+    x=ids[:, None],
+    valid=jnp.asarray(valid),
+    logits=jnp.stack([ids, -ids], -1),
+    t=jnp.zeros(cap, jnp.int32) if tasks is None else jnp.asarray(tasks, jnp.int32),
+  )
 
 
 def test_sample_partly_filled():
@@ -405,8 +449,9 @@ def test_sample_partly_filled():
   big, _ = sample_jit(filled_buffer(100, valid), jax.random.PRNGKey(0), 120)
   assert big.mask.shape == (120,) and float(big.mask.sum()) == 3
   # An empty buffer gives a batch of padding.
-  empty, _ = sample_jit(rb.init(100, (1,), num_classes=1, num_tasks=1, logits_dim=2),
-                        jax.random.PRNGKey(0), 120)
+  empty, _ = sample_jit(
+    rb.init(100, (1,), num_classes=1, num_tasks=1, logits_dim=2), jax.random.PRNGKey(0), 120
+  )
   assert float(empty.mask.sum()) == 0
 
 
@@ -465,8 +510,17 @@ def logits_stream():
 
 def run_logits_stream(policy, ks):
   chunk, logits = logits_stream()
-  return run_streams(chunk, ks, logits, policy=policy, capacity=30, num_classes=5, num_tasks=3,
-                     per_task=10 if policy == 'per_task' else None, logits_dim=3)[0]
+  return run_streams(
+    chunk,
+    ks,
+    logits,
+    policy=policy,
+    capacity=30,
+    num_classes=5,
+    num_tasks=3,
+    per_task=10 if policy == 'per_task' else None,
+    logits_dim=3,
+  )[0]
 
 
 @pytest.mark.parametrize('policy', rb.POLICIES)
@@ -475,8 +529,9 @@ def test_logits_stored_with_their_sample(policy):
   valid = np.asarray(bufs.valid)
   x = np.asarray(bufs.x[..., 0])
   assert valid.sum() == 3 * 30
-  np.testing.assert_array_equal(np.asarray(bufs.logits)[valid],
-                                np.stack([x, 2 * x + 1, -x], -1)[valid])
+  np.testing.assert_array_equal(
+    np.asarray(bufs.logits)[valid], np.stack([x, 2 * x + 1, -x], -1)[valid]
+  )
   batch, sampled = sample_jit(unstack(bufs, 0), jax.random.PRNGKey(0), 12)
   np.testing.assert_array_equal(sampled[:, 1], 2 * batch.x[:, 0] + 1)
 
@@ -487,8 +542,13 @@ def test_logits_required_when_stored():
   with pytest.raises(ValueError, match='logits'):
     add_jit(buf, batch, jax.random.PRNGKey(0), policy='reservoir')
   # A buffer without logits ignores them.
-  plain = add_jit(rb.init(5, (1,), num_classes=1), batch, jax.random.PRNGKey(0),
-                  policy='reservoir', logits=jnp.ones((B, 4)))
+  plain = add_jit(
+    rb.init(5, (1,), num_classes=1),
+    batch,
+    jax.random.PRNGKey(0),
+    policy='reservoir',
+    logits=jnp.ones((B, 4)),
+  )
   assert plain.logits.shape == (5, 0) and int(rb.size(plain)) == 3
 
 
@@ -503,8 +563,14 @@ def test_jit_scan_vmap_agree_and_are_deterministic(policy):
   for i in range(3):
     buf = rb.init(30, (1,), num_classes=5, num_tasks=3, logits_dim=3)
     for step, k in enumerate(jax.random.split(ks[i], chunk.y.shape[0])):
-      buf = add_jit(buf, jax.tree.map(lambda a: a[step], chunk), k, policy=policy,
-                    logits=logits[step], per_task=per_task)
+      buf = add_jit(
+        buf,
+        jax.tree.map(lambda a: a[step], chunk),
+        k,
+        policy=policy,
+        logits=logits[step],
+        per_task=per_task,
+      )
     for a, b in zip(buf, unstack(bufs, i)):
       np.testing.assert_array_equal(a, b)
   again = run_logits_stream(policy, ks)

@@ -1,5 +1,6 @@
 """Kernel Continual Learning: kernel ridge regression, random features, the
 KL term, per-task coresets and the model's per-task predictions."""
+
 import functools
 
 import jax
@@ -60,16 +61,30 @@ def test_kernel_ridge_with_linear_kernel_is_primal_ridge_regression():
   labels = rng.integers(0, 3, 8)
   targets = np.eye(3)[labels]
   for ridge in (1e-3, 0.5, 10.0):
-    logits = kcl.task_logits('linear', jnp.asarray(queries, jnp.float32),
-                             jnp.asarray(support, jnp.float32), jnp.asarray(labels),
-                             jnp.ones(8, bool), num_classes=3, ridge=ridge, scale=1.0)
+    logits = kcl.task_logits(
+      'linear',
+      jnp.asarray(queries, jnp.float32),
+      jnp.asarray(support, jnp.float32),
+      jnp.asarray(labels),
+      jnp.ones(8, bool),
+      num_classes=3,
+      ridge=ridge,
+      scale=1.0,
+    )
     augmented = np.concatenate([support, np.sqrt(ridge) * np.eye(12)])
     w = np.linalg.lstsq(augmented, np.concatenate([targets, np.zeros((12, 3))]), rcond=None)[0]
     np.testing.assert_allclose(logits, queries @ w, rtol=2e-3, atol=2e-4)
   # Small ridge, fewer support points than dimensions: the support is fitted exactly.
-  fitted = kcl.task_logits('linear', jnp.asarray(support, jnp.float32),
-                           jnp.asarray(support, jnp.float32), jnp.asarray(labels), jnp.ones(8, bool),
-                           num_classes=3, ridge=1e-4, scale=1.0)
+  fitted = kcl.task_logits(
+    'linear',
+    jnp.asarray(support, jnp.float32),
+    jnp.asarray(support, jnp.float32),
+    jnp.asarray(labels),
+    jnp.ones(8, bool),
+    num_classes=3,
+    ridge=1e-4,
+    scale=1.0,
+  )
   np.testing.assert_allclose(fitted, targets, atol=1e-2)
 
 
@@ -77,7 +92,9 @@ def test_ridge_coefficients_solve_the_regularised_system():
   rng = np.random.default_rng(1)
   a = rng.normal(size=(6, 4))
   kernel, targets = a @ a.T, rng.normal(size=(6, 2))
-  alpha = kcl.ridge_coefficients(jnp.asarray(kernel, jnp.float32), jnp.asarray(targets, jnp.float32), 0.3)
+  alpha = kcl.ridge_coefficients(
+    jnp.asarray(kernel, jnp.float32), jnp.asarray(targets, jnp.float32), 0.3
+  )
   expected = np.linalg.lstsq(kernel + 0.3 * np.eye(6), targets, rcond=None)[0]
   np.testing.assert_allclose(alpha, expected, rtol=1e-4, atol=1e-5)
 
@@ -91,13 +108,29 @@ def test_empty_slots_take_no_part():
   padded_labels = np.concatenate([labels, [2, 2, 2]])
   valid = np.array([True] * 5 + [False] * 3)
   for kernel in ('rff', 'rbf', 'linear'):
-    kw = dict(num_classes=3, ridge=0.1, scale=2.0, bases=jnp.asarray(bases, jnp.float32),
-              phases=jnp.asarray(phases, jnp.float32))
-    full = kcl.task_logits(kernel, jnp.asarray(queries, jnp.float32), jnp.asarray(support, jnp.float32),
-                           jnp.asarray(labels), jnp.ones(5, bool), **kw)
-    masked = kcl.task_logits(kernel, jnp.asarray(queries, jnp.float32),
-                             jnp.asarray(padded, jnp.float32), jnp.asarray(padded_labels),
-                             jnp.asarray(valid), **kw)
+    kw = dict(
+      num_classes=3,
+      ridge=0.1,
+      scale=2.0,
+      bases=jnp.asarray(bases, jnp.float32),
+      phases=jnp.asarray(phases, jnp.float32),
+    )
+    full = kcl.task_logits(
+      kernel,
+      jnp.asarray(queries, jnp.float32),
+      jnp.asarray(support, jnp.float32),
+      jnp.asarray(labels),
+      jnp.ones(5, bool),
+      **kw,
+    )
+    masked = kcl.task_logits(
+      kernel,
+      jnp.asarray(queries, jnp.float32),
+      jnp.asarray(padded, jnp.float32),
+      jnp.asarray(padded_labels),
+      jnp.asarray(valid),
+      **kw,
+    )
     np.testing.assert_allclose(masked, full, rtol=1e-4, atol=1e-5, err_msg=kernel)
 
 
@@ -110,7 +143,9 @@ def test_normalised_features_have_finite_gradients_at_zero_rows():
 
 
 def test_rbf_kernel_is_positive_semidefinite():
-  h = kcl.normalize_features(jnp.asarray(np.random.default_rng(3).normal(size=(40, 10)), jnp.float32))
+  h = kcl.normalize_features(
+    jnp.asarray(np.random.default_rng(3).normal(size=(40, 10)), jnp.float32)
+  )
   gram = np.asarray(kcl.rbf_kernel(h, h), np.float64)
   np.testing.assert_allclose(np.diag(gram), 1.0, atol=1e-6)
   np.testing.assert_allclose(gram, gram.T, atol=1e-6)
@@ -120,7 +155,9 @@ def test_rbf_kernel_is_positive_semidefinite():
 def test_random_fourier_features_approximate_the_rbf_kernel():
   """With standard-normal bases (the prior's mean 0, variance 1), `psi^T psi`
   estimates `exp(-|a - b|^2 / 2)`; the error falls like `1 / sqrt(D)`."""
-  h = kcl.normalize_features(jnp.asarray(np.random.default_rng(4).normal(size=(30, 8)), jnp.float32))
+  h = kcl.normalize_features(
+    jnp.asarray(np.random.default_rng(4).normal(size=(30, 8)), jnp.float32)
+  )
   exact = kcl.rbf_kernel(h, h)
   errors = []
   rng = np.random.default_rng(5)
@@ -135,7 +172,9 @@ def test_random_fourier_features_approximate_the_rbf_kernel():
 
 def test_kl_of_diagonal_gaussians():
   mean, log_var = jnp.array([0.3, -1.0, 2.0]), jnp.array([0.1, -0.5, 0.0])
-  assert float(kcl.kl_diagonal_gaussians(mean, log_var, mean, log_var)) == pytest.approx(0.0, abs=1e-6)
+  assert float(kcl.kl_diagonal_gaussians(mean, log_var, mean, log_var)) == pytest.approx(
+    0.0, abs=1e-6
+  )
   # KL(N(0, 1) || N(1, 4)) = log 2 + (1 + 1) / 8 - 1/2, per dimension.
   kl = kcl.kl_diagonal_gaussians(jnp.zeros(2), jnp.zeros(2), jnp.ones(2), jnp.full(2, jnp.log(4.0)))
   assert float(kl) == pytest.approx(2 * (np.log(2) + 0.25 - 0.5), rel=1e-5)
@@ -171,10 +210,12 @@ def test_eval_prediction_equals_the_training_forward_in_eval_mode():
   state = fill_coreset(state, 1, seed=13)
   x = jnp.asarray(np.random.default_rng(14).normal(size=(6, INPUT_DIM)), jnp.float32)
   variables = {'params': state.params, **state.model_state}
-  logits, kl = jax.jit(functools.partial(state.apply_fn, train=False,
-                                         method=kcl.KernelContinualModel.fit_terms))(
-                                             variables, x, jnp.ones(6), 1)
-  np.testing.assert_allclose(logits, predict(state, x, jnp.ones(6, jnp.int32)), rtol=1e-5, atol=1e-6)
+  logits, kl = jax.jit(
+    functools.partial(state.apply_fn, train=False, method=kcl.KernelContinualModel.fit_terms)
+  )(variables, x, jnp.ones(6), 1)
+  np.testing.assert_allclose(
+    logits, predict(state, x, jnp.ones(6, jnp.int32)), rtol=1e-5, atol=1e-6
+  )
   assert float(kl) >= 0
 
 
@@ -182,8 +223,13 @@ def test_task_classes_mask_the_logits():
   spec = specs.KCLSpec(kernel='rbf', core_size=4)
   encoder = models.MLP(widths=(8,), num_classes=4, task_classes=((0, 1), (2, 3)))
   context = algorithms.Context((INPUT_DIM,), 4, num_tasks=2)
-  state = ts_lib.create_train_state(algorithms.adapt_model(spec, encoder, context),
-                                    specs.OptimizerSpec(), jax.random.PRNGKey(0), (INPUT_DIM,), 4)
+  state = ts_lib.create_train_state(
+    algorithms.adapt_model(spec, encoder, context),
+    specs.OptimizerSpec(),
+    jax.random.PRNGKey(0),
+    (INPUT_DIM,),
+    4,
+  )
   logits = predict(state, jnp.ones((2, INPUT_DIM)), jnp.array([0, 1], jnp.int32))
   assert np.all(np.asarray(logits)[0, 2:] < -1e8) and np.all(np.asarray(logits)[1, :2] < -1e8)
 
@@ -194,9 +240,12 @@ def test_task_classes_mask_the_logits():
 
 def two_class_batch(seed, task, classes, size=8):
   rng = np.random.default_rng(seed)
-  return Batch(jnp.asarray(rng.normal(size=(size, INPUT_DIM)) + 10 * (task + 1), jnp.float32),
-               jnp.asarray(rng.choice(classes, size), jnp.int32), jnp.full((size,), task, jnp.int32),
-               jnp.ones((size,), jnp.float32))
+  return Batch(
+    jnp.asarray(rng.normal(size=(size, INPUT_DIM)) + 10 * (task + 1), jnp.float32),
+    jnp.asarray(rng.choice(classes, size), jnp.int32),
+    jnp.full((size,), task, jnp.int32),
+    jnp.ones((size,), jnp.float32),
+  )
 
 
 def test_select_coreset_is_class_balanced_and_streaming_equals_global():
@@ -215,7 +264,7 @@ def test_select_coreset_is_class_balanced_and_streaming_equals_global():
   # ...and each class gives its highest priorities.
   for c in range(3):
     pool = np.flatnonzero(np.asarray(valid) & (np.asarray(labels) == c))
-    best = pool[np.argsort(-np.asarray(priority)[pool])][:counts[c]]
+    best = pool[np.argsort(-np.asarray(priority)[pool])][: counts[c]]
     assert set(best) == set(chosen[np.asarray(labels)[chosen] == c])
   # Offered in batches of 7, the kept set is the same as choosing among all at once.
   select = jax.jit(kcl.select_coreset, static_argnums=3)
@@ -239,13 +288,13 @@ def test_coreset_is_class_balanced_per_task_and_frozen_after_its_task(rff_run):
   assert int(metrics['coreset_size']) == 6 and coreset['valid'][0].all()
   assert not coreset['valid'][1].any()
   assert sorted(np.bincount(coreset['y'][0], minlength=3).tolist()) == [0, 3, 3]
-  assert np.all(coreset['x'][0] > 5)   # task 0's inputs (shifted by 10)
+  assert np.all(coreset['x'][0] > 5)  # task 0's inputs (shifted by 10)
   state, algo_state = algo.begin_task(state, algo_state, 1)
   for k in range(5):
     state, algo_state, _ = step(state, two_class_batch(10 + k, 1, [1, 2]), algo_state)
   after = jax.device_get(state.model_state[kcl.CORESET])
   for name in ('x', 'y', 'valid'):
-    np.testing.assert_array_equal(after[name][0], coreset[name][0])   # task 0's slots never change
+    np.testing.assert_array_equal(after[name][0], coreset[name][0])  # task 0's slots never change
   assert after['valid'][1].all() and np.all(after['x'][1] > 15)
   assert sorted(np.bincount(after['y'][1], minlength=3).tolist()) == [0, 3, 3]
 
@@ -261,13 +310,19 @@ def test_loss_is_cross_entropy_plus_tau_kl_and_deterministic(rff_run):
   metrics = runs[0][0]
   assert float(metrics['kl']) > 0
   assert float(metrics['loss']) == pytest.approx(
-      float(metrics['cross_entropy']) + 0.5 * float(metrics['kl']), rel=1e-5)
+    float(metrics['cross_entropy']) + 0.5 * float(metrics['kl']), rel=1e-5
+  )
   for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):
     np.testing.assert_array_equal(a, b)
   # Without random features there is no KL term.
   _, _, linear = kcl_state(kernel='linear')
-  _, kl = linear.apply_fn({'params': linear.params, **linear.model_state}, random_batch().x,
-                          jnp.ones(8), 0, method=kcl.KernelContinualModel.fit_terms)
+  _, kl = linear.apply_fn(
+    {'params': linear.params, **linear.model_state},
+    random_batch().x,
+    jnp.ones(8),
+    0,
+    method=kcl.KernelContinualModel.fit_terms,
+  )
   assert float(kl) == 0.0
 
 

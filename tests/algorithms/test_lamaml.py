@@ -5,6 +5,7 @@ step sees batches of `B` samples, so the file compiles each function once,
 with XLA's cheap compilation (these tiny programs run a few times:
 compiling them dominates).
 """
+
 import functools
 
 import jax
@@ -22,17 +23,40 @@ from jcl.types import Batch
 from tests.algorithms.conftest import INPUT_DIM, NUM_CLASSES, random_batch, tiny_state
 
 CONTEXT = algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks=2)
-B = 6               # current batch size everywhere
-WEIGHT_LR = 0.05    # the run's optimizer (SGD) for the synchronous variants
-CLIP = 0.05         # small enough to clip every meta-gradient here
+B = 6  # current batch size everywhere
+WEIGHT_LR = 0.05  # the run's optimizer (SGD) for the synchronous variants
+CLIP = 0.05  # small enough to clip every meta-gradient here
 SPECS = {
-    'lamaml': specs.LaMAMLSpec(memory_size=16, replay_batch_size=4, glances=1, alpha_init=0.15,
-                               alpha_lr=0.3, learn_lr=True, sync_update=False, grad_clip_norm=CLIP),
-    'cmaml': specs.LaMAMLSpec(memory_size=16, replay_batch_size=4, glances=2, alpha_init=0.1,
-                              learn_lr=False, sync_update=True, grad_clip_norm=CLIP),
-    'sync': specs.LaMAMLSpec(memory_size=16, replay_batch_size=4, glances=3, alpha_init=0.15,
-                             alpha_lr=0.1, learn_lr=True, sync_update=True, grad_clip_norm=CLIP,
-                             inner_grad_clip=0.05),
+  'lamaml': specs.LaMAMLSpec(
+    memory_size=16,
+    replay_batch_size=4,
+    glances=1,
+    alpha_init=0.15,
+    alpha_lr=0.3,
+    learn_lr=True,
+    sync_update=False,
+    grad_clip_norm=CLIP,
+  ),
+  'cmaml': specs.LaMAMLSpec(
+    memory_size=16,
+    replay_batch_size=4,
+    glances=2,
+    alpha_init=0.1,
+    learn_lr=False,
+    sync_update=True,
+    grad_clip_norm=CLIP,
+  ),
+  'sync': specs.LaMAMLSpec(
+    memory_size=16,
+    replay_batch_size=4,
+    glances=3,
+    alpha_init=0.15,
+    alpha_lr=0.1,
+    learn_lr=True,
+    sync_update=True,
+    grad_clip_norm=CLIP,
+    inner_grad_clip=0.05,
+  ),
 }
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
@@ -89,8 +113,9 @@ def test_second_order_gradient_matches_finite_differences_and_first_order_differ
     @jit
     def both(p, a):
       """The meta-loss and its second- and first-order gradients (one compilation)."""
-      (loss, _), second = lamaml.meta_gradients(p, a, state, inner, meta, None,
-                                                specs.LaMAMLSpec(second_order=True))
+      (loss, _), second = lamaml.meta_gradients(
+        p, a, state, inner, meta, None, specs.LaMAMLSpec(second_order=True)
+      )
       first = lamaml.meta_gradients(p, a, state, inner, meta, None, specs.LaMAMLSpec())[1]
       return loss, second, first
 
@@ -103,8 +128,9 @@ def test_second_order_gradient_matches_finite_differences_and_first_order_differ
 
     eps = 1e-6
     for _ in range(3):
-      direction = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), t)
-                   for t in (params, alpha)]
+      direction = [
+        jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), t) for t in (params, alpha)
+      ]
       scaled = lambda c: [jax.tree.map(lambda d: c * d, t) for t in direction]
       numeric = (objective(scaled(eps)) - objective(scaled(-eps))) / (2 * eps)
       along = lambda g: sum(float(base.tree_dot(gi, di)) for gi, di in zip(g, direction))
@@ -129,12 +155,12 @@ def test_one_pass_first_order_gradient_equals_reverse_mode():
     inner = inner._replace(mask=inner.mask.at[2].set(0.0))
     meta = jax.tree.map(to64, random_batch(seed=7, size=6))
     spec = specs.LaMAMLSpec(inner_grad_clip=0.3)
-    (loss, _), (g_theta, g_alpha) = jit(lamaml.first_order_meta_gradients,
-                                        static_argnames='spec')(
-        state.params, alpha, state, inner, meta, None, spec=spec)
+    (loss, _), (g_theta, g_alpha) = jit(lamaml.first_order_meta_gradients, static_argnames='spec')(
+      state.params, alpha, state, inner, meta, None, spec=spec
+    )
     (want_loss, _), (w_theta, w_alpha) = jax.value_and_grad(
-        lamaml.meta_objective, argnums=(0, 1), has_aux=True)(
-            state.params, alpha, state, inner, meta, None, spec)
+      lamaml.meta_objective, argnums=(0, 1), has_aux=True
+    )(state.params, alpha, state, inner, meta, None, spec)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
     np.testing.assert_allclose(flat(g_theta), flat(w_theta), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(flat(g_alpha), flat(w_alpha), rtol=1e-10, atol=1e-12)
@@ -147,7 +173,7 @@ def test_first_order_meta_gradient_is_the_authors_loop():
   over the inner steps, gradients w.r.t. weights and learning rates."""
   state = tiny_state(seed=2)
   alpha = jax.tree.map(lambda p: 0.3 * jnp.ones_like(p), state.params)
-  alpha = jax.tree.map(lambda a: a.at[..., 0].set(-0.1), alpha)   # relu cuts some rates to 0
+  alpha = jax.tree.map(lambda a: a.at[..., 0].set(-0.1), alpha)  # relu cuts some rates to 0
   inner, meta = random_batch(seed=3, size=B), random_batch(seed=4, size=B)
   clamp = SPECS['sync'].inner_grad_clip
 
@@ -160,7 +186,7 @@ def test_first_order_meta_gradient_is_the_authors_loop():
   def reference(p, a):
     fast, total = p, 0.0
     for i in range(B):
-      sample = jax.tree.map(lambda v: v[i:i + 1], inner)
+      sample = jax.tree.map(lambda v: v[i : i + 1], inner)
       g = jax.lax.stop_gradient(jax.grad(loss_at)(fast, sample))
       g = jax.tree.map(lambda v: jnp.clip(v, -clamp, clamp), g)
       fast = jax.tree.map(lambda w, lr, gi: w - jax.nn.relu(lr) * gi, fast, a, g)
@@ -171,7 +197,7 @@ def test_first_order_meta_gradient_is_the_authors_loop():
   (loss, _), got = meta_gradients(state.params, alpha, state, inner, meta, SPECS['sync'])
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
   tree_allclose(got, want, rtol=1e-4, atol=1e-7)
-  assert np.all(flat(got[1])[np.isclose(flat(alpha), -0.1)] == 0)   # relu'(alpha) = 0
+  assert np.all(flat(got[1])[np.isclose(flat(alpha), -0.1)] == 0)  # relu'(alpha) = 0
 
 
 def test_masked_samples_take_no_inner_step_and_add_no_meta_loss():
@@ -184,10 +210,17 @@ def test_masked_samples_take_no_inner_step_and_add_no_meta_loss():
   mask = np.zeros(B, np.float32)
   mask[real] = 1.0
   garbage = random_batch(seed=7, size=B)._replace(x=100.0 * jnp.ones((B, INPUT_DIM)))
-  interleaved = Batch(*[jnp.where(jnp.reshape(mask > 0, (B,) + (1,) * (g.ndim - 1)), b, g)
-                        for b, g in zip(batch[:3], garbage[:3])], jnp.asarray(mask))
-  at_end = Batch(*[jnp.concatenate([b[real], jnp.zeros_like(b[:2])]) for b in batch[:3]],
-                 jnp.asarray([1, 1, 1, 1, 0, 0], jnp.float32))
+  interleaved = Batch(
+    *[
+      jnp.where(jnp.reshape(mask > 0, (B,) + (1,) * (g.ndim - 1)), b, g)
+      for b, g in zip(batch[:3], garbage[:3])
+    ],
+    jnp.asarray(mask),
+  )
+  at_end = Batch(
+    *[jnp.concatenate([b[real], jnp.zeros_like(b[:2])]) for b in batch[:3]],
+    jnp.asarray([1, 1, 1, 1, 0, 0], jnp.float32),
+  )
   spec = specs.LaMAMLSpec()
   got = meta_gradients(state.params, alpha, state, interleaved, meta, spec)
   want = meta_gradients(state.params, alpha, state, at_end, meta, spec)
@@ -209,7 +242,7 @@ def test_learning_rates_step_first_then_weights_use_the_new_clipped_rates(name):
   batch = identical_samples(seed=7)
   new_state, new_algo_state, metrics = step(state, batch, algo_state)
 
-  def clipped(tree):   # torch.nn.utils.clip_grad_norm_, in NumPy
+  def clipped(tree):  # torch.nn.utils.clip_grad_norm_, in NumPy
     norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(tree)))
     return jax.tree.map(lambda g: g * min(1.0, CLIP / (norm + 1e-6)), tree), norm
 
@@ -218,7 +251,7 @@ def test_learning_rates_step_first_then_weights_use_the_new_clipped_rates(name):
     g_theta, g_alpha = jax.device_get(meta_gradients(params, alpha, state, batch, batch, spec)[1])
     g_theta, norm = clipped(g_theta)
     g_alpha, _ = clipped(g_alpha)
-    assert norm > 2 * CLIP                                # clipping is active
+    assert norm > 2 * CLIP  # clipping is active
     if spec.learn_lr:
       alpha = jax.tree.map(lambda a, g: a - spec.alpha_lr * g, alpha, g_alpha)
     if spec.sync_update:
@@ -227,10 +260,10 @@ def test_learning_rates_step_first_then_weights_use_the_new_clipped_rates(name):
       params = jax.tree.map(lambda p, a, g: p - np.maximum(a, 0) * g, params, alpha, g_theta)
   tree_allclose(new_algo_state.alpha, alpha, rtol=1e-5, atol=1e-7)
   tree_allclose(new_state.params, params, rtol=1e-5, atol=1e-6)
-  assert int(new_state.step) == 1                      # one step per batch, not per glance
+  assert int(new_state.step) == 1  # one step per batch, not per glance
   if spec.learn_lr:
     assert not np.allclose(flat(new_algo_state.alpha), spec.alpha_init)
-  else:                                                # C-MAML: fixed inner learning rate
+  else:  # C-MAML: fixed inner learning rate
     assert np.all(flat(new_algo_state.alpha) == np.float32(spec.alpha_init))
   assert np.isfinite(float(metrics['loss']))
 
@@ -278,7 +311,7 @@ def test_clipping_bounds_the_updates(name):
   spec = SPECS[name]
   step, state, algo_state = start(name)
   new_state, new_algo_state, metrics = step(state, random_batch(seed=11, size=B), algo_state)
-  assert float(metrics['meta_grad_norm']) > 2 * CLIP          # the norm before clipping
+  assert float(metrics['meta_grad_norm']) > 2 * CLIP  # the norm before clipping
   moved = np.linalg.norm(flat(new_state.params) - flat(state.params))
   lr_max = WEIGHT_LR if spec.sync_update else spec.alpha_init + spec.glances * spec.alpha_lr * CLIP
   assert 0 < moved <= spec.glances * lr_max * CLIP * (1 + 1e-4)
@@ -299,13 +332,12 @@ def test_memory_batch_is_drawn_with_replacement_from_the_stored_samples():
   x, valid = np.zeros((8, INPUT_DIM), np.float32), np.zeros(8, bool)
   x[[1, 4, 6], 0], valid[[1, 4, 6]] = [1.0, 4.0, 6.0], True
   stored = empty._replace(x=x, valid=valid)
-  sample = jit(jax.vmap(lamaml.sample_with_replacement, in_axes=(None, 0, None)),
-               static_argnums=2)
+  sample = jit(jax.vmap(lamaml.sample_with_replacement, in_axes=(None, 0, None)), static_argnums=2)
   keys = jax.random.split(jax.random.PRNGKey(2), 400)
   assert float(jnp.sum(sample(empty, keys, 5).mask)) == 0
   drawn = sample(stored, keys, 5)
-  assert np.all(np.asarray(drawn.mask).sum(1) == 3)             # min(size, stored) rows
+  assert np.all(np.asarray(drawn.mask).sum(1) == 3)  # min(size, stored) rows
   ids = np.asarray(drawn.x[..., 0])[np.asarray(drawn.mask) > 0]
-  assert set(ids.tolist()) == {1.0, 4.0, 6.0}                   # only valid slots
+  assert set(ids.tolist()) == {1.0, 4.0, 6.0}  # only valid slots
   first_three = np.asarray(drawn.x[:, :3, 0])
   assert np.mean([len(set(r)) < 3 for r in first_three]) > 0.5  # repeats (P = 7/9)

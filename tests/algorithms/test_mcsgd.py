@@ -1,4 +1,5 @@
 """MC-SGD: the mode-connectivity phase, its knobs and its episodic memory."""
+
 import functools
 
 import jax
@@ -9,7 +10,6 @@ import pytest
 from jcl import algorithms
 from jcl import models
 from jcl import specs
-from jcl.algorithms import base
 from jcl.algorithms import buffer as buffer_lib
 from jcl.algorithms import mcsgd
 from jcl.types import Batch
@@ -27,8 +27,12 @@ def task_chunk(task, samples=64, batch=16, seed=0):
   x = rng.normal(size=(samples, INPUT_DIM)).astype(np.float32)
   y = np.argmax(x @ TEACHERS[task], -1).astype(np.int32)
   k = samples // batch
-  return Batch(jnp.asarray(x.reshape(k, batch, INPUT_DIM)), jnp.asarray(y.reshape(k, batch)),
-               jnp.full((k, batch), task, jnp.int32), jnp.ones((k, batch), jnp.float32))
+  return Batch(
+    jnp.asarray(x.reshape(k, batch, INPUT_DIM)),
+    jnp.asarray(y.reshape(k, batch)),
+    jnp.full((k, batch), task, jnp.int32),
+    jnp.ones((k, batch), jnp.float32),
+  )
 
 
 # One spec family, so that few functions are compiled: tasks are trained once
@@ -84,9 +88,17 @@ def line_objective(spec, state, w, w_prev, w_task, buffer):
   """The MC-SGD objective on the whole memory: previous tasks on the w_prev segment, the
   current task's samples on the w_task segment."""
   task = int(state.task)
-  return float(jax.jit(mcsgd.connectivity_loss)(
-      w, w_prev, w_task, state, memory_batch(buffer, list(range(task))),
-      memory_batch(buffer, [task]), mcsgd.line_positions(spec.lmc_line_samples)))
+  return float(
+    jax.jit(mcsgd.connectivity_loss)(
+      w,
+      w_prev,
+      w_task,
+      state,
+      memory_batch(buffer, list(range(task))),
+      memory_batch(buffer, [task]),
+      mcsgd.line_positions(spec.lmc_line_samples),
+    )
+  )
 
 
 def run_phase(lmc_epochs=1):
@@ -111,7 +123,7 @@ def test_connectivity_phase_lowers_the_loss_along_both_segments():
   after = line_objective(spec, state, new_state.params, w_prev, w_task, buffer)
   print(f'line loss: start {at_start:.3f}, continual solution {at_task:.3f}, after {after:.3f}')
   assert after < 0.85 * at_start
-  assert after < at_task       # better connected than the continual solution itself
+  assert after < at_task  # better connected than the continual solution itself
   # ... and it is the previous tasks' segment that improves over w_task.
   prev_batch = memory_batch(buffer, [0])
   taus = mcsgd.line_positions(spec.lmc_line_samples)
@@ -123,8 +135,9 @@ def test_connectivity_phase_lowers_the_loss_along_both_segments():
 
 def test_result_becomes_the_params_and_the_next_anchor():
   _, _, w_prev, w_task, new_state, new_algo_state = run_phase()
-  for a, b, c, d in zip(*map(jax.tree.leaves, (new_state.params, new_algo_state.anchor,
-                                               w_task, w_prev))):
+  for a, b, c, d in zip(
+    *map(jax.tree.leaves, (new_state.params, new_algo_state.anchor, w_task, w_prev))
+  ):
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c) and not np.allclose(a, d)
 
@@ -135,8 +148,9 @@ def test_first_task_keeps_its_continual_solution():
   state, algo_state, data = train_task(state, algo.init(state, None), 0, epochs=1)
   new_state, new_algo_state = end_task(state, algo_state, data)
   assert int(new_algo_state.lmc_steps) == 0
-  for a, b, c in zip(*map(jax.tree.leaves, (new_state.params, new_algo_state.anchor,
-                                            state.params))):
+  for a, b, c in zip(
+    *map(jax.tree.leaves, (new_state.params, new_algo_state.anchor, state.params))
+  ):
     np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(b, c)
 
@@ -148,8 +162,7 @@ def test_lmc_epochs_passes_over_the_larger_segment_data():
   assert steps == {1: 4, 2: 8}
   losses = {}
   for n, (spec, state, w_prev, w_task, new_state, new_algo_state) in results.items():
-    losses[n] = line_objective(spec, state, new_state.params, w_prev, w_task,
-                               new_algo_state.buffer)
+    losses[n] = line_objective(spec, state, new_state.params, w_prev, w_task, new_algo_state.buffer)
   assert losses[2] < losses[1]
 
 
@@ -166,13 +179,13 @@ def test_line_samples_sets_the_vmapped_points_and_the_gradient_has_the_tau_facto
     points = [mcsgd.interpolate(w_end, w, tau) for tau in taus]
     # vmapped mean over exactly these n points...
     want = np.mean([float(eval_loss(p, state, batch)) for p in points])
-    np.testing.assert_allclose(float(segment_loss(w, w_end, state, batch, taus)), want,
-                               rtol=1e-5)
+    np.testing.assert_allclose(float(segment_loss(w, w_end, state, batch, taus)), want, rtol=1e-5)
     # ... and its gradient carries the chain-rule factor tau of each point.
     grads = segment_grad(w, w_end, state, batch, taus)
     point_grads = [eval_grad(p, state, batch) for p in points]
-    want_grads = jax.tree.map(lambda *g: sum(float(t) * gi for t, gi in zip(taus, g)) / n,
-                              *point_grads)
+    want_grads = jax.tree.map(
+      lambda *g: sum(float(t) * gi for t, gi in zip(taus, g)) / n, *point_grads
+    )
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # The vmapped axis of the traced line loss is n long.
@@ -194,7 +207,9 @@ def test_line_phase_runs_without_dropout():
   # The training step does use dropout.
   algo, step, _ = built()
   _, _, metrics = step(state, batch, algo.init(state, None))
-  assert abs(float(metrics['loss']) - float(jax.jit(mcsgd.eval_loss)(state.params, state, batch))) > 1e-4
+  assert (
+    abs(float(metrics['loss']) - float(jax.jit(mcsgd.eval_loss)(state.params, state, batch))) > 1e-4
+  )
 
 
 def test_memory_holds_memory_per_task_samples_of_each_task():
@@ -213,10 +228,10 @@ def test_memory_holds_memory_per_task_samples_of_each_task():
     assert bool(jnp.all(buf.valid[region])) and bool(jnp.all(buf.t[region] == task))
     stored = np.asarray(buf.x[region])
     pool = np.asarray(task_chunk(task).x).reshape(-1, INPUT_DIM)
-    matches = (np.abs(stored[:, None] - pool[None]).sum(-1) == 0)
-    assert matches.any(1).all()                    # every stored sample is one of the task's
+    matches = np.abs(stored[:, None] - pool[None]).sum(-1) == 0
+    assert matches.any(1).all()  # every stored sample is one of the task's
     assert len(set(matches.argmax(1))) == per_task  # drawn without replacement
-  assert not bool(jnp.any(buf.valid[2 * per_task:]))  # task 2 not seen yet
+  assert not bool(jnp.any(buf.valid[2 * per_task :]))  # task 2 not seen yet
 
 
 def test_padding_never_enters_the_memory():
@@ -226,8 +241,7 @@ def test_padding_never_enters_the_memory():
   data = data._replace(mask=data.mask.at[2:].set(0.0))  # 32 real samples
   _, algo_state = end_task(state, algo.init(state, None), data)
   real = np.asarray(data.x[:2]).reshape(-1, INPUT_DIM)
-  np.testing.assert_array_equal(np.sort(np.asarray(algo_state.buffer.x[:32]), 0),
-                                np.sort(real, 0))
+  np.testing.assert_array_equal(np.sort(np.asarray(algo_state.buffer.x[:32]), 0), np.sort(real, 0))
 
 
 def test_end_task_is_deterministic():
@@ -238,7 +252,13 @@ def test_end_task_is_deterministic():
 
 
 def test_spec_rejects_meaningless_values():
-  for field, value in (('lmc_line_samples', 0), ('lmc_epochs', 0), ('lmc_init_position', 1.5),
-                       ('lmc_momentum', 1.0), ('memory_per_task', 0), ('lmc_lr', 0.0)):
+  for field, value in (
+    ('lmc_line_samples', 0),
+    ('lmc_epochs', 0),
+    ('lmc_init_position', 1.5),
+    ('lmc_momentum', 1.0),
+    ('memory_per_task', 0),
+    ('lmc_lr', 0.0),
+  ):
     with pytest.raises(ValueError, match=field):
       specs.make_spec('mcsgd', **{field: value})

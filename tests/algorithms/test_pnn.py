@@ -2,6 +2,7 @@
 column bit-identical under any optimizer, column k reads columns < k through
 its lateral adapters (eq. 1-2) and nothing of later columns, and the network
 grows by one column per task."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,16 +23,18 @@ CONTEXT = algorithms.Context((INPUT_DIM,), NUM_CLASSES, NUM_TASKS)
 MLP = models.MLP(widths=(8, 8), num_classes=NUM_CLASSES)
 # Carried momentum / Adam moments and weight decay would move a parameter
 # whose gradient is zero; reinit_per_task=False keeps them across tasks.
-SGD_MOMENTUM_WD = specs.OptimizerSpec('sgd', learning_rate=0.1, momentum=0.9, weight_decay=0.01,
-                                      reinit_per_task=False)
+SGD_MOMENTUM_WD = specs.OptimizerSpec(
+  'sgd', learning_rate=0.1, momentum=0.9, weight_decay=0.01, reinit_per_task=False
+)
 ADAM_WD = specs.OptimizerSpec('adam', learning_rate=0.01, weight_decay=0.01, reinit_per_task=False)
 
 
 def progressive_state(adapter='linear', optimizer=SGD_MOMENTUM_WD, model=MLP, context=CONTEXT):
   spec = specs.PNNSpec(adapter=adapter)
   model = algorithms.adapt_model(spec, model, context)
-  state = ts_lib.create_train_state(model, optimizer, jax.random.PRNGKey(0), context.input_shape,
-                                    context.num_classes)
+  state = ts_lib.create_train_state(
+    model, optimizer, jax.random.PRNGKey(0), context.input_shape, context.num_classes
+  )
   return algorithms.build(spec, context), state
 
 
@@ -46,24 +49,31 @@ def column(tree, k):
 def param_shapes(model, input_shape=(INPUT_DIM,)):
   """The parameter tree of `model` as shapes (nothing is computed)."""
   return jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), input_shape))[
-      'params']
+    'params'
+  ]
 
 
-@pytest.mark.parametrize('adapter, optimizer', [('linear', SGD_MOMENTUM_WD), ('mlp', ADAM_WD)],
-                         ids=['linear-sgd_momentum_wd', 'mlp-adam_wd'])
+@pytest.mark.parametrize(
+  'adapter, optimizer',
+  [('linear', SGD_MOMENTUM_WD), ('mlp', ADAM_WD)],
+  ids=['linear-sgd_momentum_wd', 'mlp-adam_wd'],
+)
 def test_other_columns_stay_bit_identical_while_a_task_trains(adapter, optimizer):
   algo, state = progressive_state(adapter, optimizer)
   algo_state = algo.init(state, jax.random.PRNGKey(0))
   step = jax.jit(algo.step)
   probe = random_batch(seed=9, size=4).x
-  outputs = jax.jit(lambda s, k: s.apply_fn({'params': s.params}, probe, jnp.full((4,), k, jnp.int32)))
+  outputs = jax.jit(
+    lambda s, k: s.apply_fn({'params': s.params}, probe, jnp.full((4,), k, jnp.int32))
+  )
   for task in range(NUM_TASKS):
     state, algo_state = algo.begin_task(state, algo_state, task)
     before = jax.device_get(state)
     logits_before = [outputs(state, k) for k in range(task)]
     for k in range(4):
-      state, algo_state, metrics = step(state, random_batch(seed=10 * task + k, task=task),
-                                        algo_state)
+      state, algo_state, metrics = step(
+        state, random_batch(seed=10 * task + k, task=task), algo_state
+      )
       assert np.isfinite(metrics['loss'])
     after = jax.device_get(state)
     for k in range(NUM_TASKS):
@@ -71,10 +81,17 @@ def test_other_columns_stay_bit_identical_while_a_task_trains(adapter, optimizer
       assert same == (k != task), (task, k)
       if k != task:  # the optimizer never saw the frozen columns either
         assert leaves_equal(
-            [x for p, x in jax.tree_util.tree_flatten_with_path(before.opt_state)[0]
-             if pnn.column_of(p) == k],
-            [x for p, x in jax.tree_util.tree_flatten_with_path(after.opt_state)[0]
-             if pnn.column_of(p) == k])
+          [
+            x
+            for p, x in jax.tree_util.tree_flatten_with_path(before.opt_state)[0]
+            if pnn.column_of(p) == k
+          ],
+          [
+            x
+            for p, x in jax.tree_util.tree_flatten_with_path(after.opt_state)[0]
+            if pnn.column_of(p) == k
+          ],
+        )
     for k in range(task):  # earlier tasks' predictions are unchanged, bit for bit
       np.testing.assert_array_equal(outputs(state, k), logits_before[k])
 
@@ -128,7 +145,7 @@ def test_column_k_reads_earlier_columns_through_its_adapters_only(adapter):
   _, state = progressive_state(adapter)
   params = state.params
   x = random_batch(size=15).x
-  t = jnp.arange(15, dtype=jnp.int32) % NUM_TASKS   # every column runs
+  t = jnp.arange(15, dtype=jnp.int32) % NUM_TASKS  # every column runs
   rows = [np.asarray(t) == k for k in range(NUM_TASKS)]
   logits = jax.jit(lambda p: state.apply_fn({'params': p}, x, t))
   out = logits(params)
@@ -149,8 +166,13 @@ def test_column_k_reads_earlier_columns_through_its_adapters_only(adapter):
   # ...and without column 1's adapters column 0 has no say in task 1.
   is_lateral = lambda key: isinstance(key, str) and key.startswith(('lateral_', 'U'))
   cut = jax.tree_util.tree_map_with_path(
-      lambda p, v: jnp.zeros_like(v) if (pnn.column_of(p) == 1 and any(
-          is_lateral(getattr(key, 'key', None)) for key in p)) else v, params)
+    lambda p, v: (
+      jnp.zeros_like(v)
+      if (pnn.column_of(p) == 1 and any(is_lateral(getattr(key, 'key', None)) for key in p))
+      else v
+    ),
+    params,
+  )
   cut_hidden = logits(_perturb(cut, ('column_0', 'layers_0', 'own', 'kernel')))
   np.testing.assert_array_equal(cut_hidden[rows[1]], logits(cut)[rows[1]])
 
@@ -166,7 +188,7 @@ def test_cnn_columns_have_convolutional_adapters():
   model = progressive.progressive_version(cnn, 2, adapter='mlp')
   params = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))['params']
   conv = column(params, 1)['layers_1']
-  assert conv['V']['kernel'].shape == (1, 1, 2, 3)   # 1x1: column 0's 2 channels onto 3
+  assert conv['V']['kernel'].shape == (1, 1, 2, 3)  # 1x1: column 0's 2 channels onto 3
   assert conv['U']['kernel'].shape == (3, 3, 3, 3)
   assert models.count_params(column(params, 0)) == models.count_params(param_shapes(cnn, (8, 8, 1)))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 8, 8, 1)), jnp.float32)
@@ -174,49 +196,59 @@ def test_cnn_columns_have_convolutional_adapters():
   logits = jax.jit(lambda p: model.apply({'params': p}, x, t))
   out = logits(params)
   later = logits(_perturb(params, ('column_1', 'layers_0', 'own', 'kernel')))
-  np.testing.assert_array_equal(later[::2], out[::2])   # task 0 ignores column 1
+  np.testing.assert_array_equal(later[::2], out[::2])  # task 0 ignores column 1
   first_conv = logits(_perturb(params, ('column_0', 'layers_0', 'own', 'kernel')))
-  assert not np.allclose(first_conv[1::2], out[1::2], atol=1e-4)   # task 1 reads column 0
+  assert not np.allclose(first_conv[1::2], out[1::2], atol=1e-4)  # task 1 reads column 0
 
 
 @pytest.mark.parametrize('adapter', ['linear', 'mlp'])
 def test_forward_is_eq_1_and_eq_2(adapter):
-  model = progressive.ProgressiveMLP(num_columns=2, widths=(5,), num_classes=NUM_CLASSES,
-                                     adapter=adapter)
+  model = progressive.ProgressiveMLP(
+    num_columns=2, widths=(5,), num_classes=NUM_CLASSES, adapter=adapter
+  )
   x = np.random.default_rng(0).normal(size=(7, INPUT_DIM)).astype(np.float32)
   params = model.init(jax.random.PRNGKey(3), x, np.zeros(7, np.int32))['params']
   p = jax.tree.map(np.asarray, params)
   relu = lambda a: np.maximum(a, 0)
   dense = lambda d, h: h @ d['kernel'] + d.get('bias', 0)
-  h0 = relu(dense(p['column_0']['layers_0']['own'], x))     # h_1^(0)
-  h1 = relu(dense(p['column_1']['layers_0']['own'], x))     # h_1^(1)
+  h0 = relu(dense(p['column_0']['layers_0']['own'], x))  # h_1^(0)
+  h1 = relu(dense(p['column_1']['layers_0']['own'], x))  # h_1^(1)
   head = p['column_1']['layers_1']
-  if adapter == 'linear':   # eq. 1: W h^(1) + U^(1:0) h^(0)
+  if adapter == 'linear':  # eq. 1: W h^(1) + U^(1:0) h^(0)
     expected = dense(head['own'], h1) + h0 @ head['lateral_0']['kernel']
-  else:                     # eq. 2: W h^(1) + U relu(V alpha h^(0))
-    expected = dense(head['own'], h1) + relu(dense(head['V'], head['alpha'] * h0)) @ head['U']['kernel']
-    assert 0 < head['alpha'] < 0.1   # a small random initial scale
+  else:  # eq. 2: W h^(1) + U relu(V alpha h^(0))
+    expected = (
+      dense(head['own'], h1) + relu(dense(head['V'], head['alpha'] * h0)) @ head['U']['kernel']
+    )
+    assert 0 < head['alpha'] < 0.1  # a small random initial scale
   got = model.apply({'params': params}, x, np.ones(7, np.int32))
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(model.apply({'params': params}, x, np.zeros(7, np.int32)),
-                             dense(p['column_0']['layers_1']['own'], h0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    model.apply({'params': params}, x, np.zeros(7, np.int32)),
+    dense(p['column_0']['layers_1']['own'], h0),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 @pytest.mark.parametrize('adapter', ['linear', 'mlp'])
 def test_each_column_adds_its_layers_and_adapters_from_every_earlier_column(adapter):
   num_tasks = 4
-  params = param_shapes(algorithms.adapt_model(
-      specs.PNNSpec(adapter=adapter), MLP, algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks)))
-  sizes = (INPUT_DIM, *MLP.widths, NUM_CLASSES)   # n_0 .. n_L
+  params = param_shapes(
+    algorithms.adapt_model(
+      specs.PNNSpec(adapter=adapter), MLP, algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks)
+    )
+  )
+  sizes = (INPUT_DIM, *MLP.widths, NUM_CLASSES)  # n_0 .. n_L
   own = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
   assert own == models.count_params(param_shapes(MLP))  # a column is the MLP
   for k in range(num_tasks):
     lateral = 0
-    for n_in, n_out in zip(sizes[1:-1], sizes[2:]):   # layers 2..L read layer i-1 of columns < k
+    for n_in, n_out in zip(sizes[1:-1], sizes[2:]):  # layers 2..L read layer i-1 of columns < k
       if k and adapter == 'linear':
-        lateral += k * n_in * n_out                    # U^(k:j), j < k
+        lateral += k * n_in * n_out  # U^(k:j), j < k
       elif k:
-        lateral += 1 + (k * n_in * n_out + n_out) + n_out * n_out   # alpha, V (+bias), U
+        lateral += 1 + (k * n_in * n_out + n_out) + n_out * n_out  # alpha, V (+bias), U
     assert models.count_params(column(params, k)) == own + lateral, k
   assert set(params) == {f'column_{k}' for k in range(num_tasks)}
 
@@ -224,11 +256,12 @@ def test_each_column_adds_its_layers_and_adapters_from_every_earlier_column(adap
 def test_heads_per_column_multi_head_and_masked():
   multi = models.MLP(widths=(8,), num_classes=2, num_heads=NUM_TASKS)
   params = param_shapes(progressive.progressive_version(multi, NUM_TASKS))
-  for k in range(NUM_TASKS):   # column k is task k's 2-unit head
+  for k in range(NUM_TASKS):  # column k is task k's 2-unit head
     assert column(params, k)['layers_1']['own']['kernel'].shape == (8, 2)
   masked = progressive.progressive_version(
-      models.MLP(widths=(8,), num_classes=NUM_CLASSES, task_classes=((0, 1), (1, 2), (2, 0))),
-      NUM_TASKS)
+    models.MLP(widths=(8,), num_classes=NUM_CLASSES, task_classes=((0, 1), (1, 2), (2, 0))),
+    NUM_TASKS,
+  )
   x = random_batch(size=6).x
   t = jnp.array([0, 1, 2, 0, 1, 2], jnp.int32)
   logits = masked.apply(models.init_variables(masked, jax.random.PRNGKey(0), (INPUT_DIM,)), x, t)

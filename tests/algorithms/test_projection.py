@@ -7,6 +7,7 @@ constraints). For T = 20 (2^20 subsets) a float64 Lawson-Hanson oracle is
 used, certified by the KKT conditions. Inputs are rounded to float32 first,
 so the oracles solve exactly the problem the library sees.
 """
+
 import itertools
 
 import jax
@@ -23,7 +24,7 @@ from jcl.algorithms import projection as pj
 # nearly parallel rows (angles down to 1e-4 rad, which float32 G G^T cannot
 # resolve; with float64 inputs the error is ~1e-12, so it is not the solver),
 # while the constraints and the distance ||z - g|| still hold to ~1e-6.
-TOL = 1e-5           # relative error vs the oracle, well-conditioned problems
+TOL = 1e-5  # relative error vs the oracle, well-conditioned problems
 CONSTRAINT_TOL = 1e-5  # <z, G_k> >= -CONSTRAINT_TOL ||G_k|| ||g||
 PARALLEL_TOL = 2e-3  # relative error vs the oracle, nearly parallel rows
 
@@ -80,9 +81,9 @@ def nnls_projection(g, grads, active):
       u[~passive] = 0.0
   z = g + a.T @ u
   scale = np.linalg.norm(a, axis=1) * np.linalg.norm(g)
-  assert np.all(u >= 0)                                            # dual feasible
-  assert np.all(a @ z >= -1e-9 * scale)                            # primal feasible
-  assert np.all(np.abs(u * (a @ z)) <= 1e-9 * scale * (u + 1))     # complementary
+  assert np.all(u >= 0)  # dual feasible
+  assert np.all(a @ z >= -1e-9 * scale)  # primal feasible
+  assert np.all(np.abs(u * (a @ z)) <= 1e-9 * scale * (u + 1))  # complementary
   return z
 
 
@@ -133,7 +134,7 @@ def random_problem(rng, kind, num_tasks, dim):
     g = -grads.mean(0) * 3 + rng.normal(size=dim)
   elif kind == 'duplicate':
     k = (num_tasks + 1) // 2
-    grads[k:] = grads[:num_tasks - k]
+    grads[k:] = grads[: num_tasks - k]
     g = -grads.mean(0) * 3 + rng.normal(size=dim)
   active = rng.random(num_tasks) < 0.8
   return np.float32(g), np.float32(grads), active
@@ -154,12 +155,18 @@ def padded_batch(seed, kind, count=BATCH, t_max=T_MAX, p_max=P_MAX):
   return problems, np.stack(gs), np.stack(grads), np.stack(actives)
 
 
-batched_gem = jax.jit(jax.vmap(lambda g, grads, active, margin, ridge: pj.gem_project(
-    g, grads, active, margin=margin, ridge=ridge), in_axes=(0, 0, 0, None, None)))
+batched_gem = jax.jit(
+  jax.vmap(
+    lambda g, grads, active, margin, ridge: pj.gem_project(
+      g, grads, active, margin=margin, ridge=ridge
+    ),
+    in_axes=(0, 0, 0, None, None),
+  )
+)
 
 
 def unpad(z, g):
-  return np.asarray(z)[:len(g)]
+  return np.asarray(z)[: len(g)]
 
 
 # ----------------------------------------------------------------------------- A-GEM
@@ -182,8 +189,9 @@ def test_agem_never_conflicts_and_matches_formula():
   expected = np.where((dots < 0)[:, None], g64 - (dots / np.sum(ref64**2, 1))[:, None] * ref64, g64)
   scale = np.linalg.norm(g64, axis=1) * np.linalg.norm(ref64, axis=1)
   assert np.all(np.sum(z * ref64, 1) >= -1e-6 * scale)
-  np.testing.assert_array_less(np.linalg.norm(z - expected, axis=1),
-                               1e-6 * np.linalg.norm(g64, axis=1))
+  np.testing.assert_array_less(
+    np.linalg.norm(z - expected, axis=1), 1e-6 * np.linalg.norm(g64, axis=1)
+  )
   # bit-for-bit g when there is no conflict
   np.testing.assert_array_equal(z[dots >= 0], g[dots >= 0])
   # projected ones lie on the boundary, and z - g is a multiple of g_ref (closest point)
@@ -191,13 +199,14 @@ def test_agem_never_conflicts_and_matches_formula():
   assert np.all(np.abs(np.sum(z[proj] * ref64[proj], 1)) <= 1e-6 * scale[proj])
   step = z[proj] - g64[proj]
   cos = np.sum(step * ref64[proj], 1) / (
-      np.linalg.norm(step, axis=1) * np.linalg.norm(ref64[proj], axis=1))
+    np.linalg.norm(step, axis=1) * np.linalg.norm(ref64[proj], axis=1)
+  )
   np.testing.assert_allclose(cos, 1.0, atol=1e-5)
 
 
 def test_agem_edge_cases():
   g = jnp.array([1.0, -2.0, 3.0])
-  np.testing.assert_array_equal(pj.agem_project(g, jnp.zeros(3)), g)          # g_ref = 0
+  np.testing.assert_array_equal(pj.agem_project(g, jnp.zeros(3)), g)  # g_ref = 0
   np.testing.assert_array_equal(pj.agem_project(g, jnp.array([2.0, 1.0, 0.0])), g)  # orthogonal
   np.testing.assert_array_equal(pj.agem_project(jnp.zeros(3), g), jnp.zeros(3))
   z = pj.agem_project(g, -g)  # exactly opposite: projects to 0
@@ -208,8 +217,11 @@ def test_agem_edge_cases():
 
 def test_tree_agem_matches_flat():
   rng = np.random.default_rng(1)
-  tree = {'w': rng.normal(size=(3, 4)), 'b': rng.normal(size=(4,)),
-          'c': [rng.normal(size=(2, 2, 2))]}
+  tree = {
+    'w': rng.normal(size=(3, 4)),
+    'b': rng.normal(size=(4,)),
+    'c': [rng.normal(size=(2, 2, 2))],
+  }
   ref = jax.tree.map(lambda x: -x + 0.1 * rng.normal(size=x.shape), tree)
   tree, ref = jax.tree.map(np.float32, tree), jax.tree.map(np.float32, ref)
   flat, unravel = ravel_pytree(tree)
@@ -266,9 +278,14 @@ def test_nnls_oracle_agrees_with_brute_force():
 
 TWENTY = 20
 
-twenty_tasks = jax.jit(jax.vmap(lambda g, grads, active: (
-    pj.gem_project(g, grads, active),
-    pj._gem_dual_solve(grads @ grads.T, grads @ g, active, 0.0, None, 0.0)[1])))
+twenty_tasks = jax.jit(
+  jax.vmap(
+    lambda g, grads, active: (
+      pj.gem_project(g, grads, active),
+      pj._gem_dual_solve(grads @ grads.T, grads @ g, active, 0.0, None, 0.0)[1],
+    )
+  )
+)
 
 
 @pytest.mark.parametrize('kind', ['conflict', 'parallel', 'dependent', 'duplicate'])
@@ -315,12 +332,12 @@ def test_gem_ignores_inactive_rows():
   assert not np.array_equal(base, g)
   assert rel_err(base, oracle(g, grads[:2], active[:2]), g) < TOL
   huge = grads.copy()
-  huge[2] = -1e4 * g                              # hugely conflicting, but inactive
+  huge[2] = -1e4 * g  # hugely conflicting, but inactive
   huge[3:] = 1e4 * rng.normal(size=(T_MAX - 3, P_MAX))
   np.testing.assert_array_equal(pj.gem_project(g, huge, active), base)
   v = pj.gem_dual_solve(huge @ huge.T, huge @ g, active)
   np.testing.assert_array_equal(v[2:], 0.0)
-  huge[4], huge[5, 0] = np.nan, np.inf              # e.g. gradients on an empty memory
+  huge[4], huge[5, 0] = np.nan, np.inf  # e.g. gradients on an empty memory
   np.testing.assert_array_equal(pj.gem_project(g, huge, active), base)
 
 
@@ -352,13 +369,14 @@ def test_gem_margin_like_gems_code():
   margin = 0.5
   zs = batched_gem(gs, grads, actives, margin, 0.0)
   vs = jax.jit(jax.vmap(lambda g, gr, a: pj.gem_dual_solve(gr @ gr.T, gr @ g, a, margin=margin)))(
-      gs, grads, actives)
+    gs, grads, actives
+  )
   for (g, gr, act), z, v in zip(problems, zs, np.asarray(vs)):
     z = unpad(z, g)
     assert rel_err(z, oracle(g, gr, act, margin=margin), g) < TOL
     assert min_constraint(z, gr, act, g) >= -CONSTRAINT_TOL
     if np.any(act & (gr @ g < 0)):
-      v = v[:len(act)]
+      v = v[: len(act)]
       assert np.all(v[act] >= margin) and np.all(v[~act] == 0)
       np.testing.assert_allclose(z, g + v @ gr, atol=1e-5 * np.linalg.norm(g))
 
@@ -376,7 +394,7 @@ def test_gem_ridge_is_gems_regularized_qp():
     t = len(act)
     aug_grads = np.concatenate([gr.astype(np.float64), np.sqrt(ridge) * np.eye(t)], 1)
     aug_g = np.concatenate([g.astype(np.float64), np.zeros(t)])
-    expected = oracle(aug_g, aug_grads, act)[:len(g)] if np.any(act & (gr @ g < 0)) else g
+    expected = oracle(aug_g, aug_grads, act)[: len(g)] if np.any(act & (gr @ g < 0)) else g
     assert rel_err(z, expected, g) < TOL
     deviation.append(rel_err(z, oracle(g, gr, act), g))
   # ||G_k||^2 ~ P ~ 5..50: a 1e-3 ridge moves z by up to ~1e-3 ||g||, well above rounding
@@ -393,7 +411,8 @@ def test_jit_vmap_and_tree():
   tree = {'w': rng.normal(size=(8, 5)), 'b': rng.normal(size=(6,)), 'h': [rng.normal(size=(2, 2))]}
   tree = jax.tree.map(np.float32, tree)
   mem = jax.tree.map(
-      lambda x: np.float32(-x[None] + 0.5 * rng.normal(size=(T_MAX,) + x.shape)), tree)
+    lambda x: np.float32(-x[None] + 0.5 * rng.normal(size=(T_MAX,) + x.shape)), tree
+  )
   active = jnp.array([True, True, False, True, True, False])
   flat, unravel = ravel_pytree(tree)
   flat_mem = jax.vmap(lambda m: ravel_pytree(m)[0])(mem)

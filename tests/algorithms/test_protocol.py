@@ -1,6 +1,7 @@
 """Every algorithm's step works in a user's own loop: jit, scan and vmap; the
 registry finds every algorithm by name, and each spec's declarations (what
 `end_task` reads) are what its implementation does."""
+
 import dataclasses
 from typing import ClassVar
 
@@ -16,7 +17,14 @@ from jcl import types
 from jcl.algorithms import base
 from jcl.algorithms import buffer as buffer_lib
 
-from tests.algorithms.conftest import INPUT_DIM, MODEL, NUM_CLASSES, random_batch, random_chunk, tiny_state
+from tests.algorithms.conftest import (
+  INPUT_DIM,
+  MODEL,
+  NUM_CLASSES,
+  random_batch,
+  random_chunk,
+  tiny_state,
+)
 from tests.small import SMALL_HPARAMS, small_spec
 
 CONTEXT = algorithms.Context((INPUT_DIM,), NUM_CLASSES, num_tasks=2)
@@ -38,11 +46,15 @@ def test_step_jit_scan_vmap(name):
   assert set(m1) >= {'loss'} and np.isfinite(float(m1['loss']))
 
   chunk = random_chunk(steps=4)
+
   def body(carry, b):
     s, a = carry
     s, a, m = algo.step(s, b, a)
     return (s, a), m['loss']
-  (s4, a4), losses = jax.jit(lambda s, a, c: jax.lax.scan(body, (s, a), c))(state, algo_state, chunk)
+
+  (s4, a4), losses = jax.jit(lambda s, a, c: jax.lax.scan(body, (s, a), c))(
+    state, algo_state, chunk
+  )
   assert losses.shape == (4,) and int(s4.step) == 4
 
   # The same scan as jcl.train's chunk runner, which also skips padding batches.
@@ -58,7 +70,9 @@ def test_step_jit_scan_vmap(name):
   assert vm['loss'].shape == (3,)
   single, _, sm = algo.step(states[1], batch, jax.tree.map(lambda x: x[1], algo_states))
   np.testing.assert_allclose(vm['loss'][1], sm['loss'], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(jax.tree.map(lambda x: x[1], vs.params))):
+  for a, b in zip(
+    jax.tree.leaves(single.params), jax.tree.leaves(jax.tree.map(lambda x: x[1], vs.params))
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
   # end_task jit-compiles too.
@@ -67,8 +81,9 @@ def test_step_jit_scan_vmap(name):
 
 def test_begin_task_applies_lr_decay_and_reinit():
   state = tiny_state(lr=0.1, momentum=0.9)
-  state = state.replace(regime=specs.OptimizerSpec(learning_rate=0.1, momentum=0.9, lr_decay=0.5,
-                                                   min_lr=0.02))
+  state = state.replace(
+    regime=specs.OptimizerSpec(learning_rate=0.1, momentum=0.9, lr_decay=0.5, min_lr=0.02)
+  )
   algo = algorithms.naive.make()
   s, a = algo.begin_task(state, None, 0)
   np.testing.assert_allclose(float(s.learning_rate), 0.1)
@@ -85,11 +100,16 @@ def test_grad_clipping_bounds_the_update():
   state = tiny_state(lr=1.0)
   clipped = state.replace(regime=specs.OptimizerSpec(learning_rate=1.0, grad_clip_norm=1e-3))
   from jcl import train_state as ts_lib
+
   clipped = clipped.replace(tx=ts_lib.make_optimizer(clipped.regime))
   clipped = clipped.replace(opt_state=clipped.tx.init(clipped.params))
   new, _, _ = algorithms.naive.make().step(clipped, random_batch(), None)
-  norm = np.sqrt(sum(float(jnp.sum((a - b)**2)) for a, b in
-                     zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))))
+  norm = np.sqrt(
+    sum(
+      float(jnp.sum((a - b) ** 2))
+      for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))
+    )
+  )
   np.testing.assert_allclose(norm, 1e-3, rtol=1e-3)
 
 
@@ -99,9 +119,13 @@ def test_grad_clipping_bounds_the_update():
 
 def test_every_spec_is_registered_and_has_a_module():
   """Every spec class of `jcl.specs` registered itself and has a JAX module."""
-  defined = {cls.name for cls in vars(specs).values()
-             if isinstance(cls, type) and issubclass(cls, specs.AlgorithmSpec)
-             and cls is not specs.AlgorithmSpec}
+  defined = {
+    cls.name
+    for cls in vars(specs).values()
+    if isinstance(cls, type)
+    and issubclass(cls, specs.AlgorithmSpec)
+    and cls is not specs.AlgorithmSpec
+  }
   assert defined <= set(specs.SPECS)
   assert defined <= set(NAMES)
   assert set(SMALL_HPARAMS) <= set(NAMES)
@@ -126,8 +150,11 @@ def test_unknown_algorithm_is_refused_clearly():
   class Unimplemented(specs.AlgorithmSpec):
     name: ClassVar[str] = 'test_unimplemented'
 
-  with pytest.raises(ValueError, match=r"no JAX implementation of algorithm "
-                     r"'test_unimplemented'; known: agem, der"):
+  with pytest.raises(
+    ValueError,
+    match=r'no JAX implementation of algorithm '
+    r"'test_unimplemented'; known: agem, der",
+  ):
     algorithms.build(Unimplemented())
   model = object()
   assert algorithms.adapt_model(Unimplemented(), model, CONTEXT) is model
@@ -171,8 +198,9 @@ def test_end_task_reads_the_task_data_iff_the_spec_says_so(name):
   algo, state, algo_state = after_one_step(name)
   end_task = jax.jit(algo.end_task)
   with_data = end_task(state, algo_state, random_chunk(seed=1))
-  other = end_task(state, algo_state, None if not algo.spec.uses_task_data
-                   else random_chunk(seed=2))
+  other = end_task(
+    state, algo_state, None if not algo.spec.uses_task_data else random_chunk(seed=2)
+  )
   assert jax.tree.structure(other) == jax.tree.structure(with_data)
   same = [np.array_equal(a, b) for a, b in zip(leaves(with_data), leaves(other))]
   if algo.spec.uses_task_data:

@@ -1,8 +1,8 @@
 """Property tests of EWC, online EWC, SI, MAS and LFL (what each paper claims)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jcl import algorithms
 from jcl import specs
@@ -24,6 +24,7 @@ def tree_allclose(a, b, **kw):
 
 # ---------------------------------------------------------------- EWC ------
 
+
 def test_ewc_penalty_is_zero_at_anchor_and_quadratic_in_distance(state):
   params = state.params
   fisher = jax.tree.map(lambda p: jnp.abs(p) + 0.5, params)
@@ -36,10 +37,11 @@ def test_ewc_penalty_is_zero_at_anchor_and_quadratic_in_distance(state):
   p2 = float(reg.quadratic_penalty(moved(2.0), pen_state, coefficient))
   expected = coefficient * sum(float(jnp.sum(f * 0.01)) for f in jax.tree.leaves(fisher))
   np.testing.assert_allclose(p1, expected, rtol=1e-5)
-  np.testing.assert_allclose(p2, 4 * p1, rtol=1e-5)          # quadratic in the distance
+  np.testing.assert_allclose(p2, 4 * p1, rtol=1e-5)  # quadratic in the distance
   doubled = reg.QuadraticPenaltyState(jax.tree.map(lambda f: 2 * f, fisher), params)
-  np.testing.assert_allclose(float(reg.quadratic_penalty(moved(1.0), doubled, coefficient)), 2 * p1,
-                             rtol=1e-5)                       # linear in the Fisher weights
+  np.testing.assert_allclose(
+    float(reg.quadratic_penalty(moved(1.0), doubled, coefficient)), 2 * p1, rtol=1e-5
+  )  # linear in the Fisher weights
 
 
 def test_empirical_fisher_matches_per_sample_loop(state):
@@ -49,8 +51,10 @@ def test_empirical_fisher_matches_per_sample_loop(state):
   n = 0
   for k in range(2):
     for b in range(5):
-      x, y, t = chunk.x[k, b:b + 1], int(chunk.y[k, b]), chunk.t[k, b:b + 1]
-      g = jax.grad(lambda p: jax.nn.log_softmax(state.apply_fn({'params': p}, x, t))[0, y])(state.params)
+      x, y, t = chunk.x[k, b : b + 1], int(chunk.y[k, b]), chunk.t[k, b : b + 1]
+      g = jax.grad(lambda p: jax.nn.log_softmax(state.apply_fn({'params': p}, x, t))[0, y])(
+        state.params
+      )
       expected = jax.tree.map(lambda e, gi: e + gi**2, expected, g)
       n += 1
   assert tree_allclose(fisher, jax.tree.map(lambda e: e / n, expected), rtol=1e-4, atol=1e-7)
@@ -61,7 +65,7 @@ def test_true_fisher_is_expectation_over_model_predictions(state):
   fisher = ewc.fisher_diagonal(state, chunk, 'true')
   expected = jax.tree.map(jnp.zeros_like, state.params)
   for b in range(4):
-    x, t = chunk.x[0, b:b + 1], chunk.t[0, b:b + 1]
+    x, t = chunk.x[0, b : b + 1], chunk.t[0, b : b + 1]
     logp = lambda p, c: jax.nn.log_softmax(state.apply_fn({'params': p}, x, t))[0, c]
     probs = jnp.exp(jax.nn.log_softmax(state.apply_fn({'params': state.params}, x, t))[0])
     for c in range(3):
@@ -74,8 +78,12 @@ def test_padding_samples_do_not_enter_the_fisher(state):
   chunk = random_chunk(seed=3, steps=1, size=6)
   masked = chunk._replace(mask=chunk.mask.at[0, 3:].set(0.0))
   first_three = Batch(chunk.x[:, :3], chunk.y[:, :3], chunk.t[:, :3], chunk.mask[:, :3])
-  assert tree_allclose(ewc.fisher_diagonal(state, masked), ewc.fisher_diagonal(state, first_three),
-                       rtol=1e-5, atol=1e-8)
+  assert tree_allclose(
+    ewc.fisher_diagonal(state, masked),
+    ewc.fisher_diagonal(state, first_three),
+    rtol=1e-5,
+    atol=1e-8,
+  )
 
 
 def test_separate_ewc_gradient_equals_sum_of_per_task_penalties(state):
@@ -87,8 +95,9 @@ def test_separate_ewc_gradient_equals_sum_of_per_task_penalties(state):
   for f, a in zip(fishers, anchors):
     pen_state = reg.consolidate(pen_state, f, a, mode='sum')
   point = rand()
-  separate = lambda p: sum(reg.quadratic_penalty(p, reg.QuadraticPenaltyState(f, a), 0.5)
-                           for f, a in zip(fishers, anchors))
+  separate = lambda p: sum(
+    reg.quadratic_penalty(p, reg.QuadraticPenaltyState(f, a), 0.5) for f, a in zip(fishers, anchors)
+  )
   combined = lambda p: reg.quadratic_penalty(p, pen_state, 0.5)
   assert tree_allclose(jax.grad(combined)(point), jax.grad(separate)(point), rtol=1e-4, atol=1e-6)
 
@@ -115,20 +124,23 @@ def test_ewc_step_pulls_back_towards_anchor(state):
   far = state.replace(params=jax.tree.map(lambda p: p + 0.05, state.params))
   ewc_next, _, m = algo.step(far, batch, algo_state)
   naive_next, _, _ = naive.step(far, batch, None)
-  dist = lambda s: sum(float(jnp.sum((a - b)**2)) for a, b in
-                       zip(jax.tree.leaves(s.params), jax.tree.leaves(state.params)))
+  dist = lambda s: sum(
+    float(jnp.sum((a - b) ** 2))
+    for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(state.params))
+  )
   assert float(m['penalty']) > 0
   assert dist(ewc_next) < dist(naive_next)
 
 
 # ----------------------------------------------------------------- SI ------
 
+
 def quadratic_loss(curvature, optimum):
   """L(theta) = 1/2 sum h (theta - theta0)^2 over every parameter (no data)."""
 
   def loss_fn(params, train_state, batch, rng):
     del train_state, batch, rng
-    terms = jax.tree.map(lambda p: 0.5 * curvature * jnp.sum((p - optimum)**2), params)
+    terms = jax.tree.map(lambda p: 0.5 * curvature * jnp.sum((p - optimum) ** 2), params)
     return sum(jax.tree.leaves(terms)), {}
 
   return loss_fn
@@ -152,8 +164,8 @@ def test_si_importance_matches_hand_computation_on_a_quadratic():
 
   def expected(a):
     d0 = a - w0
-    omega = lr * h**2 * d0**2 * (1 - r**(2 * n)) / (1 - r**2)
-    return omega / ((d0 * (r**n - 1))**2 + xi)
+    omega = lr * h**2 * d0**2 * (1 - r ** (2 * n)) / (1 - r**2)
+    return omega / ((d0 * (r**n - 1)) ** 2 + xi)
 
   want = jax.tree.map(lambda a: expected(np.asarray(a, np.float64)), start)
   assert tree_allclose(algo_state.penalty.importance, want, rtol=1e-3, atol=1e-6)
@@ -175,11 +187,16 @@ def test_si_path_integral_uses_unregularised_gradient():
   g_task = jax.grad(lambda p: base.task_loss(p, state, batch, state.step_rng())[0])(state.params)
   new_state, new_algo_state, _ = algo.step(state, batch, algo_state)
   delta = jax.tree.map(jnp.subtract, new_state.params, state.params)
-  assert tree_allclose(new_algo_state.path_integral, jax.tree.map(lambda g, d: -g * d, g_task, delta),
-                       rtol=1e-4, atol=1e-9)
+  assert tree_allclose(
+    new_algo_state.path_integral,
+    jax.tree.map(lambda g, d: -g * d, g_task, delta),
+    rtol=1e-4,
+    atol=1e-9,
+  )
 
 
 # ---------------------------------------------------------------- MAS ------
+
 
 def test_mas_importance_is_mean_abs_gradient_of_squared_output_norm(state):
   chunk = random_chunk(seed=7, steps=2, size=3)
@@ -187,8 +204,8 @@ def test_mas_importance_is_mean_abs_gradient_of_squared_output_norm(state):
   expected = jax.tree.map(jnp.zeros_like, state.params)
   for k in range(2):
     for b in range(3):
-      x, t = chunk.x[k, b:b + 1], chunk.t[k, b:b + 1]
-      g = jax.grad(lambda p: jnp.sum(state.apply_fn({'params': p}, x, t)**2))(state.params)
+      x, t = chunk.x[k, b : b + 1], chunk.t[k, b : b + 1]
+      g = jax.grad(lambda p: jnp.sum(state.apply_fn({'params': p}, x, t) ** 2))(state.params)
       expected = jax.tree.map(lambda e, gi: e + jnp.abs(gi) / 6, expected, g)
   assert tree_allclose(importance, expected, rtol=1e-4, atol=1e-7)
 
@@ -207,20 +224,23 @@ def test_mas_accumulates_importance_and_anchors_latest_solution(state):
 
 # ---------------------------------------------------------------- LFL ------
 
+
 def test_lfl_penalty_is_zero_until_the_model_moves(state):
   algo = lfl.make(specs.LFLSpec(lfl_lambda=2.0))
   algo_state = algo.init(state, jax.random.PRNGKey(0))
   batch = random_batch(seed=9)
   _, _, m = algo.step(state, batch, algo_state)
-  assert float(m['penalty']) == 0.0                      # first task: inactive
+  assert float(m['penalty']) == 0.0  # first task: inactive
   _, algo_state = algo.end_task(state, algo_state, random_chunk())
   _, _, m = algo.step(state, batch, algo_state)
-  assert float(m['penalty']) == 0.0                      # active, but the model has not moved
+  assert float(m['penalty']) == 0.0  # active, but the model has not moved
   moved = state.replace(params=jax.tree.map(lambda p: p + 0.1, state.params))
   _, _, m = algo.step(moved, batch, algo_state)
-  (_, f_new), _ = ts_lib.apply_model(moved, moved.params, batch.x, batch.t, train=False,
-                                     return_features=True)
-  (_, f_old), _ = ts_lib.apply_model(state, state.params, batch.x, batch.t, train=False,
-                                     return_features=True)
-  want = 2.0 * float(jnp.mean(jnp.sum((f_new - f_old)**2, -1)))
+  (_, f_new), _ = ts_lib.apply_model(
+    moved, moved.params, batch.x, batch.t, train=False, return_features=True
+  )
+  (_, f_old), _ = ts_lib.apply_model(
+    state, state.params, batch.x, batch.t, train=False, return_features=True
+  )
+  want = 2.0 * float(jnp.mean(jnp.sum((f_new - f_old) ** 2, -1)))
   np.testing.assert_allclose(float(m['penalty']), want, rtol=1e-5)

@@ -1,5 +1,6 @@
 """Property tests of ER, DER, DER++, A-GEM and GEM steps (buffer and projection
 math have their own tests)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,6 @@ from jcl import algorithms
 from jcl import specs
 from jcl.algorithms import base
 from jcl.algorithms import buffer as buffer_lib
-from jcl.types import Batch
 
 from tests.algorithms.conftest import INPUT_DIM, NUM_CLASSES, random_batch, tiny_state
 
@@ -35,8 +35,8 @@ def test_der_stores_the_logits_of_the_model_at_insertion_time():
   # Buffer not full: sample k*8+i sits in slot k*8+i with the logits of the
   # parameters *before* the step that saw it.
   for k, (batch, logits) in enumerate(snapshots):
-    np.testing.assert_allclose(buf.x[k * 8:(k + 1) * 8], batch.x)
-    np.testing.assert_allclose(buf.logits[k * 8:(k + 1) * 8], logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(buf.x[k * 8 : (k + 1) * 8], batch.x)
+    np.testing.assert_allclose(buf.logits[k * 8 : (k + 1) * 8], logits, rtol=1e-5, atol=1e-6)
   # ... and they are not those of the current model.
   now = state.apply_fn({'params': state.params}, buf.x[:8], buf.t[:8])
   assert not np.allclose(now, buf.logits[:8], atol=1e-4)
@@ -44,7 +44,7 @@ def test_der_stores_the_logits_of_the_model_at_insertion_time():
 
 def test_der_distillation_term_is_zero_when_the_model_has_not_moved():
   algo = build('der', memory_size=64, replay_batch_size=8, alpha=1.0)
-  state = tiny_state(lr=1e-9)   # the parameters barely move
+  state = tiny_state(lr=1e-9)  # the parameters barely move
   algo_state = algo.init(state, None)
   state, algo_state, _ = algo.step(state, random_batch(seed=0, size=8), algo_state)
   _, _, metrics = algo.step(state, random_batch(seed=1, size=8), algo_state)
@@ -94,8 +94,9 @@ def test_agem_update_never_conflicts_with_the_memory_gradient():
   projected_any = False
   for k in range(10):
     batch = random_batch(seed=100 + k, size=8, task=1)
-    memory, _ = buffer_lib.sample(algo_state.buffer, state.step_rng(1), 16,
-                                  task_mask=jnp.arange(3) < 1)
+    memory, _ = buffer_lib.sample(
+      algo_state.buffer, state.step_rng(1), 16, task_mask=jnp.arange(3) < 1
+    )
     assert float(jnp.sum(memory.mask)) == 16 and bool(jnp.all(memory.t == 0))
     g_ref = jax.grad(lambda p: base.task_loss(p, state, memory, None)[0])(state.params)
     new_state, algo_state, m = algo.step(state, batch, algo_state)
@@ -113,8 +114,9 @@ def test_gem_update_satisfies_every_previous_task_constraint():
   for task in (0, 1):
     state, algo_state = algo.begin_task(state, algo_state, task)
     for k in range(4):
-      state, algo_state, _ = algo.step(state, random_batch(seed=10 * task + k, size=8, task=task),
-                                       algo_state)
+      state, algo_state, _ = algo.step(
+        state, random_batch(seed=10 * task + k, size=8, task=task), algo_state
+      )
   state, algo_state = algo.begin_task(state, algo_state, 2)
   projected_any = False
   for k in range(8):
@@ -135,14 +137,17 @@ def test_replay_methods_need_a_context():
     algorithms.build(specs.make_spec('er'))
 
 
-@pytest.mark.parametrize('name, kwargs, field', [
+@pytest.mark.parametrize(
+  'name, kwargs, field',
+  [
     ('er', dict(memory_size=0), 'memory_size'),
     ('er', dict(policy='fifo'), 'policy'),
     ('der', dict(alpha=-1.0), 'alpha'),
     ('derpp', dict(beta=-1.0), 'beta'),
     ('agem', dict(memory_per_task=0), 'memory_per_task'),
     ('gem', dict(margin=-0.5), 'margin'),
-])
+  ],
+)
 def test_replay_spec_validation(name, kwargs, field):
   with pytest.raises(ValueError, match=f"invalid '{field}'"):
     specs.make_spec(name, **kwargs)

@@ -1,4 +1,5 @@
 """Stable SGD: the training regime reaches the model, the optimizer and the loop."""
+
 import functools
 
 import jax
@@ -43,7 +44,7 @@ def built():
 def test_regime_reaches_the_model_the_optimizer_and_the_loop():
   parts = built()
   assert parts.model.dropout == 0.3
-  assert parts.model.widths == (32,)                     # the rest is kept
+  assert parts.model.widths == (32,)  # the rest is kept
   assert parts.train_config.batch_size == 7
   assert parts.train_config.epochs == 1
   regime = parts.train_state.regime
@@ -52,8 +53,9 @@ def test_regime_reaches_the_model_the_optimizer_and_the_loop():
   algo, state = parts.algorithm, parts.train_state
   for task, want in ((0, 0.1), (1, 0.05), (2, 0.025), (4, 0.01)):  # floored at min_lr
     task_state, _ = algo.begin_task(state, None, task)
-    np.testing.assert_allclose(float(task_state.opt_state.hyperparams['learning_rate']), want,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      float(task_state.opt_state.hyperparams['learning_rate']), want, rtol=1e-6
+    )
 
 
 def test_step_is_the_naive_step():
@@ -73,15 +75,19 @@ def test_dropout_is_on_in_training_steps_and_off_in_evaluation():
   state = parts.train_state
   split = parts.benchmark.tasks[1].test
   x, t = split.x[:256], split.t[:256]
-  train_mode = jax.jit(lambda s, rng: ts_lib.apply_model(
-      s, s.params, x, t, train=True, rng=rng, return_features=True)[0])
+  train_mode = jax.jit(
+    lambda s, rng: ts_lib.apply_model(s, s.params, x, t, train=True, rng=rng, return_features=True)[
+      0
+    ]
+  )
   logits_a, features_a = train_mode(state, state.step_rng())
   later = state.replace(step=state.step + 1)
   logits_b, _ = train_mode(later, later.step_rng())
-  assert not np.allclose(logits_a, logits_b)                 # a fresh mask every step
+  assert not np.allclose(logits_a, logits_b)  # a fresh mask every step
   # About `dropout` of the hidden units are dropped (relu zeros come on top).
-  evaluation, features = ts_lib.apply_model(state, state.params, x, t, train=False,
-                                            return_features=True)[0]
+  evaluation, features = ts_lib.apply_model(
+    state, state.params, x, t, train=False, return_features=True
+  )[0]
   active = np.asarray(features) > 0
   dropped = np.mean(np.asarray(features_a)[active] == 0)
   assert 0.25 < dropped < 0.35

@@ -1,4 +1,5 @@
 """Fixtures of the data-layer tests."""
+
 import os
 from pathlib import Path
 
@@ -10,8 +11,7 @@ from jcl import data
 
 def mnist_dir() -> Path:
   """The real MNIST IDX folder: $JCL_MNIST_DIR or ../shared/data/mnist."""
-  default = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / (
-      'mnist')
+  default = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / ('mnist')
   return Path(os.environ.get('JCL_MNIST_DIR', default))
 
 
@@ -19,8 +19,10 @@ def mnist_dir() -> Path:
 def real_mnist_dir() -> Path:
   """Skips when real MNIST is absent (fails instead when $CI is set)."""
   path = mnist_dir()
-  if not (path / 'train-images-idx3-ubyte.gz').exists() and not (
-      path / 'train-images-idx3-ubyte').exists():
+  if (
+    not (path / 'train-images-idx3-ubyte.gz').exists()
+    and not (path / 'train-images-idx3-ubyte').exists()
+  ):
     if os.environ.get('CI'):
       pytest.fail(f'real MNIST not found at {path} (set JCL_MNIST_DIR)')
     pytest.skip(f'real MNIST not found at {path}')
@@ -32,9 +34,14 @@ def sample() -> data.Dataset:
   return data.load_mnist_sample()
 
 
-def tiny_dataset(num_classes: int = 4, per_class: int = 10,
-                 test_per_class: int = 3, shape=(6, 6, 1), name='tiny',
-                 seed: int = 0) -> data.Dataset:
+def tiny_dataset(
+  num_classes: int = 4,
+  per_class: int = 10,
+  test_per_class: int = 3,
+  shape=(6, 6, 1),
+  name='tiny',
+  seed: int = 0,
+) -> data.Dataset:
   """A synthetic uint8 dataset whose every image is unique."""
   rng = np.random.default_rng(seed)
 

@@ -1,4 +1,5 @@
 """Benchmarks: splits, label conventions, transforms, masks, option errors."""
+
 import numpy as np
 import pytest
 
@@ -46,8 +47,9 @@ def test_split_mnist_class_il(raw_sample):
 def test_split_labels_follow_class_order(raw_sample):
   order = (3, 7, 0, 9, 1, 2, 8, 4, 6, 5)
   for scenario, multi_head in (('class', False), ('task', False)):
-    bench = data.split_mnist(dataset=raw_sample, class_order=order,
-                             scenario=scenario, multi_head=multi_head)
+    bench = data.split_mnist(
+      dataset=raw_sample, class_order=order, scenario=scenario, multi_head=multi_head
+    )
     assert bench.num_classes == 10 and bench.num_heads == 1
     assert bench.info['class_order'] == order
     assert bench.tasks[1].classes == (0, 9)
@@ -58,12 +60,12 @@ def test_split_labels_follow_class_order(raw_sample):
     np.testing.assert_array_equal(test.y, np.where(raw == 0, 2, 3))
 
 
-@pytest.mark.parametrize('scenario, multi_head, heads', [
-    ('domain', False, 1), ('task', True, 5)])
+@pytest.mark.parametrize('scenario, multi_head, heads', [('domain', False, 1), ('task', True, 5)])
 def test_split_within_task_labels(raw_sample, scenario, multi_head, heads):
   order = (3, 7, 0, 9, 1, 2, 8, 4, 6, 5)
-  bench = data.split_mnist(dataset=raw_sample, scenario=scenario,
-                           multi_head=multi_head, class_order=order)
+  bench = data.split_mnist(
+    dataset=raw_sample, scenario=scenario, multi_head=multi_head, class_order=order
+  )
   assert bench.num_classes == 2 and bench.num_heads == heads
   assert bench.task_classes == ((0, 1),) * 5
   for task in bench.tasks:
@@ -73,12 +75,9 @@ def test_split_within_task_labels(raw_sample, scenario, multi_head, heads):
 
 
 def test_class_order_random_deterministic(raw_sample):
-  a = data.split_mnist(dataset=raw_sample, class_order='random',
-                       class_order_seed=1)
-  b = data.split_mnist(dataset=raw_sample, class_order='random',
-                       class_order_seed=1)
-  c = data.split_mnist(dataset=raw_sample, class_order='random',
-                       class_order_seed=2)
+  a = data.split_mnist(dataset=raw_sample, class_order='random', class_order_seed=1)
+  b = data.split_mnist(dataset=raw_sample, class_order='random', class_order_seed=1)
+  c = data.split_mnist(dataset=raw_sample, class_order='random', class_order_seed=2)
   assert a.info['class_order'] == b.info['class_order']
   assert a.info['class_order'] != c.info['class_order']
   assert sorted(a.info['class_order']) == list(range(10))
@@ -109,8 +108,7 @@ def test_val_held_out_from_train(raw_sample):
 
 
 def test_samples_per_task(raw_sample):
-  bench = data.split_mnist(dataset=raw_sample, samples_per_task=100,
-                           val_fraction=0.2)
+  bench = data.split_mnist(dataset=raw_sample, samples_per_task=100, val_fraction=0.2)
   for task in bench.tasks:
     assert len(task.train) == 80 and len(task.val) == 20
     assert len(task.test) == 200  # Test never subsampled.
@@ -119,22 +117,18 @@ def test_samples_per_task(raw_sample):
 
 
 def test_split_cifar100_sizes(make_tiny):
-  ds = make_tiny(num_classes=100, per_class=2, test_per_class=1,
-                 shape=(4, 4, 3), name='cifar100')
+  ds = make_tiny(num_classes=100, per_class=2, test_per_class=1, shape=(4, 4, 3), name='cifar100')
   bench = data.split_cifar100(dataset=ds)
   assert bench.num_tasks == 10 and bench.num_classes == 100
   assert bench.task_classes[9] == tuple(range(90, 100))
-  bench = data.split_cifar100(20, dataset=ds, multi_head=True,
-                              scenario='task')
+  bench = data.split_cifar100(20, dataset=ds, multi_head=True, scenario='task')
   assert bench.num_heads == 20 and bench.num_classes == 5
 
 
 def test_masks(raw_sample):
   bench = data.split_mnist(dataset=raw_sample)
-  np.testing.assert_array_equal(
-      bench.task_classes_mask(1), [0, 0, 1, 1, 0, 0, 0, 0, 0, 0])
-  np.testing.assert_array_equal(
-      bench.seen_classes_mask(1), [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(bench.task_classes_mask(1), [0, 0, 1, 1, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(bench.seen_classes_mask(1), [1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
   assert bench.seen_classes_mask(4).all()
   table = bench.class_mask_table()
   assert table.shape == (5, 10) and table.dtype == bool
@@ -194,8 +188,7 @@ def test_permuted_mnist(raw_sample):
   for k, task in enumerate(bench.tasks):
     assert task.classes == tuple(range(10))
     assert len(task.train) == 200 and len(task.test) == 1000
-    expected = transforms.to_float(
-        data.permute_pixels(raw_sample.x_test, perms[k]), mean, std)
+    expected = transforms.to_float(data.permute_pixels(raw_sample.x_test, perms[k]), mean, std)
     np.testing.assert_allclose(task.test.x, expected)
     np.testing.assert_array_equal(task.test.y, raw_sample.y_test)
   # Each task draws its own training subset.
@@ -206,18 +199,18 @@ def test_permuted_mnist(raw_sample):
 
 
 def test_permuted_mnist_scenarios(raw_sample):
-  cls = data.permuted_mnist(3, scenario='class', dataset=raw_sample,
-                            samples_per_task=30)
+  cls = data.permuted_mnist(3, scenario='class', dataset=raw_sample, samples_per_task=30)
   assert cls.num_classes == 30 and cls.task_classes[2] == tuple(range(20, 30))
   np.testing.assert_array_equal(cls.tasks[2].test.y, raw_sample.y_test + 20)
   assert cls.seen_classes_mask(1).sum() == 20
-  task = data.permuted_mnist(3, scenario='task', multi_head=True,
-                             dataset=raw_sample, samples_per_task=30)
+  task = data.permuted_mnist(
+    3, scenario='task', multi_head=True, dataset=raw_sample, samples_per_task=30
+  )
   assert task.num_heads == 3 and task.num_classes == 10
-  first = data.permuted_mnist(2, first_task_identity=True, dataset=raw_sample,
-                              samples_per_task=30, normalize=False)
-  np.testing.assert_allclose(first.tasks[0].test.x,
-                             raw_sample.x_test.astype(np.float32) / 255)
+  first = data.permuted_mnist(
+    2, first_task_identity=True, dataset=raw_sample, samples_per_task=30, normalize=False
+  )
+  np.testing.assert_allclose(first.tasks[0].test.x, raw_sample.x_test.astype(np.float32) / 255)
 
 
 # -----------------------------------------------------------------------------
@@ -228,10 +221,10 @@ def test_permuted_mnist_scenarios(raw_sample):
 def test_rotate_90_is_rot90(raw_sample):
   x = raw_sample.x_test[:20]
   for k, angle in ((1, 90), (2, 180), (3, 270), (3, -90), (0, 360)):
-    np.testing.assert_array_equal(data.rotate_images(x, angle),
-                                  np.rot90(x, k, axes=(1, 2)))
-    np.testing.assert_allclose(data.rotate_images(x, angle, 'bilinear'),
-                               np.rot90(x, k, axes=(1, 2)), atol=1e-3)
+    np.testing.assert_array_equal(data.rotate_images(x, angle), np.rot90(x, k, axes=(1, 2)))
+    np.testing.assert_allclose(
+      data.rotate_images(x, angle, 'bilinear'), np.rot90(x, k, axes=(1, 2)), atol=1e-3
+    )
 
 
 def test_rotate_counter_clockwise():
@@ -255,18 +248,17 @@ def test_rotate_matches_pil(raw_sample):
   x = raw_sample.x_test[:10]
   for angle in (9.0, 33.3, 45.0, 123.4, -17.0):
     ours = data.rotate_images(x, angle)
-    pil = np.stack([np.asarray(image.fromarray(im[..., 0]).rotate(angle))
-                    for im in x])[..., None]
+    pil = np.stack([np.asarray(image.fromarray(im[..., 0]).rotate(angle)) for im in x])[..., None]
     np.testing.assert_array_equal(ours, pil)
     ours = data.rotate_images(x, angle, 'bilinear')
-    pil = np.stack([np.asarray(image.fromarray(im[..., 0]).rotate(
-        angle, resample=image.BILINEAR)) for im in x])[..., None]
+    pil = np.stack(
+      [np.asarray(image.fromarray(im[..., 0]).rotate(angle, resample=image.BILINEAR)) for im in x]
+    )[..., None]
     np.testing.assert_allclose(ours, pil, atol=1.0)
 
 
 def test_task_angles():
-  np.testing.assert_allclose(data.task_angles(20, 'fixed_step', 9.0),
-                             9.0 * np.arange(20))
+  np.testing.assert_allclose(data.task_angles(20, 'fixed_step', 9.0), 9.0 * np.arange(20))
   angles = data.task_angles(10, 'random', seed=0)
   bins = np.arange(10) * 18.0
   assert ((angles >= bins) & (angles < bins + 18.0)).all()
@@ -275,17 +267,18 @@ def test_task_angles():
 
 
 def test_rotated_mnist(raw_sample):
-  bench = data.rotated_mnist(4, dataset=raw_sample, degrees_per_task=30.0,
-                             samples_per_task=100, normalize=False)
+  bench = data.rotated_mnist(
+    4, dataset=raw_sample, degrees_per_task=30.0, samples_per_task=100, normalize=False
+  )
   assert bench.info['angles'] == (0.0, 30.0, 60.0, 90.0)
   assert bench.scenario == 'domain' and bench.num_classes == 10
-  np.testing.assert_allclose(bench.tasks[0].test.x,
-                             raw_sample.x_test.astype(np.float32) / 255)
+  np.testing.assert_allclose(bench.tasks[0].test.x, raw_sample.x_test.astype(np.float32) / 255)
   np.testing.assert_allclose(
-      bench.tasks[3].test.x,
-      np.rot90(raw_sample.x_test, 1, axes=(1, 2)).astype(np.float32) / 255)
-  rnd = data.make_benchmark('rotated_mnist', num_tasks=3, angles='random',
-                            seed=5, dataset=raw_sample, samples_per_task=10)
+    bench.tasks[3].test.x, np.rot90(raw_sample.x_test, 1, axes=(1, 2)).astype(np.float32) / 255
+  )
+  rnd = data.make_benchmark(
+    'rotated_mnist', num_tasks=3, angles='random', seed=5, dataset=raw_sample, samples_per_task=10
+  )
   angles = np.asarray(rnd.info['angles'])
   assert ((angles >= [0, 60, 120]) & (angles < [60, 120, 180])).all()
 
@@ -297,13 +290,21 @@ def test_rotated_mnist(raw_sample):
 
 def test_registry_names():
   assert set(data.BENCHMARKS) == {
-      'split_mnist', 'permuted_mnist', 'rotated_mnist', 'split_fashion_mnist',
-      'split_cifar10', 'split_cifar100', 'split_tinyimagenet'}
+    'split_mnist',
+    'permuted_mnist',
+    'rotated_mnist',
+    'split_fashion_mnist',
+    'split_cifar10',
+    'split_cifar100',
+    'split_tinyimagenet',
+  }
   bench = data.make_benchmark('split_mnist', samples_per_task=20)
   assert bench.num_tasks == 5  # Bundled sample by default.
 
 
-@pytest.mark.parametrize('name, kwargs, field', [
+@pytest.mark.parametrize(
+  'name, kwargs, field',
+  [
     ('split_mnist', dict(num_tasks=3), 'num_tasks'),
     ('split_mnist', dict(num_tasks=0), 'num_tasks'),
     ('split_mnist', dict(scenario='online'), 'scenario'),
@@ -317,14 +318,14 @@ def test_registry_names():
     ('split_mnist', dict(source='hdf5'), 'source'),
     ('split_mnist', dict(normalize='yes'), 'normalize'),
     ('split_mnist', dict(num_classes=10), 'num_classes'),
-    ('permuted_mnist', dict(scenario='domain', multi_head=True),
-     'multi_head'),
+    ('permuted_mnist', dict(scenario='domain', multi_head=True), 'multi_head'),
     ('permuted_mnist', dict(first_task_identity=1), 'first_task_identity'),
     ('rotated_mnist', dict(angles='uniform'), 'angles'),
     ('rotated_mnist', dict(interpolation='cubic'), 'interpolation'),
     ('rotated_mnist', dict(class_order='random'), 'class_order'),
     ('split_imagenet', dict(), 'split_mnist'),
-])
+  ],
+)
 def test_bad_options_raise(name, kwargs, field):
   with pytest.raises(ValueError, match=field) as err:
     data.make_benchmark(name, **kwargs)

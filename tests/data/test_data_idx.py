@@ -1,4 +1,5 @@
 """IDX parsing, validation and real MNIST."""
+
 import gzip
 import os
 
@@ -8,19 +9,24 @@ import pytest
 from jcl import data
 from jcl.data import idx
 
-FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-         't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+FILES = (
+  'train-images-idx3-ubyte',
+  'train-labels-idx1-ubyte',
+  't10k-images-idx3-ubyte',
+  't10k-labels-idx1-ubyte',
+)
 
 
 def write_mnist_like(directory, compress, n_train=7, n_test=4, seed=0):
   rng = np.random.default_rng(seed)
-  arrays = (rng.integers(0, 256, (n_train, 5, 4), dtype=np.uint8),
-            rng.integers(0, 10, n_train).astype(np.uint8),
-            rng.integers(0, 256, (n_test, 5, 4), dtype=np.uint8),
-            rng.integers(0, 10, n_test).astype(np.uint8))
+  arrays = (
+    rng.integers(0, 256, (n_train, 5, 4), dtype=np.uint8),
+    rng.integers(0, 10, n_train).astype(np.uint8),
+    rng.integers(0, 256, (n_test, 5, 4), dtype=np.uint8),
+    rng.integers(0, 10, n_test).astype(np.uint8),
+  )
   for name, array in zip(FILES, arrays):
-    data.write_idx(os.path.join(directory, name + ('.gz' if compress else '')),
-                   array)
+    data.write_idx(os.path.join(directory, name + ('.gz' if compress else '')), array)
   return arrays
 
 
@@ -45,14 +51,17 @@ def test_mixed_plain_and_gzip_and_dotted_names(tmp_path):
   np.testing.assert_array_equal(ds.x_train[..., 0], arrays[0])
 
 
-@pytest.mark.parametrize('array', [
+@pytest.mark.parametrize(
+  'array',
+  [
     np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
     np.arange(-5, 5, dtype=np.int8),
     np.arange(-6, 6, dtype=np.int16).reshape(3, 4),
     np.arange(-6, 6, dtype=np.int32).reshape(2, 6),
     np.linspace(-1, 1, 10, dtype=np.float32),
     np.linspace(-1, 1, 10, dtype=np.float64).reshape(5, 2),
-])
+  ],
+)
 def test_write_read_dtypes(tmp_path, array):
   data.write_idx(tmp_path / 'a.gz', array)
   out = data.read_idx(tmp_path / 'a.gz')
@@ -76,14 +85,17 @@ def _rewrite(path, fn):
 
 
 @pytest.mark.parametrize('compress', [False, True])
-@pytest.mark.parametrize('case, corrupt, message', [
+@pytest.mark.parametrize(
+  'case, corrupt, message',
+  [
     ('missing', None, 'not found'),
     ('bad_magic', lambda b: b'\x01' + b[1:], 'magic'),
     ('bad_dtype', lambda b: b[:2] + b'\x07' + b[3:], 'dtype code'),
     ('truncated', lambda b: b[:-5], 'truncated'),
     ('truncated_header', lambda b: b[:9], 'truncated'),
     ('trailing', lambda b: b + b'\x00', 'trailing'),
-])
+  ],
+)
 def test_corrupt_files_raise(tmp_path, compress, case, corrupt, message):
   write_mnist_like(tmp_path, compress)
   name = 't10k-images-idx3-ubyte' + ('.gz' if compress else '')
@@ -98,10 +110,13 @@ def test_corrupt_files_raise(tmp_path, compress, case, corrupt, message):
   assert isinstance(err.value, ValueError)
 
 
-@pytest.mark.parametrize('corrupt', [
-    lambda raw: raw[:len(raw) // 2],  # Truncated gzip stream.
+@pytest.mark.parametrize(
+  'corrupt',
+  [
+    lambda raw: raw[: len(raw) // 2],  # Truncated gzip stream.
     lambda raw: raw[:10] + b'garbage!' * 8,  # Corrupt deflate data.
-])
+  ],
+)
 def test_bad_gzip_raises(tmp_path, corrupt):
   write_mnist_like(tmp_path, compress=True)
   path = tmp_path / 'train-labels-idx1-ubyte.gz'
@@ -113,8 +128,7 @@ def test_bad_gzip_raises(tmp_path, corrupt):
 
 def test_count_mismatch_raises(tmp_path):
   write_mnist_like(tmp_path, compress=False)
-  data.write_idx(tmp_path / 'train-labels-idx1-ubyte',
-                 np.zeros(6, np.uint8))  # 7 images.
+  data.write_idx(tmp_path / 'train-labels-idx1-ubyte', np.zeros(6, np.uint8))  # 7 images.
   with pytest.raises(data.DataError, match='7 images but') as err:
     data.load_idx_dir(tmp_path)
   assert 'train-labels-idx1-ubyte' in str(err.value)

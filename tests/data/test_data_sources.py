@@ -1,4 +1,5 @@
 """NPZ, TFDS, TinyImageNet-folder sources, the dispatcher and the sample."""
+
 import os
 import subprocess
 import sys
@@ -20,26 +21,39 @@ def test_npz_round_trip(tmp_path, make_tiny):
 
 
 def test_npz_plain_keys_and_nhw_images(tmp_path):
-  np.savez(tmp_path / 'mnist.npz', x_train=np.zeros((5, 3, 3), np.uint8),
-           y_train=np.arange(5), x_test=np.zeros((2, 3, 3), np.uint8),
-           y_test=np.arange(2), extra=np.zeros(1))
+  np.savez(
+    tmp_path / 'mnist.npz',
+    x_train=np.zeros((5, 3, 3), np.uint8),
+    y_train=np.arange(5),
+    x_test=np.zeros((2, 3, 3), np.uint8),
+    y_test=np.arange(2),
+    extra=np.zeros(1),
+  )
   ds = data.load_npz(tmp_path / 'mnist.npz')
   assert ds.name == 'mnist' and ds.num_classes == 10  # Known dataset.
   assert ds.x_train.shape == (5, 3, 3, 1)
 
 
 def test_npz_missing_key(tmp_path):
-  np.savez(tmp_path / 'd.npz', x_train=np.zeros((5, 3, 3)),
-           y_train=np.zeros(5, int), x_test=np.zeros((2, 3, 3)))
+  np.savez(
+    tmp_path / 'd.npz',
+    x_train=np.zeros((5, 3, 3)),
+    y_train=np.zeros(5, int),
+    x_test=np.zeros((2, 3, 3)),
+  )
   with pytest.raises(data.DataError, match='y_test') as err:
     data.load_npz(tmp_path / 'd.npz')
   assert 'd.npz' in str(err.value)
 
 
 def test_npz_length_mismatch(tmp_path):
-  np.savez(tmp_path / 'd.npz', x_train=np.zeros((5, 3, 3), np.uint8),
-           y_train=np.zeros(4, int), x_test=np.zeros((2, 3, 3), np.uint8),
-           y_test=np.zeros(2, int))
+  np.savez(
+    tmp_path / 'd.npz',
+    x_train=np.zeros((5, 3, 3), np.uint8),
+    y_train=np.zeros(4, int),
+    x_test=np.zeros((2, 3, 3), np.uint8),
+    y_test=np.zeros(2, int),
+  )
   with pytest.raises(data.DataError, match='y_train') as err:
     data.load_npz(tmp_path / 'd.npz')
   assert 'd.npz' in str(err.value) and 'x_train' in str(err.value)
@@ -83,14 +97,24 @@ def test_sample_matches_real_mnist(sample, real_mnist_dir):
 
 
 def test_make_mnist_sample_script(tmp_path, real_mnist_dir):
-  root = os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = tmp_path / 's.npz'
-  subprocess.run([sys.executable, os.path.join(root, 'scripts',
-                                               'make_mnist_sample.py'),
-                  '--mnist_dir', str(real_mnist_dir), '--out', str(out),
-                  '--train_per_class', '5', '--test_per_class', '2'],
-                 check=True, capture_output=True)
+  subprocess.run(
+    [
+      sys.executable,
+      os.path.join(root, 'scripts', 'make_mnist_sample.py'),
+      '--mnist_dir',
+      str(real_mnist_dir),
+      '--out',
+      str(out),
+      '--train_per_class',
+      '5',
+      '--test_per_class',
+      '2',
+    ],
+    check=True,
+    capture_output=True,
+  )
   ds = data.load_npz(out)
   np.testing.assert_array_equal(np.bincount(ds.y_train), [5] * 10)
   assert len(ds.y_test) == 20
@@ -103,23 +127,35 @@ def test_load_dataset_dispatch(tmp_path, make_tiny):
   assert data.load_dataset('tiny', path=tmp_path / 't.npz').num_classes == 4
   assert data.load_dataset('tiny', 'npz', tmp_path / 't.npz').name == 'tiny'
   for name, array in zip(
-      ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-       't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
-      (np.zeros((3, 4, 4), np.uint8), np.arange(3, dtype=np.uint8),
-       np.zeros((2, 4, 4), np.uint8), np.arange(2, dtype=np.uint8))):
+    (
+      'train-images-idx3-ubyte',
+      'train-labels-idx1-ubyte',
+      't10k-images-idx3-ubyte',
+      't10k-labels-idx1-ubyte',
+    ),
+    (
+      np.zeros((3, 4, 4), np.uint8),
+      np.arange(3, dtype=np.uint8),
+      np.zeros((2, 4, 4), np.uint8),
+      np.arange(2, dtype=np.uint8),
+    ),
+  ):
     data.write_idx(tmp_path / name, array)
   ds = data.load_dataset('fashion-mnist', path=tmp_path)  # auto -> idx.
   assert ds.name == 'fashion_mnist' and ds.x_train.shape == (3, 4, 4, 1)
 
 
-@pytest.mark.parametrize('kwargs, match', [
+@pytest.mark.parametrize(
+  'kwargs, match',
+  [
     (dict(name='mnist', source='hdf5'), 'source='),
     (dict(name='cifar10', source='sample'), 'no bundled sample'),
     (dict(name='mnist', source='idx'), 'needs path'),
     (dict(name='mnist', source='npz'), 'needs path'),
     (dict(name='tinyimagenet'), 'tinyimagenet'),
     (dict(name='mnist', source='folder', path='.'), 'folder'),
-])
+  ],
+)
 def test_load_dataset_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     data.load_dataset(**kwargs)
@@ -135,11 +171,14 @@ def tfds():
   return pytest.importorskip('tensorflow_datasets')
 
 
-@pytest.mark.parametrize('name, shape, num_classes', [
+@pytest.mark.parametrize(
+  'name, shape, num_classes',
+  [
     ('mnist', (28, 28, 1), 10),
     ('fashion_mnist', (28, 28, 1), 10),
     ('cifar10', (32, 32, 3), 10),
-])
+  ],
+)
 def test_load_tfds_mock(tfds, name, shape, num_classes):
   with tfds.testing.mock_data(num_examples=30):
     ds = data.load_tfds(name)
@@ -166,8 +205,7 @@ def test_tfds_builder_mock(tfds):
 # -----------------------------------------------------------------------------
 
 
-def write_tiny_imagenet(root, wnids=('n02', 'n01', 'n03', 'n04'), n_train=3,
-                        n_val=2, size=8):
+def write_tiny_imagenet(root, wnids=('n02', 'n01', 'n03', 'n04'), n_train=3, n_val=2, size=8):
   image_lib = pytest.importorskip('PIL.Image')
   rng = np.random.default_rng(0)
   root.mkdir()
@@ -200,8 +238,7 @@ def test_tinyimagenet_folder(tmp_path):
   bench = data.split_tinyimagenet(root, num_tasks=2, normalize=False)
   assert bench.task_classes == ((0, 1), (2, 3))
   data.save_npz(ds, tmp_path / 'tin.npz')
-  again = data.split_tinyimagenet(tmp_path / 'tin.npz', num_tasks=2,
-                                  normalize=False)
+  again = data.split_tinyimagenet(tmp_path / 'tin.npz', num_tasks=2, normalize=False)
   np.testing.assert_array_equal(again.tasks[1].test.x, bench.tasks[1].test.x)
 
 
@@ -222,9 +259,10 @@ def test_tinyimagenet_missing(tmp_path):
 
 
 def test_import_is_numpy_only():
-  code = ('import sys, jcl.data; bad = [m for m in ("jax", "torch", '
-          '"tensorflow", "tensorflow_datasets", "PIL", "scipy") if m in '
-          'sys.modules]; assert not bad, bad')
-  root = os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))))
+  code = (
+    'import sys, jcl.data; bad = [m for m in ("jax", "torch", '
+    '"tensorflow", "tensorflow_datasets", "PIL", "scipy") if m in '
+    'sys.modules]; assert not bad, bad'
+  )
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   subprocess.run([sys.executable, '-c', code], check=True, cwd=root)

@@ -6,6 +6,7 @@ its compiled function per model configuration and input shape), jit with
 fast-compile options (the `jit` fixture), and shape-only checks use
 `jax.eval_shape`, which compiles nothing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,12 +27,20 @@ NUM_HEADS = 3
 # name -> (model, input shape): small multi-head models with dropout where
 # the architecture has it.
 CANONICAL = {
-    'mlp': (models.MLP(widths=(32, 16), num_classes=NUM_CLASSES,
-                       num_heads=NUM_HEADS, dropout=0.5), (28, 28, 1)),
-    'cnn': (models.CNN(channels=(4, 8), hidden=16, num_classes=NUM_CLASSES,
-                       num_heads=NUM_HEADS, dropout=0.5), (28, 28, 1)),
-    'resnet': (models.ResNet18Reduced(nf=4, num_classes=NUM_CLASSES,
-                                      num_heads=NUM_HEADS), (16, 16, 3)),
+  'mlp': (
+    models.MLP(widths=(32, 16), num_classes=NUM_CLASSES, num_heads=NUM_HEADS, dropout=0.5),
+    (28, 28, 1),
+  ),
+  'cnn': (
+    models.CNN(
+      channels=(4, 8), hidden=16, num_classes=NUM_CLASSES, num_heads=NUM_HEADS, dropout=0.5
+    ),
+    (28, 28, 1),
+  ),
+  'resnet': (
+    models.ResNet18Reduced(nf=4, num_classes=NUM_CLASSES, num_heads=NUM_HEADS),
+    (16, 16, 3),
+  ),
 }
 
 
@@ -41,8 +50,9 @@ def input_shape(request) -> tuple[int, ...]:
   return INPUT_SHAPES[request.param]
 
 
-def _make_batch(input_shape, batch: int = 4, num_tasks: int = 1,
-                seed: int = 0) -> tuple[jax.Array, jax.Array]:
+def _make_batch(
+  input_shape, batch: int = 4, num_tasks: int = 1, seed: int = 0
+) -> tuple[jax.Array, jax.Array]:
   """Returns `x` `[batch, *input_shape]` float32 and `t` `[batch]` int32."""
   kx, kt = jax.random.split(jax.random.key(seed))
   x = jax.random.normal(kx, (batch, *input_shape), jnp.float32)
@@ -52,15 +62,14 @@ def _make_batch(input_shape, batch: int = 4, num_tasks: int = 1,
 
 def _abstract_variables(model, input_shape) -> Any:
   """Shapes/dtypes of `init_variables(model, ...)`, without compiling."""
-  return jax.eval_shape(
-      lambda: models.init_variables(model, jax.random.key(0), input_shape))
+  return jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), input_shape))
 
 
 # The tests run tiny models, so XLA's compile time dominates: compile without
 # backend optimizations (several times faster to compile on CPU).
 _FAST_COMPILE = {
-    'xla_backend_optimization_level': 0,
-    'xla_llvm_disable_expensive_passes': True,
+  'xla_backend_optimization_level': 0,
+  'xla_llvm_disable_expensive_passes': True,
 }
 
 
@@ -92,8 +101,7 @@ def canonical():
   def get(name):
     if name not in cache:
       model, shape = CANONICAL[name]
-      cache[name] = (model, shape,
-                     models.init_variables(model, jax.random.key(0), shape))
+      cache[name] = (model, shape, models.init_variables(model, jax.random.key(0), shape))
     return cache[name]
 
   return get

@@ -1,5 +1,6 @@
 """jcl.models.conv: the same convolution and gradients as lax, with canonical
 gradient convolutions inside a scanned training loop."""
+
 import re
 
 import jax
@@ -11,8 +12,13 @@ import pytest
 from jcl.models import conv
 
 CASES = [  # H, W, kernel, stride, padding
-    (8, 8, 3, 1, 'SAME'), (9, 7, 3, 2, 'SAME'), (8, 8, 1, 2, 'SAME'), (9, 9, 3, 2, 'VALID'),
-    (10, 10, 3, 2, ((0, 1), (0, 1))), (7, 7, 5, 3, 'SAME')]
+  (8, 8, 3, 1, 'SAME'),
+  (9, 7, 3, 2, 'SAME'),
+  (8, 8, 1, 2, 'SAME'),
+  (9, 9, 3, 2, 'VALID'),
+  (10, 10, 3, 2, ((0, 1), (0, 1))),
+  (7, 7, 5, 3, 'SAME'),
+]
 
 
 @pytest.mark.parametrize('h, w, k, s, padding', CASES)
@@ -21,8 +27,9 @@ def test_forward_and_gradients_equal_lax(h, w, k, s, padding):
   x = jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
   numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, ('NHWC', 'HWIO', 'NHWC'))
-  loss = lambda fn: lambda a, b: jnp.sum(jnp.sin(fn(a, b, (s, s), padding,
-                                                     dimension_numbers=numbers)))
+  loss = lambda fn: (
+    lambda a, b: jnp.sum(jnp.sin(fn(a, b, (s, s), padding, dimension_numbers=numbers)))
+  )
   ref, new = loss(lax.conv_general_dilated), loss(conv.conv_general_dilated)
   np.testing.assert_allclose(new(x, kernel), ref(x, kernel), rtol=1e-6)
   for g_new, g_ref in zip(jax.grad(new, (0, 1))(x, kernel), jax.grad(ref, (0, 1))(x, kernel)):
@@ -32,10 +39,15 @@ def test_forward_and_gradients_equal_lax(h, w, k, s, padding):
 def test_other_convolutions_go_to_lax_unchanged():
   x, kernel = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 2, 4))
   numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, ('NHWC', 'HWIO', 'NHWC'))
-  grouped = conv.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=numbers,
-                                      feature_group_count=2)
-  np.testing.assert_array_equal(grouped, lax.conv_general_dilated(
-      x, kernel, (1, 1), 'SAME', dimension_numbers=numbers, feature_group_count=2))
+  grouped = conv.conv_general_dilated(
+    x, kernel, (1, 1), 'SAME', dimension_numbers=numbers, feature_group_count=2
+  )
+  np.testing.assert_array_equal(
+    grouped,
+    lax.conv_general_dilated(
+      x, kernel, (1, 1), 'SAME', dimension_numbers=numbers, feature_group_count=2
+    ),
+  )
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='an XLA:CPU layout property')
@@ -51,8 +63,12 @@ def test_scanned_training_uses_only_canonical_convolutions():
     return kernel - 0.1 * jax.grad(loss)(kernel), None
 
   xs = jnp.ones((4, 2, 8, 8, 3))
-  hlo = jax.jit(lambda k, xs: lax.scan(step, k, xs)[0]).lower(
-      jnp.ones((3, 3, 3, 4)), xs).compile().as_text()
+  hlo = (
+    jax.jit(lambda k, xs: lax.scan(step, k, xs)[0])
+    .lower(jnp.ones((3, 3, 3, 4)), xs)
+    .compile()
+    .as_text()
+  )
   labels = set(re.findall(r'convolution\(.*?dim_labels=([\w>-]+)', hlo))
   assert labels, hlo
   assert labels == {'b01f_01io->b01f'}, labels

@@ -1,4 +1,5 @@
 """Multi-head selection and task masking (`jcl.models.heads`)."""
+
 from __future__ import annotations
 
 import jax
@@ -23,11 +24,9 @@ def test_multi_head_selects_task_slice(name, canonical, make_batch, jit):
   logits, features = apply(variables, x, t)
   logits2, _ = apply(variables, x, t2)
   full = np.asarray(features @ head['kernel'] + head['bias']).reshape(6, 3, 4)
-  np.testing.assert_allclose(logits, full[np.arange(6), np.asarray(t)],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits, full[np.arange(6), np.asarray(t)], rtol=1e-5, atol=1e-5)
   for i in range(6):  # manual per-sample gather
-    np.testing.assert_allclose(logits2[i], full[i, int(t2[i])],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits2[i], full[i, int(t2[i])], rtol=1e-5, atol=1e-5)
   assert not np.any(np.isclose(logits, logits2))
 
 
@@ -41,8 +40,9 @@ def test_single_head_ignores_t(jit):
   model = models.MLP(widths=(8,), num_classes=3)
   variables = models.init_variables(model, jax.random.key(0), (6,))
   x = jnp.ones((2, 6))
-  a, b = jit(lambda v, x: (model.apply(v, x, jnp.array([0, 7])),
-                           model.apply(v, x, None)))(variables, x)
+  a, b = jit(lambda v, x: (model.apply(v, x, jnp.array([0, 7])), model.apply(v, x, None)))(
+    variables, x
+  )
   np.testing.assert_array_equal(a, b)
 
 
@@ -61,14 +61,11 @@ def test_task_masking(canonical, make_batch, jit):
   logits = np.asarray(jit(masked.apply)(variables, x, t))
   unmasked = np.asarray(jit(plain.apply)(variables, x, t))
   table = models.task_class_table(TASK_CLASSES, 4)
-  np.testing.assert_array_equal(
-      table, [[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]])
+  np.testing.assert_array_equal(table, [[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]])
   inside = table[np.asarray(t)]
   np.testing.assert_array_equal(logits[inside], unmasked[inside])
-  np.testing.assert_array_equal(logits[~inside],
-                                np.float32(models.MASK_VALUE))
-  np.testing.assert_array_equal(np.asarray(jax.nn.softmax(logits))[~inside],
-                                0.0)
+  np.testing.assert_array_equal(logits[~inside], np.float32(models.MASK_VALUE))
+  np.testing.assert_array_equal(np.asarray(jax.nn.softmax(logits))[~inside], 0.0)
 
   # Softmax-CE and its gradients stay finite.
   @jit
@@ -76,6 +73,7 @@ def test_task_masking(canonical, make_batch, jit):
     def loss_fn(params):
       out = masked.apply({'params': params}, x, t)
       return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
     return jax.value_and_grad(loss_fn)(params)
 
   loss, grads = loss_and_grads(variables['params'])
@@ -97,12 +95,10 @@ def test_task_masking_with_multi_head(canonical, make_batch, jit):
 
 
 def test_task_classes_lists_are_normalized_and_hashable():
-  model = models.make_model('mlp', widths=[8], num_classes=4,
-                            task_classes=[[0, 1], [2, 3]])
+  model = models.make_model('mlp', widths=[8], num_classes=4, task_classes=[[0, 1], [2, 3]])
   assert model.task_classes == ((0, 1), (2, 3))
   assert model.widths == (8,)
-  assert hash(model) == hash(
-      models.MLP(widths=(8,), num_classes=4, task_classes=((0, 1), (2, 3))))
+  assert hash(model) == hash(models.MLP(widths=(8,), num_classes=4, task_classes=((0, 1), (2, 3))))
 
 
 @pytest.mark.parametrize('mask_shape', ['C', 'BC'])
@@ -119,8 +115,11 @@ def test_mask_logits(mask_shape, jit):
   @jit
   def f(logits):
     out = heads.mask_logits(logits, mask)
-    g = jax.grad(lambda l: optax.softmax_cross_entropy_with_integer_labels(
-        heads.mask_logits(l, mask), y).sum())(logits)
+    g = jax.grad(
+      lambda logits: optax.softmax_cross_entropy_with_integer_labels(
+        heads.mask_logits(logits, mask), y
+      ).sum()
+    )(logits)
     return out, jax.nn.log_softmax(out), g
 
   out, logp, g = map(np.asarray, f(logits))

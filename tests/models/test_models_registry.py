@@ -1,4 +1,5 @@
 """`make_model`, argument validation and the registry."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -28,7 +29,9 @@ def test_unknown_field():
     models.make_model('mlp', nf=20)
 
 
-@pytest.mark.parametrize('name,kwargs,field', [
+@pytest.mark.parametrize(
+  'name,kwargs,field',
+  [
     ('mlp', dict(widths=(100, 0)), 'widths'),
     ('mlp', dict(widths=(100, -3)), 'widths'),
     ('mlp', dict(widths=100), 'widths'),
@@ -52,7 +55,8 @@ def test_unknown_field():
     ('resnet18_reduced', dict(nf=0), 'nf'),
     ('resnet18_reduced', dict(num_heads=0), 'num_heads'),
     ('resnet18_reduced', dict(num_classes=-2), 'num_classes'),
-])
+  ],
+)
 def test_bad_values_name_the_field(name, kwargs, field):
   with pytest.raises(ValueError, match=field):
     models.make_model(name, **kwargs)
@@ -85,6 +89,7 @@ def test_register_model():
       models.register_model('tiny_test_model', Tiny)
   finally:
     from jcl.models import registry
+
     registry._REGISTRY.pop('tiny_test_model', None)
   with pytest.raises(ValueError, match='cls'):
     models.register_model('not_a_module', object)

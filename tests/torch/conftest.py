@@ -1,6 +1,7 @@
 """PyTorch runs single-threaded in these tests: tiny models gain nothing from
 threads, and on a shared machine OpenMP's spinning threads slow them down
 many times over."""
+
 import pytest
 import torch
 

@@ -5,6 +5,7 @@ numbers on both backends.
 from the JAX train state's keys, so a PyTorch replay buffer makes exactly
 the choices of the JAX one (the randomness is fed in from outside).
 """
+
 import functools
 
 import jax
@@ -82,24 +83,31 @@ class JaxRandom:
 
 # `jcl.train_state.create_train_state`, compiled (flax's op-by-op init of a
 # ResNet takes tens of seconds on a loaded CPU), with XLA's cheap compilation.
-_create_train_state = jax.jit(jax_ts.create_train_state, static_argnums=(0, 1, 3, 4),
-                              compiler_options={'xla_backend_optimization_level': 0,
-                                                'xla_llvm_disable_expensive_passes': True})
+_create_train_state = jax.jit(
+  jax_ts.create_train_state,
+  static_argnums=(0, 1, 3, 4),
+  compiler_options={'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True},
+)
 
 
-def make_states(model_name='mlp', input_shape=(6,), num_classes=4, optimizer=None, seed=0,
-                **model_fields):
+def make_states(
+  model_name='mlp', input_shape=(6,), num_classes=4, optimizer=None, seed=0, **model_fields
+):
   """`(jax_state, torch_state)`: the same model, weights, optimizer and random keys."""
   optimizer = optimizer or specs.OptimizerSpec(learning_rate=0.1)
   flax_model = models.make_model(model_name, num_classes=num_classes, **model_fields)
-  jax_state = _create_train_state(flax_model, optimizer, jax.random.PRNGKey(seed),
-                                  tuple(input_shape), num_classes)
-  torch_model = torch_models.make_model(model_name, input_shape, num_classes=num_classes,
-                                        **model_fields)
-  torch_model.load_state_dict(convert.flax_to_torch(
-      {'params': jax_state.params, **jax_state.model_state}))
-  torch_state = torch_ts.create_train_state(torch_model, optimizer, num_classes=num_classes,
-                                            rng=JaxRandom(jax_state.rng))
+  jax_state = _create_train_state(
+    flax_model, optimizer, jax.random.PRNGKey(seed), tuple(input_shape), num_classes
+  )
+  torch_model = torch_models.make_model(
+    model_name, input_shape, num_classes=num_classes, **model_fields
+  )
+  torch_model.load_state_dict(
+    convert.flax_to_torch({'params': jax_state.params, **jax_state.model_state})
+  )
+  torch_state = torch_ts.create_train_state(
+    torch_model, optimizer, num_classes=num_classes, rng=JaxRandom(jax_state.rng)
+  )
   return jax_state, torch_state
 
 
@@ -135,8 +143,13 @@ def assert_trees_close(jax_tree, torch_tree, rtol=RTOL, atol=ATOL, what=''):
   torch_leaves = jax.tree_util.tree_leaves_with_path(torch_tree)
   assert [p for p, _ in jax_leaves] == [p for p, _ in torch_leaves], what
   for (path, a), (_, b) in zip(jax_leaves, torch_leaves):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=rtol, atol=atol,
-                               err_msg=f'{what} {jax.tree_util.keystr(path)}')
+    np.testing.assert_allclose(
+      np.asarray(b),
+      np.asarray(a),
+      rtol=rtol,
+      atol=atol,
+      err_msg=f'{what} {jax.tree_util.keystr(path)}',
+    )
 
 
 def assert_states_close(jax_state, torch_state, rtol=RTOL, atol=ATOL, what='params'):

@@ -1,6 +1,7 @@
 """Properties of the PyTorch backend that need no JAX counterpart: keyed
 randomness, GEM's exact dual solver, BatchNorm statistics of memory
 gradients, determinism of `fit`, and `experiments/train.py --backend=torch`."""
+
 import itertools
 import json
 import os
@@ -32,11 +33,10 @@ def test_keys_draw_reproducibly_and_uniformly():
   assert torch.equal(source.randint(key, maxval), random_lib.TorchRandom(7).randint(key, maxval))
   assert not torch.equal(source.bits31(source.key(3, 1), 64), source.bits31(source.key(3, 2), 64))
   assert not torch.equal(source.bits31(source.key(3, 1), 64), source.bits31(source.key(4, 1), 64))
-  draws = torch.cat([source.randint(k, torch.full((100,), 10))
-                     for k in source.split(key, 200)])
+  draws = torch.cat([source.randint(k, torch.full((100,), 10)) for k in source.split(key, 200)])
   assert draws.min() == 0 and draws.max() == 9
   counts = torch.bincount(draws, minlength=10).double()
-  chi2 = float(((counts - 2000)**2 / 2000).sum())
+  chi2 = float(((counts - 2000) ** 2 / 2000).sum())
   assert chi2 < 33.7  # 9 degrees of freedom, p = 1e-4
   bits = source.bits31(key, 1000)
   assert bits.min() >= 0 and bits.max() < 2**31
@@ -67,13 +67,21 @@ def test_gem_projection_is_the_exact_dual_solution(margin):
     if trial % 3 == 0:  # linearly dependent constraints
       rows[3] = rows[0] + rows[1]
     g = rng.normal(size=12) - rows.mean(0) * 2  # usually conflicting
-    grads = {'w': torch.tensor(g[:8].reshape(2, 4), dtype=torch.float32),
-             'b': torch.tensor(g[8:], dtype=torch.float32)}
-    memory = [{'w': torch.tensor(r[:8].reshape(2, 4), dtype=torch.float32),
-               'b': torch.tensor(r[8:], dtype=torch.float32)} for r in rows]
+    grads = {
+      'w': torch.tensor(g[:8].reshape(2, 4), dtype=torch.float32),
+      'b': torch.tensor(g[8:], dtype=torch.float32),
+    }
+    memory = [
+      {
+        'w': torch.tensor(r[:8].reshape(2, 4), dtype=torch.float32),
+        'b': torch.tensor(r[8:], dtype=torch.float32),
+      }
+      for r in rows
+    ]
     g32 = np.concatenate([grads['w'].numpy().ravel(), grads['b'].numpy()]).astype(np.float64)
-    rows32 = np.stack([np.concatenate([m['w'].numpy().ravel(), m['b'].numpy()])
-                       for m in memory]).astype(np.float64)
+    rows32 = np.stack(
+      [np.concatenate([m['w'].numpy().ravel(), m['b'].numpy()]) for m in memory]
+    ).astype(np.float64)
     out = projection.gem_project(grads, memory, margin=margin)
     z = np.concatenate([out['w'].numpy().ravel(), out['b'].numpy()])
     if np.all(rows32 @ g32 >= 0):
@@ -87,14 +95,20 @@ def test_gem_projection_is_the_exact_dual_solution(margin):
 
 def test_agem_keeps_the_batch_statistics_not_the_memory_ones():
   model = models.make_model('resnet18_reduced', (8, 8, 3), nf=2, num_classes=4, seed=0)
-  state = ts_lib.create_train_state(model, specs.OptimizerSpec(learning_rate=0.1),
-                                    num_classes=4, seed=0)
-  algo = algorithms.build(specs.AGEMSpec(memory_per_task=4, memory_batch_size=4),
-                          algorithms.Context((8, 8, 3), 4, 2))
+  state = ts_lib.create_train_state(
+    model, specs.OptimizerSpec(learning_rate=0.1), num_classes=4, seed=0
+  )
+  algo = algorithms.build(
+    specs.AGEMSpec(memory_per_task=4, memory_batch_size=4), algorithms.Context((8, 8, 3), 4, 2)
+  )
   algo_state = algo.init(state)
   gen = torch.Generator().manual_seed(0)
-  batch = lambda task: Batch(torch.randn(4, 8, 8, 3, generator=gen) * (1 + 3 * task),
-                             torch.tensor([0, 1, 2, 3]), torch.full((4,), task), torch.ones(4))
+  batch = lambda task: Batch(
+    torch.randn(4, 8, 8, 3, generator=gen) * (1 + 3 * task),
+    torch.tensor([0, 1, 2, 3]),
+    torch.full((4,), task),
+    torch.ones(4),
+  )
   state, algo_state = algo.begin_task(state, algo_state, 0)
   state, algo_state, _ = algo.step(state, batch(0), algo_state)
   state, algo_state = algo.begin_task(state, algo_state, 1)
@@ -106,13 +120,14 @@ def test_agem_keeps_the_batch_statistics_not_the_memory_ones():
 
 
 def _small_run(seed):
-  bench = benchmarks.split_mnist(2, scenario='class', source='sample', samples_per_task=60,
-                                 seed=0)
+  bench = benchmarks.split_mnist(2, scenario='class', source='sample', samples_per_task=60, seed=0)
   model = models.make_model('mlp', bench.input_shape, widths=(16,), num_classes=10, seed=seed)
-  state = ts_lib.create_train_state(model, specs.OptimizerSpec(learning_rate=0.05),
-                                    num_classes=10, seed=seed)
-  algo = algorithms.build(specs.ERSpec(memory_size=20, replay_batch_size=5),
-                          algorithms.Context(bench.input_shape, 10, 2))
+  state = ts_lib.create_train_state(
+    model, specs.OptimizerSpec(learning_rate=0.05), num_classes=10, seed=seed
+  )
+  algo = algorithms.build(
+    specs.ERSpec(memory_size=20, replay_batch_size=5), algorithms.Context(bench.input_shape, 10, 2)
+  )
   result = fit_lib.fit(algo, state, bench, fit_lib.TrainConfig(seed=seed, chunk_steps=4))
   return result
 
@@ -129,18 +144,43 @@ def test_fit_is_deterministic_given_the_seed():
 def test_train_binary_runs_a_config_on_torch(tmp_path):
   """`experiments/train.py --backend=torch` writes the `results.json` of the JAX runner."""
   out = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', '--config=configs/der.py:split_mnist_class,20',
-       '--backend=torch', f'--workdir={tmp_path}', '--config.benchmark.num_tasks=2',
-       '--config.benchmark.samples_per_task=100', '--config.log.progress=False',
-       '--config.log.plots=False', '--config.log.loggers=jsonl'],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env={**os.environ, 'OMP_NUM_THREADS': '1'})  # as conftest.py: no spinning threads
+    [
+      sys.executable,
+      '-m',
+      'experiments.train',
+      '--config=configs/der.py:split_mnist_class,20',
+      '--backend=torch',
+      f'--workdir={tmp_path}',
+      '--config.benchmark.num_tasks=2',
+      '--config.benchmark.samples_per_task=100',
+      '--config.log.progress=False',
+      '--config.log.plots=False',
+      '--config.log.loggers=jsonl',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, 'OMP_NUM_THREADS': '1'},
+  )  # as conftest.py: no spinning threads
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / 'results.json') as f:
     document = json.load(f)
   assert sorted(document) == sorted(
-      ['config', 'environment', 'task_il_accuracy_matrix', 'accuracy_matrix', 'initial_accuracy',
-       'summary', 'timings', 'history', 'benchmark', 'scenario', 'algorithm'])
+    [
+      'config',
+      'environment',
+      'task_il_accuracy_matrix',
+      'accuracy_matrix',
+      'initial_accuracy',
+      'summary',
+      'timings',
+      'history',
+      'benchmark',
+      'scenario',
+      'algorithm',
+    ]
+  )
   assert document['environment']['backend'] == 'torch'
   assert document['algorithm'] == specs.DERSpec(memory_size=20, alpha=0.2).to_dict()
   matrix = np.array(document['accuracy_matrix'], dtype=float)

@@ -10,6 +10,7 @@ reservoir buffer, an MLP with dropout 0.5 (so the generator state matters)
 and Adam kept across tasks with a decaying learning rate (so the optimizer
 buffers and the per-task learning rate matter).
 """
+
 import os
 import shutil
 

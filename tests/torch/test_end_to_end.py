@@ -9,6 +9,7 @@ Streams: class-incremental Split MNIST with ER, task-incremental Split MNIST
 MNIST with SI; MLP 32, batch 10, chunks of 8 batches (the last batch and the
 last chunk padded).
 """
+
 import dataclasses
 
 import numpy as np
@@ -24,37 +25,52 @@ from jcl.torch import fit as torch_fit
 from tests.torch import helpers
 
 SCENARIOS = {
-    'class': ('split_mnist', dict(num_tasks=5), 'er', dict(memory_size=40, replay_batch_size=10)),
-    'task': ('split_mnist', dict(num_tasks=5), 'ewc', dict(ewc_lambda=5.0, importance_samples=100)),
-    'domain': ('permuted_mnist', dict(num_tasks=3), 'si', dict(si_lambda=0.5)),
+  'class': ('split_mnist', dict(num_tasks=5), 'er', dict(memory_size=40, replay_batch_size=10)),
+  'task': ('split_mnist', dict(num_tasks=5), 'ewc', dict(ewc_lambda=5.0, importance_samples=100)),
+  'domain': ('permuted_mnist', dict(num_tasks=3), 'si', dict(si_lambda=0.5)),
 }
 
 
 @pytest.mark.parametrize('scenario', sorted(SCENARIOS))
 def test_same_accuracy_matrix_on_both_backends(scenario):
   bench_name, bench_kwargs, algo_name, hyperparameters = SCENARIOS[scenario]
-  bench = benchmarks.make_benchmark(bench_name, scenario=scenario, source='sample',
-                                    samples_per_task=195, seed=0, **bench_kwargs)
+  bench = benchmarks.make_benchmark(
+    bench_name, scenario=scenario, source='sample', samples_per_task=195, seed=0, **bench_kwargs
+  )
   task_classes = tuple(map(tuple, bench.task_classes)) if scenario == 'task' else None
   jax_ts, torch_ts = helpers.make_states(
-      'mlp', bench.input_shape, bench.num_classes, specs.OptimizerSpec(learning_rate=0.05),
-      widths=(32,), task_classes=task_classes)
+    'mlp',
+    bench.input_shape,
+    bench.num_classes,
+    specs.OptimizerSpec(learning_rate=0.05),
+    widths=(32,),
+    task_classes=task_classes,
+  )
   spec = specs.make_spec(algo_name, **hyperparameters)
   context = (tuple(bench.input_shape), bench.num_classes, bench.num_tasks)
-  config = jax_train.TrainConfig(batch_size=10, chunk_steps=8, end_task_batch_size=64,
-                                 eval_batch_size=500, seed=0)
-  jax_result = jax_train.fit(algorithms.build(spec, algorithms.Context(*context)), jax_ts,
-                             bench, config)
-  torch_result = torch_fit.fit(torch_algorithms.build(spec, torch_algorithms.Context(*context)),
-                               torch_ts, bench, torch_fit.TrainConfig(**dataclasses.asdict(config)))
+  config = jax_train.TrainConfig(
+    batch_size=10, chunk_steps=8, end_task_batch_size=64, eval_batch_size=500, seed=0
+  )
+  jax_result = jax_train.fit(
+    algorithms.build(spec, algorithms.Context(*context)), jax_ts, bench, config
+  )
+  torch_result = torch_fit.fit(
+    torch_algorithms.build(spec, torch_algorithms.Context(*context)),
+    torch_ts,
+    bench,
+    torch_fit.TrainConfig(**dataclasses.asdict(config)),
+  )
 
   one_sample = 1.0 / min(len(task.test) for task in bench.tasks)
-  np.testing.assert_allclose(torch_result.accuracy_matrix, jax_result.accuracy_matrix,
-                             atol=one_sample + 1e-9)
-  np.testing.assert_allclose(torch_result.initial_accuracy, jax_result.initial_accuracy,
-                             atol=one_sample + 1e-9)
-  helpers.assert_states_close(jax_result.train_state, torch_result.train_state, rtol=1e-4,
-                              atol=1e-5)
+  np.testing.assert_allclose(
+    torch_result.accuracy_matrix, jax_result.accuracy_matrix, atol=one_sample + 1e-9
+  )
+  np.testing.assert_allclose(
+    torch_result.initial_accuracy, jax_result.initial_accuracy, atol=one_sample + 1e-9
+  )
+  helpers.assert_states_close(
+    jax_result.train_state, torch_result.train_state, rtol=1e-4, atol=1e-5
+  )
   for key in ('acc', 'bwt', 'fwt', 'forgetting'):
     assert torch_result.summary[key] == pytest.approx(jax_result.summary[key], abs=one_sample)
   assert sorted(torch_result.to_json()) == sorted(jax_result.to_json())
@@ -78,8 +94,15 @@ def test_every_jax_algorithm_has_a_torch_port():
   assert torch_algorithms.names() == algorithms.names()
 
 
-@pytest.mark.parametrize('config_arg', ['pnn.py:split_mnist', 'kcl.py:split_mnist',
-                                        'mcsgd.py:rotated_mnist', 'stable_sgd.py:rotated_mnist'])
+@pytest.mark.parametrize(
+  'config_arg',
+  [
+    'pnn.py:split_mnist',
+    'kcl.py:split_mnist',
+    'mcsgd.py:rotated_mnist',
+    'stable_sgd.py:rotated_mnist',
+  ],
+)
 def test_shipped_configs_run_on_the_torch_backend(config_arg, tmp_path):
   """The configs of the algorithms with a model or regime hook, shrunk to the
   bundled sample, run through `jcl.torch.experiment.run` (adapt_model /
@@ -87,6 +110,7 @@ def test_shipped_configs_run_on_the_torch_backend(config_arg, tmp_path):
   import importlib
   import json
   from jcl.torch import experiment as torch_experiment
+
   module, _, arg = config_arg.partition(':')
   config = importlib.import_module(f'configs.{module[:-3]}').get_config(arg)
   config.benchmark.source = 'sample'

@@ -1,5 +1,6 @@
 """The PyTorch models compute what the flax ones compute, and the converters
 move weights between them exactly."""
+
 import functools
 import subprocess
 import sys
@@ -16,12 +17,15 @@ from jcl.torch import train_state as torch_ts
 from jcl import specs
 
 CASES = {
-    # name: (model, fields, input shape)
-    'mlp_single_head': ('mlp', dict(widths=(16, 8), num_classes=4, activation='gelu'), (6,)),
-    'mlp_multi_head': ('mlp', dict(widths=(16,), num_classes=3, num_heads=2), (5, 5, 1)),
-    'cnn_masked_head': ('cnn', dict(channels=(4, 8), hidden=16, num_classes=4,
-                                    task_classes=((0, 1), (2, 3))), (9, 9, 1)),
-    'resnet18_reduced': ('resnet18_reduced', dict(nf=4, num_classes=5), (12, 12, 3)),
+  # name: (model, fields, input shape)
+  'mlp_single_head': ('mlp', dict(widths=(16, 8), num_classes=4, activation='gelu'), (6,)),
+  'mlp_multi_head': ('mlp', dict(widths=(16,), num_classes=3, num_heads=2), (5, 5, 1)),
+  'cnn_masked_head': (
+    'cnn',
+    dict(channels=(4, 8), hidden=16, num_classes=4, task_classes=((0, 1), (2, 3))),
+    (9, 9, 1),
+  ),
+  'resnet18_reduced': ('resnet18_reduced', dict(nf=4, num_classes=5), (12, 12, 3)),
 }
 
 
@@ -54,23 +58,27 @@ def test_flax_to_torch_to_flax_is_bit_identical(case):
     assert torch.equal(again[key], value), key
 
 
-@pytest.mark.parametrize('case, train', [(case, False) for case in sorted(CASES)] +
-                         [('resnet18_reduced', True)])  # train mode differs only with BatchNorm
+@pytest.mark.parametrize(
+  'case, train', [(case, False) for case in sorted(CASES)] + [('resnet18_reduced', True)]
+)  # train mode differs only with BatchNorm
 def test_outputs_and_features_agree(case, train):
   flax_model, variables, torch_model, shape = _pair(case)
   rng = np.random.default_rng(1)
   x = rng.normal(size=(8, *shape)).astype(np.float32)
   t = rng.integers(0, 2, 8).astype(np.int32)
   if train and 'batch_stats' in variables:
-    (logits, features), new_vars = flax_model.apply(variables, x, t, train=True,
-                                                    return_features=True, mutable=['batch_stats'])
+    (logits, features), new_vars = flax_model.apply(
+      variables, x, t, train=True, return_features=True, mutable=['batch_stats']
+    )
   else:
     logits, features = flax_model.apply(variables, x, t, train=train, return_features=True)
     new_vars = {}
-  state = torch_ts.create_train_state(torch_model, specs.OptimizerSpec(),
-                                      num_classes=flax_model.num_classes)
+  state = torch_ts.create_train_state(
+    torch_model, specs.OptimizerSpec(), num_classes=flax_model.num_classes
+  )
   (t_logits, t_features), t_model_state = torch_ts.apply_model(
-      state, torch.from_numpy(x), torch.from_numpy(t), train=train, return_features=True)
+    state, torch.from_numpy(x), torch.from_numpy(t), train=train, return_features=True
+  )
   scale = max(1.0, float(np.abs(logits).max()))
   np.testing.assert_allclose(t_logits.detach().numpy(), logits, rtol=1e-5, atol=1e-5 * scale)
   np.testing.assert_allclose(t_features.detach().numpy(), features, rtol=1e-5, atol=1e-5)
@@ -101,25 +109,31 @@ def test_torch_initialization_is_flax_lecun_normal_and_seeded():
   for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
     assert torch.equal(p, q)
   w = a.Dense_0.weight.detach()
-  assert abs(float(w.std()) * 784**0.5 - 1.0) < 0.05       # variance 1 / fan_in
+  assert abs(float(w.std()) * 784**0.5 - 1.0) < 0.05  # variance 1 / fan_in
   assert float(w.abs().max()) <= 2 / 784**0.5 / 0.8796 + 1e-6  # truncated at 2 std
   assert torch.all(a.Dense_0.bias == 0)
 
 
 def test_the_torch_backend_imports_no_jax():
-  code = ('import sys\n'
-          'import jcl.specs, jcl.data, jcl.metrics, jcl.loop, jcl.callbacks, jcl.runs\n'
-          'loaded = lambda *names: [m for m in sys.modules if m.split(".")[0] in names]\n'
-          'assert not loaded("jax", "flax", "optax", "torch"), loaded("jax", "flax", "optax", "torch")\n'
-          'import jcl.torch.fit, jcl.torch.experiment, jcl.torch.algorithms as a\n'
-          'for name in a.names(): a.module(name)\n'
-          'assert not loaded("jax", "flax", "optax"), loaded("jax", "flax", "optax")\n')
+  code = (
+    'import sys\n'
+    'import jcl.specs, jcl.data, jcl.metrics, jcl.loop, jcl.callbacks, jcl.runs\n'
+    'loaded = lambda *names: [m for m in sys.modules if m.split(".")[0] in names]\n'
+    'assert not loaded("jax", "flax", "optax", "torch"), loaded("jax", "flax", "optax", "torch")\n'
+    'import jcl.torch.fit, jcl.torch.experiment, jcl.torch.algorithms as a\n'
+    'for name in a.names(): a.module(name)\n'
+    'assert not loaded("jax", "flax", "optax"), loaded("jax", "flax", "optax")\n'
+  )
   subprocess.run([sys.executable, '-c', code], check=True)
 
 
-@pytest.mark.parametrize('name, fields, shape', [
+@pytest.mark.parametrize(
+  'name, fields, shape',
+  [
     ('mlp', dict(widths=(32, 32), dropout=0.5), (6,)),
-    ('cnn', dict(channels=(4,), hidden=32, dropout=0.5), (8, 8, 1))])
+    ('cnn', dict(channels=(4,), hidden=32, dropout=0.5), (8, 8, 1)),
+  ],
+)
 def test_dropout_only_in_training_mode(name, fields, shape):
   flax_model = models.make_model(name, num_classes=3, **fields)
   variables = models.init_variables(flax_model, jax.random.PRNGKey(0), shape)
@@ -127,9 +141,13 @@ def test_dropout_only_in_training_mode(name, fields, shape):
   torch_model.load_state_dict(convert.flax_to_torch(variables))
   x = np.random.default_rng(0).normal(size=(4, *shape)).astype(np.float32)
   eval_logits = torch_model(torch.from_numpy(x), train=False)
-  np.testing.assert_allclose(eval_logits.detach().numpy(), flax_model.apply(variables, x),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    eval_logits.detach().numpy(), flax_model.apply(variables, x), rtol=1e-5, atol=1e-6
+  )
   torch.manual_seed(0)
-  first, second = torch_model(torch.from_numpy(x), train=True), torch_model(torch.from_numpy(x), train=True)
+  first, second = (
+    torch_model(torch.from_numpy(x), train=True),
+    torch_model(torch.from_numpy(x), train=True),
+  )
   assert not torch.allclose(first, second)
   assert not torch.allclose(first, eval_logits)

@@ -10,6 +10,7 @@ and the algorithm's state (importances, anchors, buffers, La-MAML's learning
 rates) agree to float32
 rounding: rtol 1e-5, atol 1e-6. Dropout is off.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,23 +31,25 @@ FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive
 
 # Case -> (algorithm, overrides of its small hyperparameters in `tests.small`).
 CASES = {
-    'naive': ('naive', {}),
-    'joint': ('joint', {}),
-    'ewc': ('ewc', dict(ewc_lambda=40.0)),
-    'online_ewc_true_fisher': ('ewc', dict(ewc_lambda=40.0, online=True, gamma=0.8, fisher='true')),
-    'si': ('si', dict(si_lambda=2.0)),
-    'mas': ('mas', dict(mas_lambda=2.0)),
-    'lfl': ('lfl', dict(lfl_lambda=0.5)),
-    'er_reservoir': ('er', dict(replay_batch_size=5)),
-    'er_class_balanced': ('er', dict(replay_batch_size=5, policy='class_balanced')),
-    'er_per_task': ('er', dict(replay_batch_size=5, policy='per_task')),
-    'der': ('der', dict(replay_batch_size=5, alpha=0.5)),
-    'derpp': ('derpp', dict(replay_batch_size=5, alpha=0.5, beta=0.7)),
-    'agem': ('agem', dict(memory_per_task=5)),
-    'gem': ('gem', dict(memory_per_task=5, margin=0.5)),
-    'lamaml': ('lamaml', {}),
-    'sync_lamaml_second_order': ('lamaml', dict(sync_update=True, second_order=True,
-                                                inner_grad_clip=0.5)),
+  'naive': ('naive', {}),
+  'joint': ('joint', {}),
+  'ewc': ('ewc', dict(ewc_lambda=40.0)),
+  'online_ewc_true_fisher': ('ewc', dict(ewc_lambda=40.0, online=True, gamma=0.8, fisher='true')),
+  'si': ('si', dict(si_lambda=2.0)),
+  'mas': ('mas', dict(mas_lambda=2.0)),
+  'lfl': ('lfl', dict(lfl_lambda=0.5)),
+  'er_reservoir': ('er', dict(replay_batch_size=5)),
+  'er_class_balanced': ('er', dict(replay_batch_size=5, policy='class_balanced')),
+  'er_per_task': ('er', dict(replay_batch_size=5, policy='per_task')),
+  'der': ('der', dict(replay_batch_size=5, alpha=0.5)),
+  'derpp': ('derpp', dict(replay_batch_size=5, alpha=0.5, beta=0.7)),
+  'agem': ('agem', dict(memory_per_task=5)),
+  'gem': ('gem', dict(memory_per_task=5, margin=0.5)),
+  'lamaml': ('lamaml', {}),
+  'sync_lamaml_second_order': (
+    'lamaml',
+    dict(sync_update=True, second_order=True, inner_grad_clip=0.5),
+  ),
 }
 TASKS = {'agem': 3, 'gem': 3}  # more previous tasks: several constraints
 
@@ -55,8 +58,9 @@ def task_batches(task, steps=3):
   """Batches of task `task`'s two classes; the first one only 4/6 real samples."""
   batches = []
   for k in range(steps):
-    jax_batch, torch_batch = helpers.random_batch(100 * task + k, BATCH, INPUT_SHAPE, 2,
-                                                  task=task, real=4 if k == 0 else BATCH)
+    jax_batch, torch_batch = helpers.random_batch(
+      100 * task + k, BATCH, INPUT_SHAPE, 2, task=task, real=4 if k == 0 else BATCH
+    )
     jax_batch = jax_batch._replace(y=jax_batch.y + 2 * task)
     torch_batch = torch_batch._replace(y=torch_batch.y + 2 * task)
     batches.append((jax_batch, torch_batch))
@@ -68,11 +72,25 @@ def seen_classes(task):
 
 
 def assert_buffers_close(jax_buffer, torch_buffer, what):
-  for field in ('x', 'y', 't', 'logits', 'valid', 'seen', 'class_counts', 'task_seen',
-                'class_seen', 'class_full'):
-    np.testing.assert_allclose(helpers.as_numpy(getattr(torch_buffer, field)),
-                               np.asarray(getattr(jax_buffer, field)), rtol=helpers.RTOL,
-                               atol=helpers.ATOL, err_msg=f'{what} buffer.{field}')
+  for field in (
+    'x',
+    'y',
+    't',
+    'logits',
+    'valid',
+    'seen',
+    'class_counts',
+    'task_seen',
+    'class_seen',
+    'class_full',
+  ):
+    np.testing.assert_allclose(
+      helpers.as_numpy(getattr(torch_buffer, field)),
+      np.asarray(getattr(jax_buffer, field)),
+      rtol=helpers.RTOL,
+      atol=helpers.ATOL,
+      err_msg=f'{what} buffer.{field}',
+    )
 
 
 def assert_algo_states_close(jax_state, torch_state, what):
@@ -83,13 +101,15 @@ def assert_algo_states_close(jax_state, torch_state, what):
     if field == 'buffer':
       assert_buffers_close(jax_value, value, what)
     elif isinstance(value, dict):
-      helpers.assert_trees_close(jax_value, convert.torch_to_flax(value)['params'],
-                                 what=f'{what} {field}')
+      helpers.assert_trees_close(
+        jax_value, convert.torch_to_flax(value)['params'], what=f'{what} {field}'
+      )
     elif isinstance(value, tuple):
       assert_algo_states_close(jax_value, value, f'{what} {field}')
     else:
-      np.testing.assert_allclose(helpers.as_numpy(value), np.asarray(jax_value),
-                                 err_msg=f'{what} {field}')
+      np.testing.assert_allclose(
+        helpers.as_numpy(value), np.asarray(jax_value), err_msg=f'{what} {field}'
+      )
 
 
 @pytest.mark.parametrize('case', sorted(CASES))
@@ -116,8 +136,13 @@ def test_same_weights_after_steps_and_end_task(case):
       torch_ts, torch_state, torch_metrics = torch_algo.step(torch_ts, torch_batch, torch_state)
       assert sorted(torch_metrics) == sorted(jax_metrics)
       for key, value in jax_metrics.items():
-        np.testing.assert_allclose(float(torch_metrics[key]), float(value), rtol=helpers.RTOL,
-                                   atol=helpers.ATOL, err_msg=f'task {task} step {k} {key}')
+        np.testing.assert_allclose(
+          float(torch_metrics[key]),
+          float(value),
+          rtol=helpers.RTOL,
+          atol=helpers.ATOL,
+          err_msg=f'task {task} step {k} {key}',
+        )
       projected += float(jax_metrics.get('projected', 0.0))
     helpers.assert_states_close(jax_ts, torch_ts, what=f'{case} task {task} steps')
     jax_chunk, torch_chunk = helpers.stack(batches)
@@ -130,11 +155,18 @@ def test_same_weights_after_steps_and_end_task(case):
 
 
 REGIMES = {
-    'sgd_momentum_decay_clip': specs.OptimizerSpec(
-        learning_rate=0.2, momentum=0.9, weight_decay=1e-2, lr_decay=0.5, min_lr=0.06,
-        reinit_per_task=False, grad_clip_norm=0.5),
-    'adam_reinit': specs.OptimizerSpec(name='adam', learning_rate=0.01, weight_decay=1e-3,
-                                       grad_clip_norm=1.0),
+  'sgd_momentum_decay_clip': specs.OptimizerSpec(
+    learning_rate=0.2,
+    momentum=0.9,
+    weight_decay=1e-2,
+    lr_decay=0.5,
+    min_lr=0.06,
+    reinit_per_task=False,
+    grad_clip_norm=0.5,
+  ),
+  'adam_reinit': specs.OptimizerSpec(
+    name='adam', learning_rate=0.01, weight_decay=1e-3, grad_clip_norm=1.0
+  ),
 }
 
 
@@ -156,8 +188,9 @@ def test_optimizer_regimes_agree_over_tasks(regime):
       jax_ts, jax_state, _ = step(jax_ts, jax_batch, jax_state)
       torch_ts, torch_state, _ = torch_algo.step(torch_ts, torch_batch, torch_state)
     helpers.assert_states_close(jax_ts, torch_ts, what=f'{regime} task {task}')
-  assert torch_ts.learning_rate == pytest.approx(max(optimizer.learning_rate * optimizer.lr_decay**2,
-                                                     optimizer.min_lr), rel=1e-6)
+  assert torch_ts.learning_rate == pytest.approx(
+    max(optimizer.learning_rate * optimizer.lr_decay**2, optimizer.min_lr), rel=1e-6
+  )
 
 
 def test_batchnorm_model_agrees():
@@ -166,8 +199,9 @@ def test_batchnorm_model_agrees():
   spec = specs.LFLSpec(lfl_lambda=0.5)
   shape = (16, 16, 3)
   jax_algo, torch_algo = algorithms.build(spec), torch_algorithms.build(spec)
-  jax_ts, torch_ts = helpers.make_states('resnet18_reduced', shape, NUM_CLASSES,
-                                         specs.OptimizerSpec(learning_rate=0.05), nf=4)
+  jax_ts, torch_ts = helpers.make_states(
+    'resnet18_reduced', shape, NUM_CLASSES, specs.OptimizerSpec(learning_rate=0.05), nf=4
+  )
   step = jax.jit(jax_algo.step, compiler_options=FAST_COMPILE)
   jax_state, torch_state = jax_algo.init(jax_ts, None), torch_algo.init(torch_ts)
   for task in range(2):
@@ -177,8 +211,9 @@ def test_batchnorm_model_agrees():
       jax_batch, torch_batch = helpers.random_batch(10 * task + k, 8, shape, NUM_CLASSES, task)
       jax_ts, jax_state, jax_metrics = step(jax_ts, jax_batch, jax_state)
       torch_ts, torch_state, torch_metrics = torch_algo.step(torch_ts, torch_batch, torch_state)
-      np.testing.assert_allclose(float(torch_metrics['penalty']), float(jax_metrics['penalty']),
-                                 rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(
+        float(torch_metrics['penalty']), float(jax_metrics['penalty']), rtol=1e-4, atol=1e-6
+      )
     helpers.assert_states_close(jax_ts, torch_ts, rtol=1e-4, atol=1e-5, what=f'lfl task {task}')
     jax_ts, jax_state = jax_algo.end_task(jax_ts, jax_state, None)
     torch_ts, torch_state = torch_algo.end_task(torch_ts, torch_state, None)

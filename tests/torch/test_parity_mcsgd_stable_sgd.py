@@ -18,6 +18,7 @@ End to end on real digits (the bundled MNIST sample, the shrunk Rotated
 MNIST stream of tests/test_end_to_end_mcsgd.py), on PyTorch: MC-SGD forgets
 far less than Naive SGD in its own regime, Stable SGD less than plastic SGD.
 """
+
 import dataclasses
 import functools
 
@@ -57,8 +58,15 @@ NUM_TASKS = 3
 # 16 real samples a task for 5 slots (the reservoir replaces); the phase of
 # task 1 takes 2 steps a pass over 5 + 5 memories, that of task 2 3 steps over
 # 10 + 5 (the current task's batch wraps around); momentum carries over.
-MCSGD = specs.MCSGDSpec(memory_per_task=5, lmc_lr=0.3, lmc_momentum=0.8, lmc_batch_size=4,
-                        lmc_init_position=0.1, lmc_line_samples=3, lmc_epochs=2)
+MCSGD = specs.MCSGDSpec(
+  memory_per_task=5,
+  lmc_lr=0.3,
+  lmc_momentum=0.8,
+  lmc_batch_size=4,
+  lmc_init_position=0.1,
+  lmc_line_samples=3,
+  lmc_epochs=2,
+)
 
 
 def memory_batch(buffer, keep):
@@ -68,10 +76,17 @@ def memory_batch(buffer, keep):
 def line_objective(state, w, w_prev, w_task, buffer):
   """The MC-SGD objective on the whole memory (torch)."""
   with torch.no_grad():
-    return float(torch_mcsgd.connectivity_loss(
-        w, w_prev, w_task, state, memory_batch(buffer, buffer.valid & (buffer.t < state.task)),
+    return float(
+      torch_mcsgd.connectivity_loss(
+        w,
+        w_prev,
+        w_task,
+        state,
+        memory_batch(buffer, buffer.valid & (buffer.t < state.task)),
         memory_batch(buffer, buffer.valid & (buffer.t == state.task)),
-        torch_mcsgd.line_positions(MCSGD.lmc_line_samples)))
+        torch_mcsgd.line_positions(MCSGD.lmc_line_samples),
+      )
+    )
 
 
 def test_mcsgd_same_weights_memory_and_anchor_after_steps_and_end_task():
@@ -92,8 +107,12 @@ def test_mcsgd_same_weights_memory_and_anchor_after_steps_and_end_task():
     for k, (jax_batch, torch_batch) in enumerate(batches):
       jax_ts, jax_state, jax_metrics = step(jax_ts, jax_batch, jax_state)
       torch_ts, torch_state, torch_metrics = torch_algo.step(torch_ts, torch_batch, torch_state)
-      np.testing.assert_allclose(float(torch_metrics['loss']), float(jax_metrics['loss']),
-                                 rtol=helpers.RTOL, atol=helpers.ATOL)
+      np.testing.assert_allclose(
+        float(torch_metrics['loss']),
+        float(jax_metrics['loss']),
+        rtol=helpers.RTOL,
+        atol=helpers.ATOL,
+      )
       what = f'task {task} step {k}'
       helpers.assert_states_close(jax_ts, torch_ts, what=what)
       assert_algo_states_close(jax_state, torch_state, what)
@@ -129,11 +148,17 @@ def test_line_phase_runs_without_dropout_and_keeps_batchnorm_statistics():
   with_dropout = torch_models.make_model('mlp', shape, num_classes=4, widths=(8,), dropout=0.5)
   plain = torch_models.make_model('mlp', shape, num_classes=4, widths=(8,))
   plain.load_state_dict(with_dropout.state_dict())
-  states = [torch_ts_lib.create_train_state(m, specs.OptimizerSpec(), num_classes=4)
-            for m in (with_dropout, plain)]
+  states = [
+    torch_ts_lib.create_train_state(m, specs.OptimizerSpec(), num_classes=4)
+    for m in (with_dropout, plain)
+  ]
   x = torch.randn(batch_size, *shape)
-  batch = Batch(x, torch.randint(0, 4, (batch_size,)), torch.zeros(batch_size, dtype=torch.long),
-                torch.ones(batch_size))
+  batch = Batch(
+    x,
+    torch.randint(0, 4, (batch_size,)),
+    torch.zeros(batch_size, dtype=torch.long),
+    torch.ones(batch_size),
+  )
   w = states[0].params
   w_end = {k: v.detach() - 0.2 for k, v in w.items()}
   taus = torch_mcsgd.line_positions(4)
@@ -143,18 +168,22 @@ def test_line_phase_runs_without_dropout_and_keeps_batchnorm_statistics():
   assert losses[0] == losses[1] == again
 
   resnet = torch_models.make_model('resnet18_reduced', (8, 8, 3), num_classes=4, nf=2)
-  state = torch_ts_lib.create_train_state(resnet, specs.OptimizerSpec(),
-                                                          num_classes=4)
+  state = torch_ts_lib.create_train_state(resnet, specs.OptimizerSpec(), num_classes=4)
   for value in state.model_state.values():
     value.add_(0.5)
   stats = {k: v.clone() for k, v in state.model_state.items()}
-  algo = torch_algorithms.build(specs.MCSGDSpec(memory_per_task=4, lmc_batch_size=4),
-                                torch_algorithms.Context((8, 8, 3), 4, 2))
+  algo = torch_algorithms.build(
+    specs.MCSGDSpec(memory_per_task=4, lmc_batch_size=4), torch_algorithms.Context((8, 8, 3), 4, 2)
+  )
   algo_state = algo.init(state)
   for task in range(2):
     state, algo_state = algo.begin_task(state, algo_state, task)
-    data = Batch(torch.randn(1, 6, 8, 8, 3), torch.randint(0, 4, (1, 6)),
-                 torch.full((1, 6), task), torch.ones(1, 6))
+    data = Batch(
+      torch.randn(1, 6, 8, 8, 3),
+      torch.randint(0, 4, (1, 6)),
+      torch.full((1, 6), task),
+      torch.ones(1, 6),
+    )
     state, algo_state = algo.end_task(state, algo_state, data)
   assert algo_state.lmc_steps == 1
   for name, value in state.model_state.items():
@@ -169,15 +198,20 @@ def test_stable_sgd_regime_is_applied_as_on_the_jax_backend():
   assert torch_parts.model.widths == jax_parts.model.widths == (32,)
   assert torch_parts.train_state.regime == jax_parts.train_state.regime
   assert torch_parts.train_state.regime.lr_decay == REGIME['lr_decay']
-  assert dataclasses.asdict(torch_parts.train_config) == dataclasses.asdict(
-      jax_parts.train_config)
+  assert dataclasses.asdict(torch_parts.train_config) == dataclasses.asdict(jax_parts.train_config)
   assert torch_parts.train_config.batch_size == REGIME['batch_size']
   # One function on both backends, for every field it sets.
-  sections = ({'name': 'mlp', 'widths': (8,), 'dropout': 0.0},
-              specs.OptimizerSpec(learning_rate=0.1, momentum=0.8), TrainConfig(batch_size=64))
+  sections = (
+    {'name': 'mlp', 'widths': (8,), 'dropout': 0.0},
+    specs.OptimizerSpec(learning_rate=0.1, momentum=0.8),
+    TrainConfig(batch_size=64),
+  )
   spec = specs.StableSGDSpec(**REGIME)
-  assert (torch_stable_sgd.adapt_regime(spec, *sections)
-          == jax_stable_sgd.adapt_regime(spec, *sections) == spec.regime(*sections))
+  assert (
+    torch_stable_sgd.adapt_regime(spec, *sections)
+    == jax_stable_sgd.adapt_regime(spec, *sections)
+    == spec.regime(*sections)
+  )
   # The learning rate of each task, floored at min_lr, is the JAX one exactly.
   algo, state = torch_parts.algorithm, torch_parts.train_state
   jax_algo, jax_state = jax_parts.algorithm, jax_parts.train_state
@@ -202,12 +236,14 @@ def test_stable_sgd_same_weights_under_the_decayed_learning_rates():
   0.064) with a fresh momentum every task, step for step on both backends."""
   spec = specs.StableSGDSpec(dropout=0.0, lr_decay=0.8, min_lr=0.07, batch_size=6)
   model_config, optimizer, train_config = torch_algorithms.adapt_regime(
-      spec, {'widths': (16,), 'dropout': 0.5},
-      specs.OptimizerSpec(learning_rate=0.1, momentum=0.8, reinit_per_task=True), TrainConfig())
+    spec,
+    {'widths': (16,), 'dropout': 0.5},
+    specs.OptimizerSpec(learning_rate=0.1, momentum=0.8, reinit_per_task=True),
+    TrainConfig(),
+  )
   assert (model_config['dropout'], train_config.batch_size) == (0.0, 6)
   jax_algo, torch_algo = algorithms.build(spec), torch_algorithms.build(spec)
-  jax_ts, torch_ts = helpers.make_states('mlp', INPUT_SHAPE, NUM_CLASSES, optimizer,
-                                         **model_config)
+  jax_ts, torch_ts = helpers.make_states('mlp', INPUT_SHAPE, NUM_CLASSES, optimizer, **model_config)
   step = jax.jit(jax_algo.step, compiler_options=FAST_COMPILE)
   jax_state, torch_state = jax_algo.init(jax_ts, None), torch_algo.init(torch_ts)
   rates = []
@@ -243,7 +279,7 @@ def test_torch_mcsgd_retains_what_naive_sgd_forgets_on_real_digits():
   assert mcsgd.summary['bwt'] > 0
   assert mcsgd.accuracy_matrix[0, -1] > naive.accuracy_matrix[0, -1] + 0.2
   assert mcsgd.summary['acc'] > naive.summary['acc'] - 0.02
-  assert mcsgd.accuracy_matrix[:, -1].min() > 0.3                 # chance is 0.1
+  assert mcsgd.accuracy_matrix[:, -1].min() > 0.3  # chance is 0.1
   # Phases of tasks 1-3: 100 * t previous memories in batches of 64.
   assert mcsgd.algo_state.lmc_steps == 2 + 4 + 5
   for name, value in mcsgd.train_state.params.items():

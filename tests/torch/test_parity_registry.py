@@ -5,6 +5,7 @@ hyperparameters (`tests.small`), both backends share one `Context` and one
 table of replay policies, and on PyTorch too `end_task` reads the task's data
 exactly when the spec's `uses_task_data` says so.
 """
+
 import dataclasses
 from typing import ClassVar
 
@@ -34,9 +35,13 @@ NAMES = algorithms.names()
 
 
 def test_both_backends_have_every_registered_algorithm():
-  defined = {cls.name for cls in vars(specs).values()
-             if isinstance(cls, type) and issubclass(cls, specs.AlgorithmSpec)
-             and cls is not specs.AlgorithmSpec}
+  defined = {
+    cls.name
+    for cls in vars(specs).values()
+    if isinstance(cls, type)
+    and issubclass(cls, specs.AlgorithmSpec)
+    and cls is not specs.AlgorithmSpec
+  }
   assert defined <= set(NAMES)
   assert torch_algorithms.names() == NAMES
   assert set(SMALL_HPARAMS) <= set(specs.SPECS) and set(SMALL_HPARAMS) <= set(NAMES)
@@ -48,17 +53,24 @@ def test_every_algorithm_builds_on_both_backends(name):
   jax_algo = algorithms.build(spec, CONTEXT)
   torch_algo = torch_algorithms.build(spec, CONTEXT)
   assert jax_algo.spec == torch_algo.spec == spec
-  flax_model = algorithms.adapt_model(spec, models.MLP(widths=(8,), num_classes=NUM_CLASSES),
-                                      CONTEXT)
-  jax_ts = jax_ts_lib.create_train_state(flax_model, specs.OptimizerSpec(), jax.random.PRNGKey(0),
-                                         INPUT_SHAPE, NUM_CLASSES)
+  flax_model = algorithms.adapt_model(
+    spec, models.MLP(widths=(8,), num_classes=NUM_CLASSES), CONTEXT
+  )
+  jax_ts = jax_ts_lib.create_train_state(
+    flax_model, specs.OptimizerSpec(), jax.random.PRNGKey(0), INPUT_SHAPE, NUM_CLASSES
+  )
   jax_algo.init(jax_ts, jax.random.PRNGKey(0))
   torch_algo.init(torch_state(spec))
 
 
 def test_one_context_and_one_policy_table():
-  assert (algorithms.Context is algorithms.base.Context is torch_algorithms.Context
-          is torch_base.Context is types.Context)
+  assert (
+    algorithms.Context
+    is algorithms.base.Context
+    is torch_algorithms.Context
+    is torch_base.Context
+    is types.Context
+  )
   assert tuple(jax_buffer.POLICIES) == tuple(torch_buffer.POLICIES) == specs.REPLAY_POLICIES
 
 
@@ -70,8 +82,11 @@ def test_submodules_and_unknown_algorithms():
   class Unimplemented(specs.AlgorithmSpec):
     name: ClassVar[str] = 'test_torch_unimplemented'
 
-  with pytest.raises(ValueError, match=r"no PyTorch implementation of algorithm "
-                     r"'test_torch_unimplemented'; known: agem, der"):
+  with pytest.raises(
+    ValueError,
+    match=r'no PyTorch implementation of algorithm '
+    r"'test_torch_unimplemented'; known: agem, der",
+  ):
     torch_algorithms.build(Unimplemented())
   with pytest.raises(ValueError, match='unknown buffer policy'):
     torch_buffer.add(None, None, None, None, policy='fifo')
@@ -79,11 +94,11 @@ def test_submodules_and_unknown_algorithms():
 
 def torch_state(spec):
   torch.manual_seed(0)
-  model = torch_models.make_model('mlp', INPUT_SHAPE, num_classes=NUM_CLASSES, widths=(8,),
-                                  seed=0)
+  model = torch_models.make_model('mlp', INPUT_SHAPE, num_classes=NUM_CLASSES, widths=(8,), seed=0)
   model = torch_algorithms.adapt_model(spec, model, CONTEXT)
-  return torch_ts_lib.create_train_state(model, specs.OptimizerSpec(learning_rate=0.1),
-                                         num_classes=NUM_CLASSES)
+  return torch_ts_lib.create_train_state(
+    model, specs.OptimizerSpec(learning_rate=0.1), num_classes=NUM_CLASSES
+  )
 
 
 def after_one_step(name):
@@ -99,16 +114,27 @@ def after_one_step(name):
 
 
 def chunk(seed):
-  return helpers.stack([helpers.random_batch(10 * seed + k, BATCH, INPUT_SHAPE, NUM_CLASSES)
-                        for k in range(3)])[1]
+  return helpers.stack(
+    [helpers.random_batch(10 * seed + k, BATCH, INPUT_SHAPE, NUM_CLASSES) for k in range(3)]
+  )[1]
 
 
 def leaves(tree) -> list[np.ndarray]:
   """Every tensor and number of a PyTorch (train or algorithm) state, in order."""
   if isinstance(tree, torch_ts_lib.TrainState):
     optimizer = tree.optimizer
-    return leaves([tree.model.state_dict(), tree.step, tree.task, optimizer.learning_rate,
-                   optimizer.count, optimizer.trace, optimizer.mu, optimizer.nu])
+    return leaves(
+      [
+        tree.model.state_dict(),
+        tree.step,
+        tree.task,
+        optimizer.learning_rate,
+        optimizer.count,
+        optimizer.trace,
+        optimizer.mu,
+        optimizer.nu,
+      ]
+    )
   if isinstance(tree, torch.Tensor):
     return [tree.detach().cpu().numpy().copy()]
   if dataclasses.is_dataclass(tree):

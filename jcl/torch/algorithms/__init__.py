@@ -8,6 +8,7 @@ As in `jcl.algorithms`, an algorithm is found by name: the registered spec
 and that module may define `adapt_model` / `adapt_regime`. Submodules are
 imported when first used (PEP 562).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,8 +42,9 @@ def module(name: str) -> ModuleType:
     ValueError: no such algorithm on this backend.
   """
   if name not in specs_lib.SPECS or not _has_module(name):
-    raise ValueError(f'no {BACKEND} implementation of algorithm {name!r}; '
-                     f'known: {", ".join(names())}')
+    raise ValueError(
+      f'no {BACKEND} implementation of algorithm {name!r}; known: {", ".join(names())}'
+    )
   return importlib.import_module(f'{__name__}.{name}')
 
 
@@ -58,8 +60,9 @@ def build(spec: specs_lib.AlgorithmSpec, context: Context | None = None) -> Algo
   return module(spec.name).make(spec, context=context)
 
 
-def adapt_model(spec: specs_lib.AlgorithmSpec, model: torch.nn.Module,
-                context: Context) -> torch.nn.Module:
+def adapt_model(
+  spec: specs_lib.AlgorithmSpec, model: torch.nn.Module, context: Context
+) -> torch.nn.Module:
   """The model an algorithm trains, built from the configured one (the
   counterpart of `jcl.algorithms.adapt_model`: PNN grows one column per task,
   KCL replaces the linear head by its kernel classifier). An algorithm module
@@ -68,8 +71,12 @@ def adapt_model(spec: specs_lib.AlgorithmSpec, model: torch.nn.Module,
   return hook(spec, model, context) if hook is not None else model
 
 
-def adapt_regime(spec: specs_lib.AlgorithmSpec, model_config: dict[str, Any],
-                 optimizer: specs_lib.OptimizerSpec, train_config: Any):
+def adapt_regime(
+  spec: specs_lib.AlgorithmSpec,
+  model_config: dict[str, Any],
+  optimizer: specs_lib.OptimizerSpec,
+  train_config: Any,
+):
   """`(model_config, optimizer, train_config)` under the algorithm's training
   regime (`jcl.algorithms.adapt_regime`; Stable SGD's dropout, per-task
   learning-rate decay and batch size). The default returns them unchanged."""
@@ -86,5 +93,13 @@ def __getattr__(name: str) -> ModuleType:
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-__all__ = ['Algorithm', 'Context', 'adapt_model', 'adapt_regime', 'base', 'build', 'module',
-           'names']
+__all__ = [
+  'Algorithm',
+  'Context',
+  'adapt_model',
+  'adapt_regime',
+  'base',
+  'build',
+  'module',
+  'names',
+]

@@ -5,6 +5,7 @@ A step computes the gradient `g` on the current batch and `g_ref` on
 tasks (`memory_per_task` each), projects `g` when they conflict (eq. 11),
 then offers the batch to its task's memory.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,9 +18,15 @@ from jcl.torch.algorithms.er import INSERT_SALT, SAMPLE_SALT, ReplayState, requi
 
 
 def init_episodic_memory(memory_per_task: int, context: base.Context, train_state) -> ReplayState:
-  return ReplayState(buffer_lib.init(memory_per_task * context.num_tasks,
-                                     tuple(context.input_shape), num_classes=context.num_classes,
-                                     num_tasks=context.num_tasks, device=train_state.device))
+  return ReplayState(
+    buffer_lib.init(
+      memory_per_task * context.num_tasks,
+      tuple(context.input_shape),
+      num_classes=context.num_classes,
+      num_tasks=context.num_tasks,
+      device=train_state.device,
+    )
+  )
 
 
 def previous_tasks(train_state, num_tasks: int) -> torch.Tensor:
@@ -38,16 +45,21 @@ def make(spec: specs.AGEMSpec | None = None, context: base.Context | None = None
   def step(train_state, batch, state: ReplayState):
     source = train_state.rng
     _, grads, aux, metrics = base.loss_and_grads(train_state, batch, state)
-    memory, _ = buffer_lib.sample(state.buffer, source, train_state.step_key(SAMPLE_SALT),
-                                  spec.memory_batch_size,
-                                  task_mask=previous_tasks(train_state, context.num_tasks))
+    memory, _ = buffer_lib.sample(
+      state.buffer,
+      source,
+      train_state.step_key(SAMPLE_SALT),
+      spec.memory_batch_size,
+      task_mask=previous_tasks(train_state, context.num_tasks),
+    )
     ref_grads = base.gradient(train_state, memory)
     metrics['projected'] = (base.tree_dot(grads, ref_grads) < 0).float()
     projected = projection.tree_agem_project(grads, ref_grads)
     insert_key = train_state.step_key(INSERT_SALT)
     base.apply_update(train_state, projected, aux['model_state'])
-    buffer = buffer_lib.add(state.buffer, batch, source, insert_key, policy='per_task',
-                            per_task=spec.memory_per_task)
+    buffer = buffer_lib.add(
+      state.buffer, batch, source, insert_key, policy='per_task', per_task=spec.memory_per_task
+    )
     return train_state, ReplayState(buffer), metrics
 
   return base.make(spec, step, init=init)

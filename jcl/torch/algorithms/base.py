@@ -15,6 +15,7 @@ in `end_task` is the finished task's training set as a chunk `[K, B, ...]`, or
 None for a method whose spec has `uses_task_data = False`.
 Random choices come from `train_state.rng` (see `jcl.torch.random`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple
@@ -36,6 +37,7 @@ MASKED_LOGIT = MASK_VALUE
 
 class Algorithm(NamedTuple):
   """A continual-learning algorithm as four functions (see module docstring)."""
+
   init: Callable[..., Any]
   step: Callable[[TrainState, Batch, Any], tuple[TrainState, Any, Metrics]]
   begin_task: Callable[[TrainState, Any, int], tuple[TrainState, Any]]
@@ -67,8 +69,13 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> 
   return masked_mean((torch.argmax(logits, -1) == labels).float(), mask)
 
 
-def forward(state: TrainState, batch: Batch, *, return_features: bool = False,
-            params: Mapping[str, torch.Tensor] | None = None) -> dict:
+def forward(
+  state: TrainState,
+  batch: Batch,
+  *,
+  return_features: bool = False,
+  params: Mapping[str, torch.Tensor] | None = None,
+) -> dict:
   """The model on `batch` in training mode (at `params` when given).
 
   Returns:
@@ -76,11 +83,15 @@ def forward(state: TrainState, batch: Batch, *, return_features: bool = False,
     `model_state` (new BatchNorm statistics) and, with `return_features`,
     `features`.
   """
-  outputs, model_state = ts_lib.apply_model(state, batch.x, batch.t, train=True, params=params,
-                                            return_features=return_features)
+  outputs, model_state = ts_lib.apply_model(
+    state, batch.x, batch.t, train=True, params=params, return_features=return_features
+  )
   logits, features = outputs if return_features else (outputs, None)
-  aux = {'logits': masked_logits(logits, state.class_mask), 'raw_logits': logits,
-         'model_state': model_state}
+  aux = {
+    'logits': masked_logits(logits, state.class_mask),
+    'raw_logits': logits,
+    'model_state': model_state,
+  }
   if return_features:
     aux['features'] = features
   return aux
@@ -98,8 +109,7 @@ LossFn = Callable[[TrainState, Batch], tuple[torch.Tensor, dict]]
 
 def grad(loss: torch.Tensor, state: TrainState) -> Tensors:
   """`{name: d loss / d param}` over the model's parameters."""
-  grads = torch.autograd.grad(loss, state.param_list, allow_unused=True,
-                              materialize_grads=True)
+  grads = torch.autograd.grad(loss, state.param_list, allow_unused=True, materialize_grads=True)
   return dict(zip(state.param_names, grads))
 
 
@@ -144,9 +154,13 @@ def gradient(state: TrainState, batch: Batch) -> Tensors:
     return grad(task_loss(state, batch)[0], state)
 
 
-def loss_and_grads(state: TrainState, batch: Batch, algo_state: Any,
-                   penalty_fn: Callable[[Tensors, Any], torch.Tensor] | None = None,
-                   loss_fn: LossFn = task_loss):
+def loss_and_grads(
+  state: TrainState,
+  batch: Batch,
+  algo_state: Any,
+  penalty_fn: Callable[[Tensors, Any], torch.Tensor] | None = None,
+  loss_fn: LossFn = task_loss,
+):
   """Gradients of `loss_fn` and of `penalty_fn(params, algo_state)`, taken separately.
 
   `penalty_fn` returns the penalty (differentiated here) or `(penalty,
@@ -172,8 +186,9 @@ def loss_and_grads(state: TrainState, batch: Batch, algo_state: Any,
   return task_grads, grads, aux, metrics
 
 
-def sgd_step(penalty_fn: Callable[[Tensors, Any], torch.Tensor] | None = None,
-             loss_fn: LossFn = task_loss):
+def sgd_step(
+  penalty_fn: Callable[[Tensors, Any], torch.Tensor] | None = None, loss_fn: LossFn = task_loss
+):
   """A step on `loss_fn + penalty_fn(params, algo_state)`; `algo_state` passes through."""
 
   def step(train_state: TrainState, batch: Batch, algo_state: Any):
@@ -187,8 +202,9 @@ def detached_params(state: TrainState) -> Tensors:
   return {k: v.detach() for k, v in state.params.items()}
 
 
-def per_sample_mean(fn: Callable[[Tensors, Batch], Tensors], params: Tensors,
-                    data: Batch) -> Tensors:
+def per_sample_mean(
+  fn: Callable[[Tensors, Batch], Tensors], params: Tensors, data: Batch
+) -> Tensors:
   """`1/N sum_n fn(params, sample_n)` over the real samples of `data` `[K, B, ...]`.
 
   `fn(params, batch_of_one)` returns `{name: tensor}` shaped like `params`
@@ -223,5 +239,6 @@ def make(spec: Any, step, *, init=None, begin_task=None, end_task=None) -> Algor
       train_state, algo_state = begin_task(train_state, algo_state, task_id)
     return train_state, algo_state
 
-  return Algorithm(init=init, step=step, begin_task=begin, end_task=end_task or no_end_task,
-                   spec=spec)
+  return Algorithm(
+    init=init, step=step, begin_task=begin, end_task=end_task or no_end_task, spec=spec
+  )

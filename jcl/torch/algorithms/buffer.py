@@ -11,6 +11,7 @@ Samples of a batch are offered one after another in batch order; padding
 draws from its key, so a source that reproduces `jax.random` makes the two
 buffers identical.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,7 @@ class ReplayBuffer:
     class_seen: `[num_classes]` samples offered per class.
     class_full: `[num_classes]` bool, CBRS's full classes.
   """
+
   x: torch.Tensor
   y: torch.Tensor
   t: torch.Tensor
@@ -53,18 +55,31 @@ class ReplayBuffer:
     return self.valid.shape[0]
 
 
-def init(capacity: int, input_shape: tuple[int, ...], *, num_classes: int, num_tasks: int = 1,
-         logits_dim: int = 0, device: torch.device | str | None = None) -> ReplayBuffer:
+def init(
+  capacity: int,
+  input_shape: tuple[int, ...],
+  *,
+  num_classes: int,
+  num_tasks: int = 1,
+  logits_dim: int = 0,
+  device: torch.device | str | None = None,
+) -> ReplayBuffer:
   """An empty buffer of `capacity` slots for inputs of shape `input_shape`."""
   if capacity <= 0:
     raise ValueError(f'capacity must be positive, got {capacity}')
   zeros = lambda shape, dtype: torch.zeros(shape, dtype=dtype, device=device)
   return ReplayBuffer(
-      x=zeros((capacity, *input_shape), torch.float32), y=zeros((capacity,), torch.int64),
-      t=zeros((capacity,), torch.int64), logits=zeros((capacity, logits_dim), torch.float32),
-      valid=zeros((capacity,), torch.bool), seen=zeros((), torch.int64),
-      class_counts=zeros((num_classes,), torch.int64), task_seen=zeros((num_tasks,), torch.int64),
-      class_seen=zeros((num_classes,), torch.int64), class_full=zeros((num_classes,), torch.bool))
+    x=zeros((capacity, *input_shape), torch.float32),
+    y=zeros((capacity,), torch.int64),
+    t=zeros((capacity,), torch.int64),
+    logits=zeros((capacity, logits_dim), torch.float32),
+    valid=zeros((capacity,), torch.bool),
+    seen=zeros((), torch.int64),
+    class_counts=zeros((num_classes,), torch.int64),
+    task_seen=zeros((num_tasks,), torch.int64),
+    class_seen=zeros((num_classes,), torch.int64),
+    class_full=zeros((num_classes,), torch.bool),
+  )
 
 
 def size(buffer: ReplayBuffer) -> torch.Tensor:
@@ -88,7 +103,9 @@ def _batch_logits(buffer: ReplayBuffer, batch: Batch, logits) -> torch.Tensor:
   if logits is None:
     raise ValueError(f'this buffer stores logits of width {logits_dim}: pass `logits`')
   if tuple(logits.shape) != (num_samples, logits_dim):
-    raise ValueError(f'logits must have shape {(num_samples, logits_dim)}, got {tuple(logits.shape)}')
+    raise ValueError(
+      f'logits must have shape {(num_samples, logits_dim)}, got {tuple(logits.shape)}'
+    )
   return logits.detach().float()
 
 
@@ -102,8 +119,9 @@ def _count_offered(buffer: ReplayBuffer, y, t, offered) -> ReplayBuffer:
 
 
 def _recount_classes(buffer: ReplayBuffer) -> ReplayBuffer:
-  buffer.class_counts = _add_counts(torch.zeros_like(buffer.class_counts), buffer.y,
-                                    buffer.valid.long())
+  buffer.class_counts = _add_counts(
+    torch.zeros_like(buffer.class_counts), buffer.y, buffer.valid.long()
+  )
   return buffer
 
 
@@ -134,8 +152,9 @@ def _random_slot(source: RandomSource, key: Key, eligible: torch.Tensor) -> torc
 # ----------------------------------------------------------------------------- policies
 
 
-def add_reservoir(buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key,
-                  logits=None) -> ReplayBuffer:
+def add_reservoir(
+  buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key, logits=None
+) -> ReplayBuffer:
   """Algorithm R: the n-th offered sample goes to slot `n - 1` while `n <= N`,
   then replaces slot `j ~ U{0..n-1}` if `j < N`."""
   logits = _batch_logits(buffer, batch, logits)
@@ -148,13 +167,16 @@ def add_reservoir(buffer: ReplayBuffer, batch: Batch, source: RandomSource, key:
   return _count_offered(buffer, batch.y, batch.t, offered)
 
 
-def add_per_task(buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key,
-                 per_task: int, logits=None) -> ReplayBuffer:
+def add_per_task(
+  buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key, per_task: int, logits=None
+) -> ReplayBuffer:
   """Each task's own reservoir over its slots (GEM's episodic memory)."""
   num_tasks = buffer.task_seen.shape[0]
   if num_tasks * per_task != buffer.capacity:
-    raise ValueError(f'per-task memory needs num_tasks * per_task == capacity, got '
-                     f'{num_tasks} * {per_task} != {buffer.capacity}')
+    raise ValueError(
+      f'per-task memory needs num_tasks * per_task == capacity, got '
+      f'{num_tasks} * {per_task} != {buffer.capacity}'
+    )
   logits = _batch_logits(buffer, batch, logits)
   offered = batch.mask > 0
   t = batch.t.long()
@@ -207,15 +229,17 @@ def _offer_class_balanced(buffer: ReplayBuffer, x, y, t, mask, logits, source, k
   return buffer
 
 
-def add_class_balanced(buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key,
-                       logits=None) -> ReplayBuffer:
+def add_class_balanced(
+  buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key, logits=None
+) -> ReplayBuffer:
   """Class-balancing reservoir sampling (CBRS, Chrysakis & Moens 2020, Algorithm 1),
   one sample at a time, as `jcl.algorithms.buffer.add_class_balanced`."""
   logits = _batch_logits(buffer, batch, logits)
   keys = source.split(key, batch.y.shape[0])
   for i in range(batch.y.shape[0]):
-    buffer = _offer_class_balanced(buffer, batch.x[i], batch.y[i], batch.t[i], batch.mask[i],
-                                   logits[i], source, keys[i])
+    buffer = _offer_class_balanced(
+      buffer, batch.x[i], batch.y[i], batch.t[i], batch.mask[i], logits[i], source, keys[i]
+    )
   return buffer
 
 
@@ -228,16 +252,26 @@ def _add_per_task(buffer, batch, source, key, logits, per_task):
 # Policy name (`jcl.specs.REPLAY_POLICIES`) ->
 # `(buffer, batch, source, key, logits, per_task) -> buffer`, as `jcl.algorithms.buffer.POLICIES`.
 POLICIES: dict[str, Callable[..., ReplayBuffer]] = {
-    'reservoir': lambda buffer, batch, source, key, logits, per_task: add_reservoir(
-        buffer, batch, source, key, logits),
-    'class_balanced': lambda buffer, batch, source, key, logits, per_task: add_class_balanced(
-        buffer, batch, source, key, logits),
-    'per_task': _add_per_task,
+  'reservoir': lambda buffer, batch, source, key, logits, per_task: add_reservoir(
+    buffer, batch, source, key, logits
+  ),
+  'class_balanced': lambda buffer, batch, source, key, logits, per_task: add_class_balanced(
+    buffer, batch, source, key, logits
+  ),
+  'per_task': _add_per_task,
 }
 
 
-def add(buffer: ReplayBuffer, batch: Batch, source: RandomSource, key: Key, *, policy: str,
-        logits=None, per_task: int | None = None) -> ReplayBuffer:
+def add(
+  buffer: ReplayBuffer,
+  batch: Batch,
+  source: RandomSource,
+  key: Key,
+  *,
+  policy: str,
+  logits=None,
+  per_task: int | None = None,
+) -> ReplayBuffer:
   """Offers `batch` to the buffer with `policy`, one of `POLICIES` (in place)."""
   if policy not in POLICIES:
     raise ValueError(f'unknown buffer policy {policy!r}; expected one of {tuple(POLICIES)}')
@@ -251,8 +285,14 @@ def _gather(buffer: ReplayBuffer, idx, mask) -> tuple[Batch, torch.Tensor]:
   return Batch(buffer.x[idx], buffer.y[idx], buffer.t[idx], mask.float()), buffer.logits[idx]
 
 
-def sample(buffer: ReplayBuffer, source: RandomSource, key: Key, size: int, *,
-           task_mask: torch.Tensor | None = None) -> tuple[Batch, torch.Tensor]:
+def sample(
+  buffer: ReplayBuffer,
+  source: RandomSource,
+  key: Key,
+  size: int,
+  *,
+  task_mask: torch.Tensor | None = None,
+) -> tuple[Batch, torch.Tensor]:
   """`size` slots uniformly without replacement among the eligible ones.
 
   As the JAX buffer: each eligible slot gets a random 31-bit score
@@ -267,8 +307,7 @@ def sample(buffer: ReplayBuffer, source: RandomSource, key: Key, size: int, *,
     num_tasks = task_mask.shape[0]
     allowed = task_mask[torch.clamp(buffer.t, 0, num_tasks - 1)]
     eligible = eligible & allowed & (buffer.t >= 0) & (buffer.t < num_tasks)
-  scores = torch.where(eligible, source.bits31(key, buffer.capacity),
-                       torch.full_like(buffer.y, -1))
+  scores = torch.where(eligible, source.bits31(key, buffer.capacity), torch.full_like(buffer.y, -1))
   k = min(size, buffer.capacity)
   top, idx = torch.sort(scores, descending=True, stable=True)
   top, idx = top[:k], idx[:k]
@@ -282,5 +321,7 @@ def sample(buffer: ReplayBuffer, source: RandomSource, key: Key, size: int, *,
 def task_slots(buffer: ReplayBuffer, task_id: int, per_task: int) -> tuple[Batch, torch.Tensor]:
   """Task `task_id`'s region of a per-task buffer, with mask = valid."""
   region = slice(task_id * per_task, (task_id + 1) * per_task)
-  return (Batch(buffer.x[region], buffer.y[region], buffer.t[region],
-                buffer.valid[region].float()), buffer.logits[region])
+  return (
+    Batch(buffer.x[region], buffer.y[region], buffer.t[region], buffer.valid[region].float()),
+    buffer.logits[region],
+  )

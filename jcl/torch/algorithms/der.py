@@ -9,6 +9,7 @@ and DER++ (eq. 6) adds `beta * CE(f(x''), y'')` on a second replayed batch;
 the squared error is averaged over output units and real samples, and the
 three batches go through the model in one forward pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,32 +38,42 @@ def make_der(spec: specs.DERSpec | specs.DERPPSpec, context: base.Context | None
 
   def step(train_state, batch, state: ReplayState):
     source = train_state.rng
-    distill, distill_logits = buffer_lib.sample(state.buffer, source,
-                                                train_state.step_key(DISTILL_SALT), size)
+    distill, distill_logits = buffer_lib.sample(
+      state.buffer, source, train_state.step_key(DISTILL_SALT), size
+    )
     parts = [batch, distill]
     if beta:
-      parts.append(buffer_lib.sample(state.buffer, source, train_state.step_key(LABEL_SALT),
-                                     size)[0])
+      parts.append(
+        buffer_lib.sample(state.buffer, source, train_state.step_key(LABEL_SALT), size)[0]
+      )
     joint = base.concat_batches(*parts)
     insert_key = train_state.step_key(INSERT_SALT)
     aux = base.forward(train_state, joint)
     n = batch.mask.shape[0]
     cur = slice(0, n)
     ce = base.cross_entropy(aux['logits'][cur], joint.y[cur], joint.mask[cur])
-    distill_loss = logit_distance(aux['raw_logits'][n:n + size], distill_logits,
-                                  joint.mask[n:n + size])
+    distill_loss = logit_distance(
+      aux['raw_logits'][n : n + size], distill_logits, joint.mask[n : n + size]
+    )
     loss = ce + spec.alpha * distill_loss
     metrics = {'loss': ce.detach(), 'distill': distill_loss.detach()}
     if beta:
-      replay_ce = base.cross_entropy(aux['logits'][n + size:], joint.y[n + size:],
-                                     joint.mask[n + size:])
+      replay_ce = base.cross_entropy(
+        aux['logits'][n + size :], joint.y[n + size :], joint.mask[n + size :]
+      )
       loss = loss + beta * replay_ce
       metrics['replay_loss'] = replay_ce.detach()
     grads = base.grad(loss, train_state)
     metrics['accuracy'] = base.accuracy(aux['logits'][:n].detach(), batch.y, batch.mask)
     base.apply_update(train_state, grads, aux['model_state'])
-    buffer = buffer_lib.add(state.buffer, batch, source, insert_key, policy='reservoir',
-                            logits=aux['raw_logits'][:n].detach())
+    buffer = buffer_lib.add(
+      state.buffer,
+      batch,
+      source,
+      insert_key,
+      policy='reservoir',
+      logits=aux['raw_logits'][:n].detach(),
+    )
     metrics['buffer_size'] = buffer_lib.size(buffer)
     return train_state, ReplayState(buffer), metrics
 

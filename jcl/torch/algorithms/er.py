@@ -6,6 +6,7 @@ the current batch to the buffer:
 
     loss = CE([x; x_mem], [y; y_mem])      (mean over the real samples)
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -24,23 +25,32 @@ class ReplayState(NamedTuple):
 
 def require_context(context: base.Context | None, name: str) -> base.Context:
   if context is None:
-    raise ValueError(f'{name} needs a Context(input_shape, num_classes, num_tasks) to size its '
-                     'memory: build it with jcl.torch.algorithms.build(spec, context)')
+    raise ValueError(
+      f'{name} needs a Context(input_shape, num_classes, num_tasks) to size its '
+      'memory: build it with jcl.torch.algorithms.build(spec, context)'
+    )
   return context
 
 
 def init_buffer(spec, context: base.Context, train_state, *, logits_dim: int = 0):
-  return buffer_lib.init(spec.memory_size, tuple(context.input_shape),
-                         num_classes=context.num_classes, num_tasks=context.num_tasks,
-                         logits_dim=logits_dim, device=train_state.device)
+  return buffer_lib.init(
+    spec.memory_size,
+    tuple(context.input_shape),
+    num_classes=context.num_classes,
+    num_tasks=context.num_tasks,
+    logits_dim=logits_dim,
+    device=train_state.device,
+  )
 
 
 def make(spec: specs.ERSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
   spec = spec or specs.ERSpec()
   context = require_context(context, 'er')
   if spec.policy == 'per_task' and spec.memory_size % context.num_tasks:
-    raise ValueError(f"er: invalid 'memory_size': with policy='per_task' it must be a multiple "
-                     f'of the number of tasks ({context.num_tasks}), got {spec.memory_size}')
+    raise ValueError(
+      f"er: invalid 'memory_size': with policy='per_task' it must be a multiple "
+      f'of the number of tasks ({context.num_tasks}), got {spec.memory_size}'
+    )
   per_task = spec.memory_size // context.num_tasks if spec.policy == 'per_task' else None
   plain_step = base.sgd_step()
 
@@ -50,12 +60,14 @@ def make(spec: specs.ERSpec | None = None, context: base.Context | None = None) 
 
   def step(train_state, batch, state: ReplayState):
     source = train_state.rng
-    memory, _ = buffer_lib.sample(state.buffer, source, train_state.step_key(SAMPLE_SALT),
-                                  spec.replay_batch_size)
+    memory, _ = buffer_lib.sample(
+      state.buffer, source, train_state.step_key(SAMPLE_SALT), spec.replay_batch_size
+    )
     insert_key = train_state.step_key(INSERT_SALT)
     train_state, state, metrics = plain_step(train_state, base.concat_batches(batch, memory), state)
-    buffer = buffer_lib.add(state.buffer, batch, source, insert_key, policy=spec.policy,
-                            per_task=per_task)
+    buffer = buffer_lib.add(
+      state.buffer, batch, source, insert_key, policy=spec.policy, per_task=per_task
+    )
     metrics['buffer_size'] = buffer_lib.size(buffer)
     return train_state, ReplayState(buffer), metrics
 

@@ -8,6 +8,7 @@ mode (dropout off, BatchNorm running statistics), on the class-masked outputs:
 * empirical: `F = 1/N sum_n (d log p(y_n | x_n) / d theta)^2`;
 * true:      `F = 1/N sum_n sum_c p(c | x_n) (d log p(c | x_n) / d theta)^2`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,11 @@ def true_fisher_sample(params, train_state, sample: Batch):
 def fisher_diagonal(train_state: ts_lib.TrainState, data: Batch, kind: str = 'empirical'):
   """The diagonal Fisher over the real samples of `data` `[K, B, ...]`."""
   sample_fn = {'empirical': empirical_fisher_sample, 'true': true_fisher_sample}[kind]
-  return base.per_sample_mean(lambda params, sample: sample_fn(params, train_state, sample),
-                              base.detached_params(train_state), data)
+  return base.per_sample_mean(
+    lambda params, sample: sample_fn(params, train_state, sample),
+    base.detached_params(train_state),
+    data,
+  )
 
 
 def make(spec: specs.EWCSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
@@ -67,7 +71,8 @@ def make(spec: specs.EWCSpec | None = None, context: base.Context | None = None)
 
   def end_task(train_state, state, task_data):
     fisher = fisher_diagonal(train_state, task_data, spec.fisher)
-    return train_state, reg.consolidate(state, fisher, train_state.params, mode=mode,
-                                        gamma=spec.gamma)
+    return train_state, reg.consolidate(
+      state, fisher, train_state.params, mode=mode, gamma=spec.gamma
+    )
 
   return base.make(spec, base.sgd_step(penalty), init=init, end_task=end_task)

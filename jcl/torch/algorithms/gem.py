@@ -5,6 +5,7 @@ the gradient on its episodic memory (all `memory_per_task` slots, empty ones
 masked); a violating gradient is replaced by the solution of the dual QP
 (eqs. 10-12), solved exactly in float64 (`projection.gem_project`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,12 +41,19 @@ def make(spec: specs.GEMSpec | None = None, context: base.Context | None = None)
     task_grads = memory_gradients(train_state, state.buffer, spec.memory_per_task)
     violated = any(bool(base.tree_dot(grads, g) < 0) for g in task_grads)
     metrics['projected'] = torch.tensor(float(violated))
-    projected = projection.gem_project(grads, task_grads, margin=spec.margin,
-                                           max_steps=spec.solver_iterations)
+    projected = projection.gem_project(
+      grads, task_grads, margin=spec.margin, max_steps=spec.solver_iterations
+    )
     insert_key = train_state.step_key(INSERT_SALT)
     base.apply_update(train_state, projected, aux['model_state'])
-    buffer = buffer_lib.add(state.buffer, batch, train_state.rng, insert_key, policy='per_task',
-                            per_task=spec.memory_per_task)
+    buffer = buffer_lib.add(
+      state.buffer,
+      batch,
+      train_state.rng,
+      insert_key,
+      policy='per_task',
+      per_task=spec.memory_per_task,
+    )
     return train_state, ReplayState(buffer), metrics
 
   return base.make(spec, step, init=init)

@@ -36,6 +36,7 @@ then offers the batch to the coreset. The bases' noise of a step comes from
 `bases_noise(train_state, shape)`, by default torch's generator (seeded by
 `jcl.torch.fit`, like dropout); the parity test passes the JAX draws.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,19 +92,20 @@ def rbf_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 KERNELS = {'linear': linear_kernel, 'rbf': rbf_kernel}
 
 
-def random_fourier_features(h: torch.Tensor, bases: torch.Tensor,
-                            phases: torch.Tensor) -> torch.Tensor:
+def random_fourier_features(
+  h: torch.Tensor, bases: torch.Tensor, phases: torch.Tensor
+) -> torch.Tensor:
   """`psi(h) = sqrt(2 / D) cos(h Omega^T + b)` `[N, D]` of features `[N, F]`,
   bases `[D, F]` and phases `[D]`."""
   return math.sqrt(2.0 / bases.shape[0]) * torch.cos(h @ bases.T + phases)
 
 
-def ridge_coefficients(support_kernel: torch.Tensor, targets: torch.Tensor,
-                       ridge: torch.Tensor) -> torch.Tensor:
+def ridge_coefficients(
+  support_kernel: torch.Tensor, targets: torch.Tensor, ridge: torch.Tensor
+) -> torch.Tensor:
   """`alpha = (K + ridge I)^-1 Y` `[M, C]` (eq. 4), by Cholesky; the system is
   symmetrised first, as `jax.scipy.linalg.cho_factor` does."""
-  eye = torch.eye(support_kernel.shape[0], dtype=support_kernel.dtype,
-                  device=support_kernel.device)
+  eye = torch.eye(support_kernel.shape[0], dtype=support_kernel.dtype, device=support_kernel.device)
   system = support_kernel + ridge * eye
   factor = torch.linalg.cholesky(0.5 * (system + system.T))
   return torch.cholesky_solve(targets, factor)
@@ -121,10 +123,19 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
   return weights @ h / torch.clamp(torch.sum(weights), min=1.0)
 
 
-def task_logits(kernel: str, query: torch.Tensor, support: torch.Tensor, support_y: torch.Tensor,
-                support_valid: torch.Tensor, *, num_classes: int, ridge: torch.Tensor,
-                scale: torch.Tensor, bases: torch.Tensor | None = None,
-                phases: torch.Tensor | None = None) -> torch.Tensor:
+def task_logits(
+  kernel: str,
+  query: torch.Tensor,
+  support: torch.Tensor,
+  support_y: torch.Tensor,
+  support_valid: torch.Tensor,
+  *,
+  num_classes: int,
+  ridge: torch.Tensor,
+  scale: torch.Tensor,
+  bases: torch.Tensor | None = None,
+  phases: torch.Tensor | None = None,
+) -> torch.Tensor:
   """Logits `[B, C]` of kernel ridge regression on a coreset,
   `gamma K(query, support) (K(support, support) + lambda I)^-1 Y`; empty slots
   (`support_valid == False`) take no part (see `jcl.algorithms.kcl.task_logits`)."""
@@ -209,33 +220,55 @@ class KernelContinualModel(nn.Module):
     generator: seeds the inference networks, phases and noise.
   """
 
-  def __init__(self, encoder: nn.Module, input_shape: tuple[int, ...], num_tasks: int,
-               num_classes: int, core_size: int, kernel: str = 'rff',
-               num_random_features: int = 2048, ridge_lambda: float = 0.1, task_classes=None,
-               generator: torch.Generator | None = None):
+  def __init__(
+    self,
+    encoder: nn.Module,
+    input_shape: tuple[int, ...],
+    num_tasks: int,
+    num_classes: int,
+    core_size: int,
+    kernel: str = 'rff',
+    num_random_features: int = 2048,
+    ridge_lambda: float = 0.1,
+    task_classes=None,
+    generator: torch.Generator | None = None,
+  ):
     super().__init__()
     self.encoder = encoder
     self.num_tasks, self.num_classes, self.core_size = num_tasks, num_classes, core_size
     self.kernel = kernel
     device = next(encoder.parameters()).device
     with torch.no_grad():
-      _, probe = encoder(torch.zeros((1, *input_shape), device=device),
-                         torch.zeros((1,), dtype=torch.long, device=device), train=False,
-                         return_features=True)
+      _, probe = encoder(
+        torch.zeros((1, *input_shape), device=device),
+        torch.zeros((1,), dtype=torch.long, device=device),
+        train=False,
+        return_features=True,
+      )
     dim = probe.shape[-1]
     self.ridge = nn.Parameter(torch.full((num_tasks,), float(ridge_lambda)))
     self.scale = nn.Parameter(torch.ones(num_tasks))
-    setattr(self, CORESET, _Buffers(
+    setattr(
+      self,
+      CORESET,
+      _Buffers(
         x=torch.zeros((num_tasks, core_size, *input_shape)),
         y=torch.zeros((num_tasks, core_size), dtype=torch.int32),
-        valid=torch.zeros((num_tasks, core_size), dtype=torch.bool)))
+        valid=torch.zeros((num_tasks, core_size), dtype=torch.bool),
+      ),
+    )
     if kernel == 'rff':
       d = num_random_features
       self.posterior = InferenceNet(dim, generator)
       self.prior = InferenceNet(dim, generator)
-      setattr(self, RANDOM_FEATURES, _Buffers(
+      setattr(
+        self,
+        RANDOM_FEATURES,
+        _Buffers(
           phases=2 * math.pi * torch.rand((d,), generator=generator),
-          noise=torch.randn((d, dim), generator=generator)))
+          noise=torch.randn((d, dim), generator=generator),
+        ),
+      )
     self.task_classes = None
     if task_classes is not None:
       self.task_classes = tuple(tuple(int(c) for c in classes) for classes in task_classes)
@@ -269,9 +302,18 @@ class KernelContinualModel(nn.Module):
       mean, log_var = posterior
       bases = mean + torch.exp(0.5 * log_var) * noise
       phases = self.random_features.phases
-    logits = task_logits(self.kernel, query, support, support_y, support_valid,
-                         num_classes=self.num_classes, ridge=ridge, scale=self.scale[task],
-                         bases=bases, phases=phases)
+    logits = task_logits(
+      self.kernel,
+      query,
+      support,
+      support_y,
+      support_valid,
+      num_classes=self.num_classes,
+      ridge=ridge,
+      scale=self.scale[task],
+      bases=bases,
+      phases=phases,
+    )
     return logits, posterior
 
   def _mask(self, logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -282,13 +324,22 @@ class KernelContinualModel(nn.Module):
   def _noise(self) -> torch.Tensor | None:
     return self.random_features.noise if self.kernel == 'rff' else None
 
-  def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, *, train: bool = False,
-              return_features: bool = False):
+  def forward(
+    self,
+    x: torch.Tensor,
+    t: torch.Tensor | None = None,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+  ):
     """Logits `[B, C]` of each sample under its own task's classifier (only the
     tasks present in the batch are computed)."""
     num_samples = x.shape[0]
-    t = (torch.zeros((num_samples,), dtype=torch.long, device=x.device) if t is None
-         else t.long().reshape(-1))
+    t = (
+      torch.zeros((num_samples,), dtype=torch.long, device=x.device)
+      if t is None
+      else t.long().reshape(-1)
+    )
     h = self.features(x, t, train)
     task_ids = t.clamp(0, self.num_tasks - 1)
     logits = torch.zeros((num_samples, self.num_classes), dtype=h.dtype, device=h.device)
@@ -297,13 +348,21 @@ class KernelContinualModel(nn.Module):
       rows = task_ids == task
       support_t = torch.full((self.core_size,), task, dtype=torch.long, device=x.device)
       support = self.features(coreset.x[task], support_t, False)
-      logits[rows] = self._classify(task, h[rows], support, coreset.y[task], coreset.valid[task],
-                                    self._noise())[0]
+      logits[rows] = self._classify(
+        task, h[rows], support, coreset.y[task], coreset.valid[task], self._noise()
+      )[0]
     logits = self._mask(logits, t)
     return (logits, h) if return_features else logits
 
-  def fit_terms(self, x: torch.Tensor, mask: torch.Tensor, task: int, *, train: bool = True,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+  def fit_terms(
+    self,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    task: int,
+    *,
+    train: bool = True,
+    noise: torch.Tensor | None = None,
+  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training forward pass on a batch of task `task` (eq. 10).
 
     The batch `x` `[B, ...]` is the query set and the task's coreset (as it
@@ -323,12 +382,14 @@ class KernelContinualModel(nn.Module):
     coreset = self.coreset
     num_queries = x.shape[0]
     both = torch.cat([x, coreset.x[task].to(x.dtype)], dim=0)
-    h = self.features(both, torch.full((both.shape[0],), task, dtype=torch.long,
-                                       device=x.device), train)
+    h = self.features(
+      both, torch.full((both.shape[0],), task, dtype=torch.long, device=x.device), train
+    )
     query, support = h[:num_queries], h[num_queries:]
     noise = self._noise() if noise is None else noise
-    logits, posterior = self._classify(task, query, support, coreset.y[task], coreset.valid[task],
-                                       noise)
+    logits, posterior = self._classify(
+      task, query, support, coreset.y[task], coreset.valid[task], noise
+    )
     kl = torch.zeros((), dtype=h.dtype, device=h.device)
     if self.kernel == 'rff':
       prior = self.prior(masked_mean(query, mask > 0))
@@ -337,18 +398,25 @@ class KernelContinualModel(nn.Module):
     return self._mask(logits, task_t), kl
 
 
-def adapt_model(spec: specs.KCLSpec, model: nn.Module,
-                context: base.Context) -> KernelContinualModel:
+def adapt_model(
+  spec: specs.KCLSpec, model: nn.Module, context: base.Context
+) -> KernelContinualModel:
   """Wraps the configured model: its features feed the per-task kernel
   classifiers. The new weights (inference networks, phases, noise) are drawn
   from a generator seeded by `model`'s weights (so by the run's seed)."""
   head = getattr(model, 'head', None)
   return KernelContinualModel(
-      model, tuple(context.input_shape), num_tasks=context.num_tasks,
-      num_classes=context.num_classes, core_size=spec.core_size, kernel=spec.kernel,
-      num_random_features=spec.num_random_features, ridge_lambda=spec.ridge_lambda,
-      task_classes=getattr(head, 'task_classes', None),
-      generator=progressive.generator_from_weights(model))
+    model,
+    tuple(context.input_shape),
+    num_tasks=context.num_tasks,
+    num_classes=context.num_classes,
+    core_size=spec.core_size,
+    kernel=spec.kernel,
+    num_random_features=spec.num_random_features,
+    ridge_lambda=spec.ridge_lambda,
+    task_classes=getattr(head, 'task_classes', None),
+    generator=progressive.generator_from_weights(model),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -358,6 +426,7 @@ def adapt_model(spec: specs.KCLSpec, model: nn.Module,
 class KCLState(NamedTuple):
   """`priority [M]`: the random priorities of the current task's coreset
   slots (`-1` for an empty slot)."""
+
   priority: torch.Tensor
 
 
@@ -365,11 +434,12 @@ def uniform(source: RandomSource, key: Key, num: int) -> torch.Tensor:
   """`[num]` float32 uniform on `[0, 1)` with 23 random bits: the top 23 of
   `bits31`, i.e. `jax.random.uniform(key, (num,))` for a source reproducing
   `jax.random.bits`."""
-  return (source.bits31(key, num) >> 8).to(torch.float32) * (2.0 ** -23)
+  return (source.bits31(key, num) >> 8).to(torch.float32) * (2.0**-23)
 
 
-def select_coreset(labels: torch.Tensor, priority: torch.Tensor, valid: torch.Tensor,
-                   size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def select_coreset(
+  labels: torch.Tensor, priority: torch.Tensor, valid: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
   """Class-balanced priority sampling: which `size` candidates to keep
   (`jcl.algorithms.kcl.select_coreset`).
 
@@ -382,19 +452,25 @@ def select_coreset(labels: torch.Tensor, priority: torch.Tensor, valid: torch.Te
     `(indices [size], kept [size] bool)`.
   """
   index = torch.arange(labels.shape[0], device=labels.device)
-  ahead = ((priority[None, :] > priority[:, None])
-           | ((priority[None, :] == priority[:, None]) & (index[None, :] < index[:, None])))
+  ahead = (priority[None, :] > priority[:, None]) | (
+    (priority[None, :] == priority[:, None]) & (index[None, :] < index[:, None])
+  )
   same_class = (labels[None, :] == labels[:, None]) & valid[None, :]
   rank = torch.sum(ahead & same_class, dim=1)
-  key = torch.where(valid, -rank.to(torch.float32) + priority,
-                    torch.full_like(priority, -math.inf))
+  key = torch.where(valid, -rank.to(torch.float32) + priority, torch.full_like(priority, -math.inf))
   top, indices = torch.sort(key, descending=True, stable=True)
   return indices[:size], top[:size] > -math.inf
 
 
 @torch.no_grad()
-def offer_to_coreset(model: KernelContinualModel, priority: torch.Tensor, batch: Batch, task: int,
-                     source: RandomSource, key: Key) -> torch.Tensor:
+def offer_to_coreset(
+  model: KernelContinualModel,
+  priority: torch.Tensor,
+  batch: Batch,
+  task: int,
+  source: RandomSource,
+  key: Key,
+) -> torch.Tensor:
   """Offers the real samples of `batch` to task `task`'s coreset (in place).
 
   Returns:
@@ -406,8 +482,9 @@ def offer_to_coreset(model: KernelContinualModel, priority: torch.Tensor, batch:
   candidates_y = torch.cat([coreset.y[task], batch.y.to(coreset.y.dtype)])
   candidates_valid = torch.cat([coreset.valid[task], batch.mask > 0])
   candidates_priority = torch.cat([priority, uniform(source, key, batch.y.shape[0]).to(device)])
-  indices, kept = select_coreset(candidates_y, candidates_priority, candidates_valid,
-                                 priority.shape[0])
+  indices, kept = select_coreset(
+    candidates_y, candidates_priority, candidates_valid, priority.shape[0]
+  )
   coreset.x[task] = candidates_x[indices]
   coreset.y[task] = candidates_y[indices]
   coreset.valid[task] = kept
@@ -416,8 +493,10 @@ def offer_to_coreset(model: KernelContinualModel, priority: torch.Tensor, batch:
 
 def _require_kcl_model(train_state) -> KernelContinualModel:
   if not isinstance(train_state.model, KernelContinualModel):
-    raise ValueError('kcl trains the model returned by jcl.torch.algorithms.adapt_model(spec, '
-                     'model, context) (a KernelContinualModel); build the train state from it')
+    raise ValueError(
+      'kcl trains the model returned by jcl.torch.algorithms.adapt_model(spec, '
+      'model, context) (a KernelContinualModel); build the train state from it'
+    )
   return train_state.model
 
 
@@ -437,16 +516,21 @@ def standard_normal_noise(train_state: ts_lib.TrainState, shape: tuple[int, ...]
   return torch.randn(shape, device=train_state.device)
 
 
-def make(spec: specs.KCLSpec | None = None, context: base.Context | None = None, *,
-         bases_noise: NoiseFn = standard_normal_noise) -> base.Algorithm:
+def make(
+  spec: specs.KCLSpec | None = None,
+  context: base.Context | None = None,
+  *,
+  bases_noise: NoiseFn = standard_normal_noise,
+) -> base.Algorithm:
   """KCL; `bases_noise(train_state, (D, F))` draws each step's noise of the
   random bases (rff)."""
   del context  # the coresets' shapes are the model's (`adapt_model`)
   spec = spec or specs.KCLSpec()
 
   def empty(train_state) -> KCLState:
-    return KCLState(priority=-torch.ones((spec.core_size,), dtype=torch.float32,
-                                         device=train_state.device))
+    return KCLState(
+      priority=-torch.ones((spec.core_size,), dtype=torch.float32, device=train_state.device)
+    )
 
   def init(train_state, rng=None):
     del rng
@@ -471,11 +555,16 @@ def make(spec: specs.KCLSpec | None = None, context: base.Context | None = None,
     loss = cross_entropy + spec.tau * kl
     grads = base.grad(loss, train_state)
     train_state = base.apply_update(train_state, grads, _new_batch_stats(train_state))
-    priority = offer_to_coreset(model, state.priority, batch, task, train_state.rng,
-                                train_state.step_key(INSERT_SALT))
-    metrics = {'loss': loss.detach(), 'cross_entropy': cross_entropy.detach(), 'kl': kl.detach(),
-               'accuracy': base.accuracy(logits.detach(), batch.y, batch.mask),
-               'coreset_size': torch.sum(model.coreset.valid[task]).to(torch.int32)}
+    priority = offer_to_coreset(
+      model, state.priority, batch, task, train_state.rng, train_state.step_key(INSERT_SALT)
+    )
+    metrics = {
+      'loss': loss.detach(),
+      'cross_entropy': cross_entropy.detach(),
+      'kl': kl.detach(),
+      'accuracy': base.accuracy(logits.detach(), batch.y, batch.mask),
+      'coreset_size': torch.sum(model.coreset.valid[task]).to(torch.int32),
+    }
     return train_state, KCLState(priority), metrics
 
   return base.make(spec, step, init=init, begin_task=begin_task)

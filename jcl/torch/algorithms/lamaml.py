@@ -24,6 +24,7 @@ memory draw, the insertion and dropout):
 BatchNorm: inner steps in evaluation mode, meta-losses in training mode; the
 statistics advance once per glance, to those of the last meta-batch forward.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -46,6 +47,7 @@ CLIP_EPS = 1e-6
 class LaMAMLState(NamedTuple):
   """`alpha`: per-parameter learning rates (`{name: tensor}` like the params);
   `buffer`: the reservoir replay buffer."""
+
   alpha: Tensors
   buffer: buffer_lib.ReplayBuffer
 
@@ -74,8 +76,14 @@ def _logits(state, params, batch: Batch, *, train: bool):
   return base.masked_logits(outputs, state.class_mask), model_state
 
 
-def meta_objective(state: ts_lib.TrainState, params: Tensors, alpha: Tensors, inner: Batch,
-                   meta: Batch, spec: specs.LaMAMLSpec):
+def meta_objective(
+  state: ts_lib.TrainState,
+  params: Tensors,
+  alpha: Tensors,
+  inner: Batch,
+  meta: Batch,
+  spec: specs.LaMAMLSpec,
+):
   """`(meta-loss, model_state)`: the mean over the real inner steps of the
   meta-batch loss at the look-ahead weights, differentiable in `params` and
   `alpha`; the BatchNorm statistics of the last meta-batch forward."""
@@ -88,11 +96,12 @@ def meta_objective(state: ts_lib.TrainState, params: Tensors, alpha: Tensors, in
   for i in range(inner.y.shape[0]):
     if not bool(real[i]):
       continue  # no step, no term (the JAX scan multiplies them by 0)
-    one = Batch(inner.x[i:i + 1], inner.y[i:i + 1], inner.t[i:i + 1], inner.mask[i:i + 1])
+    one = Batch(inner.x[i : i + 1], inner.y[i : i + 1], inner.t[i : i + 1], inner.mask[i : i + 1])
     logits, _ = _logits(state, fast, one, train=inner_train_mode)
     inner_loss = base.cross_entropy(logits, one.y, torch.ones_like(one.mask))
-    grads = torch.autograd.grad(inner_loss, [fast[k] for k in names],
-                                create_graph=spec.second_order)
+    grads = torch.autograd.grad(
+      inner_loss, [fast[k] for k in names], create_graph=spec.second_order
+    )
     if spec.inner_grad_clip is not None:
       grads = [torch.clamp(g, -spec.inner_grad_clip, spec.inner_grad_clip) for g in grads]
     fast = {k: fast[k] - lrs[k] * g for k, g in zip(names, grads)}
@@ -101,7 +110,9 @@ def meta_objective(state: ts_lib.TrainState, params: Tensors, alpha: Tensors, in
   return loss_sum / torch.clamp(torch.sum(inner.mask), min=1.0), model_state
 
 
-def make(spec: specs.LaMAMLSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
+def make(
+  spec: specs.LaMAMLSpec | None = None, context: base.Context | None = None
+) -> base.Algorithm:
   spec = spec or specs.LaMAMLSpec()
   context = require_context(context, 'lamaml')
 
@@ -128,22 +139,25 @@ def make(spec: specs.LaMAMLSpec | None = None, context: base.Context | None = No
       if index == 0:
         buffer = buffer_lib.add(buffer, current, source, k_insert, policy='reservoir')
       alpha_leaves = {k: a.detach().requires_grad_(spec.learn_lr) for k, a in alpha.items()}
-      loss, model_state = meta_objective(train_state, params, alpha_leaves, current,
-                                         base.concat_batches(memory, current), spec)
+      loss, model_state = meta_objective(
+        train_state, params, alpha_leaves, current, base.concat_batches(memory, current), spec
+      )
       wrt = list(params.values()) + (list(alpha_leaves.values()) if spec.learn_lr else [])
       grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
-      g_theta = dict(zip(params, grads[:len(params)]))
+      g_theta = dict(zip(params, grads[: len(params)]))
       g_theta, theta_norm = clip_by_global_norm(g_theta, spec.grad_clip_norm)
       metrics = {'loss': loss.detach(), 'meta_grad_norm': theta_norm}
       if spec.learn_lr:
-        g_alpha, alpha_norm = clip_by_global_norm(dict(zip(params, grads[len(params):])),
-                                                  spec.grad_clip_norm)
+        g_alpha, alpha_norm = clip_by_global_norm(
+          dict(zip(params, grads[len(params) :])), spec.grad_clip_norm
+        )
         alpha = {k: alpha[k] - spec.alpha_lr * g_alpha[k] for k in alpha}
         metrics['alpha_grad_norm'] = alpha_norm
       with torch.no_grad():
         if spec.sync_update:
-          train_state.optimizer.step(train_state.param_list,
-                                     [g_theta[k] for k in train_state.param_names])
+          train_state.optimizer.step(
+            train_state.param_list, [g_theta[k] for k in train_state.param_names]
+          )
         else:
           for k, p in params.items():
             p.sub_(torch.relu(alpha[k]) * g_theta[k])
@@ -153,9 +167,12 @@ def make(spec: specs.LaMAMLSpec | None = None, context: base.Context | None = No
     train_state.step += 1
     alphas = torch.cat([a.reshape(-1) for a in alpha.values()])
     metrics = {k: torch.stack([m[k] for m in per_glance]).mean() for k in per_glance[0]}
-    metrics.update(accuracy=accuracy, alpha_mean=alphas.mean(),
-                   alpha_zero_fraction=(alphas <= 0).float().mean(),
-                   buffer_size=buffer_lib.size(buffer))
+    metrics.update(
+      accuracy=accuracy,
+      alpha_mean=alphas.mean(),
+      alpha_zero_fraction=(alphas <= 0).float().mean(),
+      buffer_size=buffer_lib.size(buffer),
+    )
     return train_state, LaMAMLState(alpha, buffer), metrics
 
   return base.make(spec, step, init=init)

@@ -6,6 +6,7 @@ with `h` the penultimate activations and `theta_old` (with its BatchNorm
 statistics, evaluation mode) frozen at the last `end_task`; no penalty
 during the first task.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -33,9 +34,15 @@ def feature_distance(features, old_features, mask) -> torch.Tensor:
 @torch.no_grad()
 def old_features(train_state: ts_lib.TrainState, state: LFLState, batch) -> torch.Tensor:
   """Features `[B, F]` of the frozen previous-task model (evaluation mode, no gradient)."""
-  (_, features), _ = ts_lib.apply_model(train_state, batch.x, batch.t, train=False,
-                                        params=state.old_params, model_state=state.old_model_state,
-                                        return_features=True)
+  (_, features), _ = ts_lib.apply_model(
+    train_state,
+    batch.x,
+    batch.t,
+    train=False,
+    params=state.old_params,
+    model_state=state.old_model_state,
+    return_features=True,
+  )
   return features
 
 
@@ -44,9 +51,11 @@ def make(spec: specs.LFLSpec | None = None, context: base.Context | None = None)
   spec = spec or specs.LFLSpec()
 
   def snapshot(train_state, active: float) -> LFLState:
-    return LFLState(ts_lib.clone_tensors(train_state.params),
-                    ts_lib.clone_tensors(train_state.model_state),
-                    torch.tensor(active, device=train_state.device))
+    return LFLState(
+      ts_lib.clone_tensors(train_state.params),
+      ts_lib.clone_tensors(train_state.model_state),
+      torch.tensor(active, device=train_state.device),
+    )
 
   def init(train_state, rng=None):
     del rng
@@ -54,12 +63,16 @@ def make(spec: specs.LFLSpec | None = None, context: base.Context | None = None)
 
   def step(train_state, batch, state: LFLState):
     loss, aux = base.task_loss(train_state, batch, return_features=True)
-    distance = feature_distance(aux['features'], old_features(train_state, state, batch),
-                                batch.mask)
+    distance = feature_distance(
+      aux['features'], old_features(train_state, state, batch), batch.mask
+    )
     penalty = spec.lfl_lambda * state.active * distance
     grads = base.grad(loss + penalty, train_state)
-    metrics = {'loss': loss.detach(), 'penalty': penalty.detach(),
-               'accuracy': base.accuracy(aux['logits'].detach(), batch.y, batch.mask)}
+    metrics = {
+      'loss': loss.detach(),
+      'penalty': penalty.detach(),
+      'accuracy': base.accuracy(aux['logits'].detach(), batch.y, batch.mask),
+    }
     return base.apply_update(train_state, grads, aux['model_state']), state, metrics
 
   def end_task(train_state, state, task_data):

@@ -5,6 +5,7 @@ over the finished task's inputs (evaluation mode, outputs outside the class
 mask left out), accumulated over tasks and anchored at the latest solution;
 penalty (eq. 3) `mas_lambda * sum Omega (theta - theta*)^2`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,10 @@ def output_norm_sample(params, train_state: ts_lib.TrainState, sample: Batch):
 def mas_importance(train_state: ts_lib.TrainState, data: Batch):
   """MAS importance over the real samples of `data` `[K, B, ...]`."""
   return base.per_sample_mean(
-      lambda params, sample: output_norm_sample(params, train_state, sample),
-      base.detached_params(train_state), data)
+    lambda params, sample: output_norm_sample(params, train_state, sample),
+    base.detached_params(train_state),
+    data,
+  )
 
 
 def make(spec: specs.MASSpec | None = None, context: base.Context | None = None) -> base.Algorithm:

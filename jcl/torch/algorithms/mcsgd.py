@@ -24,6 +24,7 @@ of the phase shuffles with the two halves of `fold_in(step_key(SHUFFLE_SALT),
 e)`, scoring each eligible slot with `jax.random.uniform`'s float (the top
 23 of 32 random bits), sorted in descending order, ties in slot order.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,6 +55,7 @@ class MCSGDState(NamedTuple):
     anchor: w̄ of the last finished task (`w_prev` of the next phase), `{name: tensor}`.
     lmc_steps: SGD steps taken by all mode-connectivity phases.
   """
+
   buffer: buffer_lib.ReplayBuffer
   anchor: Tensors
   lmc_steps: int
@@ -72,23 +74,32 @@ def interpolate(w_end: Tensors, w: Tensors, tau) -> Tensors:
 def eval_loss(params: Tensors, train_state: TrainState, batch: Batch) -> torch.Tensor:
   """Masked mean cross-entropy of the model at `params` in evaluation mode (no dropout)."""
   logits, _ = ts_lib.apply_model(train_state, batch.x, batch.t, train=False, params=params)
-  return base.cross_entropy(base.masked_logits(logits, train_state.class_mask), batch.y,
-                            batch.mask)
+  return base.cross_entropy(base.masked_logits(logits, train_state.class_mask), batch.y, batch.mask)
 
 
-def segment_loss(w: Tensors, w_end: Tensors, train_state: TrainState, batch: Batch,
-                 taus: torch.Tensor) -> torch.Tensor:
+def segment_loss(
+  w: Tensors, w_end: Tensors, train_state: TrainState, batch: Batch, taus: torch.Tensor
+) -> torch.Tensor:
   """`mean_j L(w_end + tau_j (w - w_end))` on `batch` over the points `taus [n]`."""
-  return torch.mean(torch.stack([eval_loss(interpolate(w_end, w, tau), train_state, batch)
-                                 for tau in taus]))
+  return torch.mean(
+    torch.stack([eval_loss(interpolate(w_end, w, tau), train_state, batch) for tau in taus])
+  )
 
 
-def connectivity_loss(w: Tensors, w_prev: Tensors, w_task: Tensors, train_state: TrainState,
-                      prev_batch: Batch, task_batch: Batch, taus: torch.Tensor) -> torch.Tensor:
+def connectivity_loss(
+  w: Tensors,
+  w_prev: Tensors,
+  w_task: Tensors,
+  train_state: TrainState,
+  prev_batch: Batch,
+  task_batch: Batch,
+  taus: torch.Tensor,
+) -> torch.Tensor:
   """The MC-SGD objective on one batch per segment (from `w_prev` on
   `prev_batch`, from `w_task` on `task_batch`)."""
-  return (segment_loss(w, w_prev, train_state, prev_batch, taus)
-          + segment_loss(w, w_task, train_state, task_batch, taus))
+  return segment_loss(w, w_prev, train_state, prev_batch, taus) + segment_loss(
+    w, w_task, train_state, task_batch, taus
+  )
 
 
 def uniform(source: RandomSource, key: Key, num: int) -> torch.Tensor:
@@ -99,24 +110,30 @@ def uniform(source: RandomSource, key: Key, num: int) -> torch.Tensor:
 
 def shuffled_slots(source: RandomSource, key: Key, eligible: torch.Tensor) -> torch.Tensor:
   """The eligible slots first, in random order: `[N]` int64."""
-  scores = torch.where(eligible, uniform(source, key, eligible.shape[0]).to(eligible.device),
-                       torch.full(eligible.shape, -1.0, device=eligible.device))
+  scores = torch.where(
+    eligible,
+    uniform(source, key, eligible.shape[0]).to(eligible.device),
+    torch.full(eligible.shape, -1.0, device=eligible.device),
+  )
   return torch.sort(scores, descending=True, stable=True).indices
 
 
-def cycled_batch(buffer: buffer_lib.ReplayBuffer, order: torch.Tensor, count: int, step: int,
-                 batch_size: int) -> Batch:
+def cycled_batch(
+  buffer: buffer_lib.ReplayBuffer, order: torch.Tensor, count: int, step: int, batch_size: int
+) -> Batch:
   """Batch `step` of the first `count` slots of `order`, wrapping around;
   all-masked when `count == 0`."""
-  position = torch.remainder(step * batch_size + torch.arange(batch_size, device=order.device),
-                             max(count, 1))
+  position = torch.remainder(
+    step * batch_size + torch.arange(batch_size, device=order.device), max(count, 1)
+  )
   idx = order[position]
   mask = torch.full((batch_size,), float(count > 0), device=order.device)
   return Batch(buffer.x[idx], buffer.y[idx], buffer.t[idx], mask)
 
 
-def store_task(buffer: buffer_lib.ReplayBuffer, data: Batch, source: RandomSource, key: Key,
-               per_task: int) -> buffer_lib.ReplayBuffer:
+def store_task(
+  buffer: buffer_lib.ReplayBuffer, data: Batch, source: RandomSource, key: Key, per_task: int
+) -> buffer_lib.ReplayBuffer:
   """Offers every real sample of `data [K, B, ...]` to its task's memory: each
   task keeps `per_task` of them, uniformly without replacement (in place)."""
   for k in range(data.mask.shape[0]):
@@ -126,8 +143,13 @@ def store_task(buffer: buffer_lib.ReplayBuffer, data: Batch, source: RandomSourc
   return buffer
 
 
-def connect(spec: specs.MCSGDSpec, train_state: TrainState, buffer: buffer_lib.ReplayBuffer,
-            w_prev: Tensors, key: Key) -> tuple[Tensors, int]:
+def connect(
+  spec: specs.MCSGDSpec,
+  train_state: TrainState,
+  buffer: buffer_lib.ReplayBuffer,
+  w_prev: Tensors,
+  key: Key,
+) -> tuple[Tensors, int]:
   """The mode-connectivity phase of task `train_state.task` (> 0).
 
   Args:
@@ -148,11 +170,14 @@ def connect(spec: specs.MCSGDSpec, train_state: TrainState, buffer: buffer_lib.R
   batch_size = spec.lmc_batch_size
   steps_per_epoch = math.ceil(max(num_prev, num_task) / batch_size)
 
-  w = {k: v.clone().requires_grad_(True)
-       for k, v in interpolate(w_prev, w_task, spec.lmc_init_position).items()}
+  w = {
+    k: v.clone().requires_grad_(True)
+    for k, v in interpolate(w_prev, w_task, spec.lmc_init_position).items()
+  }
   names = list(w)
-  optimizer = optim.Optimizer(specs.OptimizerSpec(learning_rate=spec.lmc_lr,
-                                                  momentum=spec.lmc_momentum), list(w.values()))
+  optimizer = optim.Optimizer(
+    specs.OptimizerSpec(learning_rate=spec.lmc_lr, momentum=spec.lmc_momentum), list(w.values())
+  )
   with torch.enable_grad():
     for e in range(spec.lmc_epochs):
       key_prev, key_task = source.split(source.fold_in(key, e), 2)
@@ -162,33 +187,42 @@ def connect(spec: specs.MCSGDSpec, train_state: TrainState, buffer: buffer_lib.R
         prev_batch = cycled_batch(buffer, prev_order, num_prev, i, batch_size)
         task_batch = cycled_batch(buffer, task_order, num_task, i, batch_size)
         loss = connectivity_loss(w, w_prev, w_task, train_state, prev_batch, task_batch, taus)
-        grads = torch.autograd.grad(loss, [w[k] for k in names], allow_unused=True,
-                                    materialize_grads=True)
+        grads = torch.autograd.grad(
+          loss, [w[k] for k in names], allow_unused=True, materialize_grads=True
+        )
         optimizer.step([w[k] for k in names], grads)
   return {k: v.detach() for k, v in w.items()}, steps_per_epoch * spec.lmc_epochs
 
 
-def make(spec: specs.MCSGDSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(
+  spec: specs.MCSGDSpec | None = None, context: base.Context | None = None
+) -> base.Algorithm:
   spec = spec or specs.MCSGDSpec()
   context = require_context(context, 'mcsgd')
 
   def init(train_state, rng=None):
     del rng
-    memory = buffer_lib.init(spec.memory_per_task * context.num_tasks,
-                             tuple(context.input_shape), num_classes=context.num_classes,
-                             num_tasks=context.num_tasks, device=train_state.device)
+    memory = buffer_lib.init(
+      spec.memory_per_task * context.num_tasks,
+      tuple(context.input_shape),
+      num_classes=context.num_classes,
+      num_tasks=context.num_tasks,
+      device=train_state.device,
+    )
     return MCSGDState(memory, ts_lib.clone_tensors(train_state.params), 0)
 
   def end_task(train_state, state: MCSGDState, task_data: Batch):
     source = train_state.rng
-    buffer = store_task(state.buffer, task_data, source, train_state.step_key(MEMORY_SALT),
-                        spec.memory_per_task)
+    buffer = store_task(
+      state.buffer, task_data, source, train_state.step_key(MEMORY_SALT), spec.memory_per_task
+    )
     if train_state.task == 0:  # no w_prev yet: the continual solution is w̄_0
-      return train_state, MCSGDState(buffer, ts_lib.clone_tensors(train_state.params),
-                                     state.lmc_steps)
-    w_bar, steps = connect(spec, train_state, buffer, state.anchor,
-                           train_state.step_key(SHUFFLE_SALT))
+      return train_state, MCSGDState(
+        buffer, ts_lib.clone_tensors(train_state.params), state.lmc_steps
+      )
+    w_bar, steps = connect(
+      spec, train_state, buffer, state.anchor, train_state.step_key(SHUFFLE_SALT)
+    )
     with torch.no_grad():
       for name, value in w_bar.items():
         train_state.params[name].copy_(value)

@@ -14,6 +14,7 @@ decay move a parameter whose gradient is zero), so each step
   3. puts back the frozen columns' parameters and optimizer buffers as they
      were before the step, bit for bit (the JAX step's `jnp.where`).
 """
+
 from __future__ import annotations
 
 import re
@@ -46,9 +47,11 @@ def num_columns(train_state: TrainState) -> int:
   outside = [name for name in names if column_of(name) is None]
   if outside or not names:
     raise ValueError(
-        'pnn trains a progressive network (one column per task), but the parameters '
-        f'{outside[:3]} belong to no column: build the model with '
-        'jcl.torch.algorithms.adapt_model(spec, model, context) (or jcl.torch.algorithms.pnn.adapt_model)')
+      'pnn trains a progressive network (one column per task), but the parameters '
+      f'{outside[:3]} belong to no column: build the model with '
+      'jcl.torch.algorithms.adapt_model(spec, model, context) '
+      '(or jcl.torch.algorithms.pnn.adapt_model)'
+    )
   return 1 + max(column_of(name) for name in names)
 
 
@@ -62,15 +65,20 @@ def active_only(grads: base.Tensors, task: int) -> base.Tensors:
   return {name: g if column_of(name) == task else torch.zeros_like(g) for name, g in grads.items()}
 
 
-def adapt_model(spec: specs.PNNSpec, model: torch.nn.Module,
-                context: base.Context) -> progressive.ProgressiveMLP | progressive.ProgressiveCNN:
+def adapt_model(
+  spec: specs.PNNSpec, model: torch.nn.Module, context: base.Context
+) -> progressive.ProgressiveMLP | progressive.ProgressiveCNN:
   """The progressive version of `model` (an MLP or a CNN) with one column per
   task of the stream, with `spec.adapter` lateral connections; initialized
   from a generator seeded by `model`'s weights (so by the run's seed)."""
   device = next(model.parameters()).device
   return progressive.progressive_version(
-      model, tuple(context.input_shape), context.num_tasks, spec.adapter,
-      generator=progressive.generator_from_weights(model)).to(device)
+    model,
+    tuple(context.input_shape),
+    context.num_tasks,
+    spec.adapter,
+    generator=progressive.generator_from_weights(model),
+  ).to(device)
 
 
 def make(spec: specs.PNNSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
@@ -86,8 +94,10 @@ def make(spec: specs.PNNSpec | None = None, context: base.Context | None = None)
   def begin_task(train_state: TrainState, algo_state, task_id):
     columns = num_columns(train_state)
     if not 0 <= int(task_id) < columns:
-      raise ValueError(f'pnn: task {int(task_id)} has no column (the model has {columns}; '
-                       'adapt_model sizes it by context.num_tasks)')
+      raise ValueError(
+        f'pnn: task {int(task_id)} has no column (the model has {columns}; '
+        'adapt_model sizes it by context.num_tasks)'
+      )
     return train_state, algo_state
 
   def step(train_state: TrainState, batch: Batch, algo_state):
@@ -97,8 +107,11 @@ def make(spec: specs.PNNSpec | None = None, context: base.Context | None = None)
     frozen = frozen_indices(train_state, task)
     optimizer = train_state.optimizer
     params = [train_state.param_list[i].detach().clone() for i in frozen]
-    buffers = {field: [getattr(optimizer, field)[i].clone() for i in frozen]
-               for field in _OPTIMIZER_BUFFERS if getattr(optimizer, field) is not None}
+    buffers = {
+      field: [getattr(optimizer, field)[i].clone() for i in frozen]
+      for field in _OPTIMIZER_BUFFERS
+      if getattr(optimizer, field) is not None
+    }
     train_state = base.apply_update(train_state, active_only(grads, task), aux.get('model_state'))
     with torch.no_grad():
       for i, value in zip(frozen, params):

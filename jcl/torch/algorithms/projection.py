@@ -13,6 +13,7 @@ else `g`. The JAX backend solves this dual inside XLA in float32; here it is
 solved exactly in float64 by Lawson-Hanson's active-set method (a
 non-negative least-squares problem in `v - margin`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ def tree_agem_project(grads: Tensors, ref_grads: Tensors) -> Tensors:
   return {k: grads[k] - coef * ref_grads[k] for k in grads}
 
 
-def nonnegative_quadratic(q: torch.Tensor, b: torch.Tensor, *, max_steps: int | None = None,
-                          tol: float = 1e-12) -> torch.Tensor:
+def nonnegative_quadratic(
+  q: torch.Tensor, b: torch.Tensor, *, max_steps: int | None = None, tol: float = 1e-12
+) -> torch.Tensor:
   """`argmin_{u >= 0} 1/2 u^T q u + b^T u` for a PSD `q` `[T, T]` (Lawson-Hanson).
 
   Each outer step frees the coordinate of largest negative gradient and
@@ -74,8 +76,9 @@ def nonnegative_quadratic(q: torch.Tensor, b: torch.Tensor, *, max_steps: int | 
   return u
 
 
-def gem_project(grads: Tensors, memory_grads: list[Tensors], *, margin: float = 0.0,
-                max_steps: int | None = None) -> Tensors:
+def gem_project(
+  grads: Tensors, memory_grads: list[Tensors], *, margin: float = 0.0, max_steps: int | None = None
+) -> Tensors:
   """GEM's projection of `grads` against the constraints `memory_grads` (one per
   previous task with a memory), in float64; `grads` itself when none is violated.
   `max_steps` bounds the active-set steps (None: `3 T + 10`)."""
@@ -94,6 +97,6 @@ def gem_project(grads: Tensors, memory_grads: list[Tensors], *, margin: float = 
   out, start = {}, 0
   for k in names:
     n = grads[k].numel()
-    out[k] = projected[start:start + n].reshape(grads[k].shape)
+    out[k] = projected[start : start + n].reshape(grads[k].shape)
     start += n
   return out

@@ -7,6 +7,7 @@
 (`Omega = sum_k F_k`, `theta* = sum_k F_k theta_k / Omega`);
 `mode='online'` decays and re-anchors: `Omega <- gamma Omega + F`, `theta* <- theta`.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -18,24 +19,29 @@ Tensors = dict[str, torch.Tensor]
 
 class QuadraticPenaltyState(NamedTuple):
   importance: Tensors  # Omega, shaped like the parameters; 0 before the first task ends.
-  anchor: Tensors      # theta*.
+  anchor: Tensors  # theta*.
 
 
 def init_penalty(params: Tensors) -> QuadraticPenaltyState:
-  return QuadraticPenaltyState(importance={k: torch.zeros_like(v.detach()) for k, v in params.items()},
-                               anchor={k: v.detach().clone() for k, v in params.items()})
+  return QuadraticPenaltyState(
+    importance={k: torch.zeros_like(v.detach()) for k, v in params.items()},
+    anchor={k: v.detach().clone() for k, v in params.items()},
+  )
 
 
 def quadratic_penalty(params: Tensors, state: QuadraticPenaltyState, coefficient) -> torch.Tensor:
   """`coefficient * sum Omega * (theta - theta*)^2` (a scalar)."""
-  terms = [torch.sum(state.importance[k] * torch.square(params[k] - state.anchor[k]))
-           for k in state.importance]
+  terms = [
+    torch.sum(state.importance[k] * torch.square(params[k] - state.anchor[k]))
+    for k in state.importance
+  ]
   return coefficient * sum(terms)
 
 
 @torch.no_grad()
-def quadratic_penalty_and_grad(params: Tensors, state: QuadraticPenaltyState,
-                               coefficient) -> tuple[torch.Tensor, Tensors]:
+def quadratic_penalty_and_grad(
+  params: Tensors, state: QuadraticPenaltyState, coefficient
+) -> tuple[torch.Tensor, Tensors]:
   """`(P, dP/dtheta)` with `dP/dtheta = (coefficient Omega) (2 (theta - theta*))`,
   in the order of operations of JAX's derivative of `quadratic_penalty`."""
   names = list(state.importance)
@@ -43,13 +49,20 @@ def quadratic_penalty_and_grad(params: Tensors, state: QuadraticPenaltyState,
   diffs = torch._foreach_sub([params[k] for k in names], [state.anchor[k] for k in names])
   weighted = torch._foreach_mul(importance, torch._foreach_mul(diffs, diffs))
   value = coefficient * torch.sum(torch.stack([torch.sum(w) for w in weighted]))
-  grads = torch._foreach_mul(torch._foreach_mul(importance, coefficient),
-                             torch._foreach_mul(diffs, 2.0))
+  grads = torch._foreach_mul(
+    torch._foreach_mul(importance, coefficient), torch._foreach_mul(diffs, 2.0)
+  )
   return value, dict(zip(names, grads))
 
 
-def consolidate(state: QuadraticPenaltyState, new_importance: Tensors, params: Tensors, *,
-                mode: str, gamma: float = 1.0) -> QuadraticPenaltyState:
+def consolidate(
+  state: QuadraticPenaltyState,
+  new_importance: Tensors,
+  params: Tensors,
+  *,
+  mode: str,
+  gamma: float = 1.0,
+) -> QuadraticPenaltyState:
   """Merges the finished task's importance `F` and solution `theta` into the penalty."""
   params = {k: v.detach() for k, v in params.items()}
   if mode == 'online':
@@ -61,6 +74,8 @@ def consolidate(state: QuadraticPenaltyState, new_importance: Tensors, params: T
       w = state.importance[k] + new_importance[k]
       weighted = state.importance[k] * state.anchor[k] + new_importance[k] * params[k]
       importance[k] = w
-      anchors[k] = torch.where(w > 0, weighted / torch.where(w > 0, w, torch.ones_like(w)), params[k])
+      anchors[k] = torch.where(
+        w > 0, weighted / torch.where(w > 0, w, torch.ones_like(w)), params[k]
+      )
     return QuadraticPenaltyState(importance, anchors)
   raise ValueError(f"mode must be 'sum' or 'online', got {mode!r}")

@@ -9,6 +9,7 @@ step; `adapt_regime` rewrites the run's model, optimizer and loop configs
 with the same function as the JAX backend (`specs.StableSGDSpec.regime`),
 called by `jcl.torch.experiment.build`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,14 +18,19 @@ from jcl import specs
 from jcl.torch.algorithms import base
 
 
-def make(spec: specs.StableSGDSpec | None = None,
-         context: base.Context | None = None) -> base.Algorithm:
+def make(
+  spec: specs.StableSGDSpec | None = None, context: base.Context | None = None
+) -> base.Algorithm:
   del context  # nothing of the stream is needed
   return base.make(spec or specs.StableSGDSpec(), base.sgd_step())
 
 
-def adapt_regime(spec: specs.StableSGDSpec, model_config: dict[str, Any],
-                 optimizer: specs.OptimizerSpec, train_config: Any):
+def adapt_regime(
+  spec: specs.StableSGDSpec,
+  model_config: dict[str, Any],
+  optimizer: specs.OptimizerSpec,
+  train_config: Any,
+):
   """`(model_config, optimizer, train_config)` with the model's `dropout`, the
   optimizer's `lr_decay` and `min_lr` and the loop's `batch_size` of `spec`."""
   return spec.regime(model_config, optimizer, train_config)
