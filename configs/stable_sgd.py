@@ -57,7 +57,7 @@ def get_config(arg: str = 'rotated_mnist'):
   if variant:
     raise ValueError(f"configs/stable_sgd.py: unknown variant {variant!r}; known: 'plastic'")
   config.algo = dict(name='stable_sgd', dropout=0.5, lr_decay=0.8, min_lr=5e-5, batch_size=10)
-  # The sections below say what runs; `adapt_regime` sets these four from `algo`.
+  # The sections below say what runs; the spec's `regime` sets these four from `algo`.
   config.model.dropout = 0.5
   config.optimizer.learning_rate = 0.01
   config.optimizer.lr_decay = 0.8

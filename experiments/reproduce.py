@@ -28,22 +28,20 @@ How the seeds run, `--mode`:
 * 'separate': `jcl.experiment.run` once per seed, each with its own
   `results.json` in `seed_N/` (for configs `jcl.replicas` cannot batch).
 
-Compiled programs are reused across seeds through JAX's persistent
-compilation cache (a temporary folder removed at exit, unless
-`--compilation_cache_dir` names one), so only the first seed pays for XLA
-compilation. `--workdir` gets `reproduce.json` (per-seed results, summary,
-check) and the runs' `results.json` (no checkpoints or plots: the runs are
-timed).
+Compiled programs are reused across seeds and reruns through the run's
+persistent compilation cache (`config.compilation_cache`: a user cache
+folder by default, `--compilation_cache_dir` names another), so only the
+first seed of the first run pays for XLA compilation. `--workdir` gets
+`reproduce.json` (per-seed results, summary, check) and the runs'
+`results.json` (no checkpoints or plots: the runs are timed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Sequence
 
@@ -52,6 +50,8 @@ from absl import flags
 import jax
 import numpy as np
 from ml_collections import config_flags
+
+from jcl import runs
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to an experiment config file.', lock_config=True
@@ -82,7 +82,7 @@ _MODE = flags.DEFINE_enum(
 _CACHE = flags.DEFINE_string(
   'compilation_cache_dir',
   None,
-  'Persistent JAX compilation cache (default: a temporary folder for this process).',
+  "Persistent JAX compilation cache (default: the config's, a user cache folder).",
 )
 
 
@@ -151,7 +151,7 @@ def run_seeds(
   config, seeds: Sequence[int], metric: str = 'acc', workdir: str | None = None, log=print
 ) -> list[dict[str, Any]]:
   """Runs `config` once per seed (in this process) and returns the seeds' records."""
-  from jcl import experiment  # after the compilation cache is configured
+  from jcl import experiment
 
   records = []
   for seed in seeds:
@@ -175,7 +175,7 @@ def run_replicas(
 ) -> list[dict[str, Any]]:
   """Runs the seeds (consecutive) as the replicas of one `jcl.replicas.run`
   and returns the seeds' records; the set-up time is shared among them."""
-  from jcl import replicas  # after the compilation cache is configured
+  from jcl import replicas
 
   if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
     raise ValueError(f'replica modes run consecutive seeds, got {list(seeds)}')
@@ -270,6 +270,7 @@ def format_report(summary: dict[str, Any], expected: dict[str, Any], num_seeds: 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  runs.quiet_unless_asked()
   config = _CONFIG.value
   expected = expected_entry(config, _EXPECTED.value, _TOLERANCE.value)
   if _DATA_DIR.value:
@@ -279,18 +280,13 @@ def main(argv):
   config.log.loggers = ()  # the per-seed lines below are the log
   config.log.plots = False  # timed runs: no checkpoints, no figures
   config.checkpoint.enabled = False
-  with contextlib.ExitStack() as stack:
-    cache = _CACHE.value or stack.enter_context(
-      tempfile.TemporaryDirectory(prefix='jcl_jax_cache_')
-    )
-    jax.config.update('jax_compilation_cache_dir', cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-    seeds = list(range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value))
-    if _MODE.value == 'separate':
-      records = run_seeds(config, seeds, expected['metric'], _WORKDIR.value)
-    else:
-      records = run_replicas(config, seeds, expected['metric'], _MODE.value, _WORKDIR.value)
+  if _CACHE.value:
+    config.compilation_cache = _CACHE.value
+  seeds = list(range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value))
+  if _MODE.value == 'separate':
+    records = run_seeds(config, seeds, expected['metric'], _WORKDIR.value)
+  else:
+    records = run_replicas(config, seeds, expected['metric'], _MODE.value, _WORKDIR.value)
   summary = summarize(records, expected)
   print(format_report(summary, expected, len(seeds)))
   if _WORKDIR.value:
@@ -320,4 +316,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
+  runs.document_verbosity()
   app.run(main)

@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from jcl import runs
 from jcl import search
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -53,6 +54,7 @@ _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only write best.json fro
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  runs.quiet_unless_asked()
   if _REPORT_ONLY.value:
     best = search.report(
       _WORKDIR.value, study_name=_STUDY.value, storage=_STORAGE.value, metric=_METRIC.value
@@ -80,4 +82,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
+  runs.document_verbosity()
   app.run(main)

@@ -19,7 +19,6 @@ Quiet by default: the INFO logs of absl, Orbax and JAX are off unless
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from jcl import runs
@@ -40,16 +39,10 @@ _BACKEND = flags.DEFINE_enum(
 )
 
 
-def quiet_unless_asked() -> None:
-  """absl (and through it Orbax) logs warnings only, unless `--verbosity` was given."""
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  quiet_unless_asked()
+  runs.quiet_unless_asked()
   result = runs.run(_CONFIG.value, _WORKDIR.value, backend=_BACKEND.value)
   print(runs.format_summary(result))
   if _WORKDIR.value:
@@ -58,5 +51,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  flags.FLAGS['verbosity'].help += ' (default here: warnings only; 0 shows INFO logs)'
+  runs.document_verbosity()
   app.run(main)

@@ -36,6 +36,7 @@ _DATA = flags.DEFINE_multi_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  runs.quiet_unless_asked()
   result = session.update(_STATE_DIR.value, _DATA.value, _CONFIG.value)
   print(runs.format_summary(result))
   print(f'state written to {_STATE_DIR.value}')
@@ -43,4 +44,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['state_dir', 'data'])
+  runs.document_verbosity()
   app.run(main)

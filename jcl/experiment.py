@@ -40,7 +40,7 @@ class Parts:
   context: algorithms.Context
   train_state: ts_lib.TrainState
   algo_rng: jax.Array
-  train_config: loop.TrainConfig  # after the algorithm's regime (`adapt_regime`)
+  train_config: loop.TrainConfig  # under the algorithm's regime (`RunSpec.regime`)
   hp: dict[str, float] = dataclasses.field(default_factory=dict)  # gridded values
 
 
@@ -79,12 +79,8 @@ def build(config, shared: dict[str, Any] | None = None, replica: Replica | None 
     if cached is not None and cached.spec == spec:  # another setting of the same seed
       return dataclasses.replace(cached, hp=hp)
   benchmark = spec.build_benchmark()
-  context = algorithms.Context(
-    tuple(benchmark.input_shape), benchmark.num_classes, benchmark.num_tasks
-  )
-  model_config, optimizer, train_config = algorithms.adapt_regime(
-    spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train
-  )
+  context = algorithms.Context.of(benchmark)
+  model_config, optimizer, train_config = spec.regime()
   model = algorithms.adapt_model(spec.algorithm, build_model(model_config, benchmark), context)
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
   state = ts_lib.create_train_state(

@@ -385,6 +385,13 @@ class RunSpec:
           f'{self.algorithm.name}: {", ".join("algo." + f for f in sorted(floats)) or "none"}'
         )
 
+  def regime(self) -> tuple[dict[str, Any], specs_lib.OptimizerSpec, TrainConfig]:
+    """`(model config with its 'name', optimizer, loop config)` under the
+    algorithm's training regime (`AlgorithmSpec.regime`)."""
+    return self.algorithm.regime(
+      {'name': self.model.name, **self.model.options}, self.optimizer, self.train
+    )
+
   def build_benchmark(self):
     """The run's `Benchmark`, checked against the algorithm's scenarios."""
     benchmark = self.benchmark.build(self.seed)

@@ -308,6 +308,26 @@ def _format_replicas(result: ReplicasResult, rank_by: str = 'acc') -> str:
 # The run.
 # -----------------------------------------------------------------------------
 
+VERBOSITY_HELP = ' (default in jcl binaries: warnings only; 0 or more shows INFO logs)'
+
+
+def quiet_unless_asked() -> None:
+  """In an absl binary: absl (and Orbax, JAX, which log through it) write
+  warnings only, unless `--verbosity` was given on the command line."""
+  from absl import flags
+  from absl import logging
+
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def document_verbosity() -> None:
+  """Says in `--help` that the binary is quiet by default."""
+  from absl import flags
+
+  if VERBOSITY_HELP not in flags.FLAGS['verbosity'].help:
+    flags.FLAGS['verbosity'].help += VERBOSITY_HELP
+
 
 def run(
   config,

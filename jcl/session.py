@@ -294,12 +294,8 @@ def update(
     raise SessionError(
       f'{spec.algorithm.name} does not apply to {benchmark.scenario}-incremental learning'
     )
-  context = algorithms.Context(
-    tuple(benchmark.input_shape), benchmark.num_classes, int(config.session.max_tasks)
-  )
-  model_config, optimizer, train_config = algorithms.adapt_regime(
-    spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train
-  )
+  context = algorithms.Context.of(benchmark, num_tasks=int(config.session.max_tasks))
+  model_config, optimizer, train_config = spec.regime()
   model_kwargs = dict(model_config)
   model = algorithms.adapt_model(
     spec.algorithm,

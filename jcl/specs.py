@@ -89,6 +89,14 @@ class AlgorithmSpec:
         _finite(value) and 0 <= value <= 1, self.name, field, f'must be in [0, 1], got {value!r}'
       )
 
+  def regime(
+    self, model_config: Mapping[str, Any], optimizer: OptimizerSpec, train_config: Any
+  ) -> tuple[dict[str, Any], OptimizerSpec, Any]:
+    """`(model_config, optimizer, train_config)` under the method's training
+    regime, on both backends (`RunSpec.regime`); unchanged by default (Stable
+    SGD sets dropout, the per-task learning-rate decay and the batch size)."""
+    return dict(model_config), optimizer, train_config
+
   def end_task_samples(self, default: int | None) -> int | None:
     """How many of the task's training samples `end_task` gets (None = all);
     `default` is the loop's (`TrainConfig.importance_samples`)."""
@@ -536,8 +544,8 @@ class StableSGDSpec(AlgorithmSpec):
   ) -> tuple[dict[str, Any], OptimizerSpec, Any]:
     """`(model_config, optimizer, train_config)` under this regime: the model's
     `dropout`, the optimizer's `lr_decay` and `min_lr`, the loop's `batch_size`
-    come from the spec, everything else is kept (`adapt_regime` of both
-    backends; `train_config` is either backend's `TrainConfig` dataclass)."""
+    come from the spec, everything else is kept (`train_config` is the
+    loop's `TrainConfig` dataclass)."""
     model_config = {**dict(model_config), 'dropout': self.dropout}
     optimizer = dataclasses.replace(optimizer, lr_decay=self.lr_decay, min_lr=self.min_lr)
     train_config = dataclasses.replace(train_config, batch_size=self.batch_size)

@@ -39,3 +39,12 @@ class Context(NamedTuple):
   input_shape: tuple[int, ...]
   num_classes: int
   num_tasks: int
+
+  @classmethod
+  def of(cls, benchmark: Any, num_tasks: int | None = None) -> 'Context':
+    """The context of a `jcl.data.Benchmark` (`num_tasks`: a capacity of more tasks)."""
+    return cls(
+      tuple(benchmark.input_shape),
+      benchmark.num_classes,
+      benchmark.num_tasks if num_tasks is None else num_tasks,
+    )

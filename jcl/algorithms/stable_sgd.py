@@ -10,15 +10,12 @@ widens the minima each task converges to and so lowers forgetting:
   first task already trains at `lr * gamma`);
 * small batches (`batch_size`).
 
-`make` returns Naive's step; `adapt_regime` rewrites the run's model,
-optimizer and loop configs (jcl.experiment.build calls it through
-`jcl.algorithms.adapt_regime`). A model without a `dropout` field is refused
-by `jcl.models.make_model`.
+`make` returns Naive's step; the spec's `regime` rewrites the run's model,
+optimizer and loop configs (on both backends: `RunSpec.regime`). A model
+without a `dropout` field is refused by `jcl.models.make_model`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from jcl import specs
 from jcl.algorithms import base
@@ -29,16 +26,3 @@ def make(
 ) -> base.Algorithm:
   del context  # nothing of the stream is needed
   return base.make(spec or specs.StableSGDSpec(), base.sgd_step())
-
-
-def adapt_regime(
-  spec: specs.StableSGDSpec,
-  model_config: dict[str, Any],
-  optimizer: specs.OptimizerSpec,
-  train_config: Any,
-):
-  """`(model_config, optimizer, train_config)` under Stable SGD's regime: the
-  model's `dropout`, the optimizer's `lr_decay` and `min_lr`, the loop's
-  `batch_size` come from `spec`; everything else is kept
-  (`specs.StableSGDSpec.regime`, shared with the PyTorch backend)."""
-  return spec.regime(model_config, optimizer, train_config)

@@ -41,7 +41,7 @@ class Parts:
   algorithm: algorithms.Algorithm
   context: algorithms.Context
   train_state: ts_lib.TrainState
-  train_config: loop.TrainConfig  # after the algorithm's regime (`adapt_regime`)
+  train_config: loop.TrainConfig  # under the algorithm's regime (`RunSpec.regime`)
   device: Any = None
 
 
@@ -76,12 +76,8 @@ def build(
     spec = spec.for_replica(replica)
   device = device if device is not None else (shared or {}).get('device')
   benchmark = spec.build_benchmark()
-  context = algorithms.Context(
-    tuple(benchmark.input_shape), benchmark.num_classes, benchmark.num_tasks
-  )
-  model_config, optimizer, train_config = algorithms.adapt_regime(
-    spec.algorithm, {'name': spec.model.name, **spec.model.options}, spec.optimizer, spec.train
-  )
+  context = algorithms.Context.of(benchmark)
+  model_config, optimizer, train_config = spec.regime()
   model = algorithms.adapt_model(
     spec.algorithm, build_model(model_config, benchmark, spec.seed, device), context
   )

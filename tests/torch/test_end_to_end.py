@@ -106,7 +106,7 @@ def test_every_jax_algorithm_has_a_torch_port():
 def test_shipped_configs_run_on_the_torch_backend(config_arg, tmp_path):
   """The configs of the algorithms with a model or regime hook, shrunk to the
   bundled sample, run through `jcl.torch.experiment.run` (adapt_model /
-  adapt_regime applied) and learn: the final accuracy is far above chance."""
+  the spec's regime applied) and learn: the final accuracy is far above chance."""
   import importlib
   import json
   from jcl.torch import experiment as torch_experiment

@@ -30,14 +30,12 @@ import torch
 
 from jcl import algorithms
 from jcl import specs
-from jcl.algorithms import stable_sgd as jax_stable_sgd
 from jcl.loop import TrainConfig
 from jcl.torch import algorithms as torch_algorithms
 from jcl.torch import experiment as torch_experiment
 from jcl.torch import models as torch_models
 from jcl.torch import train_state as torch_ts_lib
 from jcl.torch.algorithms import mcsgd as torch_mcsgd
-from jcl.torch.algorithms import stable_sgd as torch_stable_sgd
 from jcl.types import Batch
 
 from configs import mcsgd as mcsgd_config
@@ -207,11 +205,14 @@ def test_stable_sgd_regime_is_applied_as_on_the_jax_backend():
     TrainConfig(batch_size=64),
   )
   spec = specs.StableSGDSpec(**REGIME)
-  assert (
-    torch_stable_sgd.adapt_regime(spec, *sections)
-    == jax_stable_sgd.adapt_regime(spec, *sections)
-    == spec.regime(*sections)
+  model_config, optimizer, train = spec.regime(*sections)
+  assert (model_config['dropout'], optimizer.lr_decay, optimizer.min_lr, train.batch_size) == (
+    REGIME['dropout'],
+    REGIME['lr_decay'],
+    REGIME['min_lr'],
+    REGIME['batch_size'],
   )
+  assert model_config['widths'] == (8,) and optimizer.momentum == 0.8
   # The learning rate of each task, floored at min_lr, is the JAX one exactly.
   algo, state = torch_parts.algorithm, torch_parts.train_state
   jax_algo, jax_state = jax_parts.algorithm, jax_parts.train_state
@@ -235,8 +236,7 @@ def test_stable_sgd_same_weights_under_the_decayed_learning_rates():
   """Dropout off: the per-task decay (0.1, 0.08, then the floor 0.07 instead of
   0.064) with a fresh momentum every task, step for step on both backends."""
   spec = specs.StableSGDSpec(dropout=0.0, lr_decay=0.8, min_lr=0.07, batch_size=6)
-  model_config, optimizer, train_config = torch_algorithms.adapt_regime(
-    spec,
+  model_config, optimizer, train_config = spec.regime(
     {'widths': (16,), 'dropout': 0.5},
     specs.OptimizerSpec(learning_rate=0.1, momentum=0.8, reinit_per_task=True),
     TrainConfig(),

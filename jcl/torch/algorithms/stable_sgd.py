@@ -5,14 +5,11 @@ Naive SGD under a regime that widens the minima each task converges to:
 dropout in the hidden layers (training steps only), a per-task learning-rate
 decay `max(lr * lr_decay**k, min_lr)` for task k (applied by
 `jcl.torch.train_state.begin_task`) and small batches. `make` returns Naive's
-step; `adapt_regime` rewrites the run's model, optimizer and loop configs
-with the same function as the JAX backend (`specs.StableSGDSpec.regime`),
-called by `jcl.torch.experiment.build`.
+step; the spec's `regime` (`specs.StableSGDSpec.regime`, one function for
+both backends) rewrites the run's model, optimizer and loop configs.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from jcl import specs
 from jcl.torch.algorithms import base
@@ -23,14 +20,3 @@ def make(
 ) -> base.Algorithm:
   del context  # nothing of the stream is needed
   return base.make(spec or specs.StableSGDSpec(), base.sgd_step())
-
-
-def adapt_regime(
-  spec: specs.StableSGDSpec,
-  model_config: dict[str, Any],
-  optimizer: specs.OptimizerSpec,
-  train_config: Any,
-):
-  """`(model_config, optimizer, train_config)` with the model's `dropout`, the
-  optimizer's `lr_decay` and `min_lr` and the loop's `batch_size` of `spec`."""
-  return spec.regime(model_config, optimizer, train_config)
