@@ -73,18 +73,6 @@ def evaluate_tasks(
   return pairs[:, 0], (pairs[:, 1] if task_classes is not None else None)
 
 
-def class_mask_for(
-  benchmark, task_id: int, *, training: bool = False, mask_unseen_classes: bool = True
-) -> jax.Array:
-  """Output units usable after training task `task_id` (`jcl.loop`'s
-  `prediction_class_mask`, or in training `training_class_mask`)."""
-  from jcl import loop
-
-  if training:
-    return jnp.asarray(loop.training_class_mask(benchmark, task_id, mask_unseen_classes))
-  return jnp.asarray(loop.prediction_class_mask(benchmark, task_id))
-
-
 def task_table(benchmark) -> jax.Array | None:
   """`[T, C]` bool, the output units of each task, for class-incremental
   streams (their task-IL accuracy); None otherwise."""

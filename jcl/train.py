@@ -44,7 +44,7 @@ __all__ = [
   'TrainConfig',
   'compile_seconds',
   'fit',
-  'gather',
+  'gather_chunk',
   'gather_rows_fn',
   'run_chunk_fn',
   'subsample',
@@ -145,17 +145,17 @@ def gather_rows_fn(step, skip_padding: bool = True):
   return run
 
 
-def gather(data: Batch, idx: jax.Array, mask: jax.Array) -> Batch:
+def gather_chunk(data: Batch, idx: jax.Array, mask: jax.Array) -> Batch:
   """Rows `idx [K, B]` of a split on the device (`data`: x `[N, ...]`, y, t)
-  as a chunk `[K, B, ...]` with `mask`; rows `>= N` (padding) are zeros."""
+  as a chunk `[K, B, ...]` with `mask` (the task data of `end_task`); rows
+  `>= N` (padding) are zeros."""
   flat = idx.reshape(-1)
 
   def take(a):
     rows = jnp.take(a.reshape(a.shape[0], -1), flat, axis=0, mode='fill', fill_value=0)
     return rows.reshape(idx.shape + a.shape[1:])
 
-  x, y, t = (take(a) for a in (data.x, data.y, data.t))
-  return Batch(x, y, t, mask)
+  return Batch(take(data.x), take(data.y), take(data.t), mask)
 
 
 def _chunk_means(metrics, valid):
@@ -251,7 +251,7 @@ class Program:
 
   def _end_task(self, train_state, algo_state, data, idx, mask, hp):
     with _traced_values_named(hp):
-      chunk = None if data is None else gather(data, idx, mask)
+      chunk = None if data is None else gather_chunk(data, idx, mask)
       return self.algorithm(hp).end_task(train_state, algo_state, chunk)
 
   def vmapped(self, name: str, *axes, static: Mapping[str, Any] | None = None):

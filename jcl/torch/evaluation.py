@@ -40,17 +40,6 @@ def split_accuracy(
   return correct / count, correct_given_task / count
 
 
-def class_mask_for(
-  benchmark, task_id: int, *, training: bool = False, mask_unseen_classes: bool = True, device=None
-) -> torch.Tensor:
-  """Output units usable after training task `task_id`: the classes seen so far
-  in class-incremental learning, all units otherwise (in training, all units
-  too unless `mask_unseen_classes`)."""
-  if benchmark.scenario == 'class' and (not training or mask_unseen_classes):
-    return torch.as_tensor(benchmark.seen_classes_mask(task_id), dtype=torch.bool, device=device)
-  return torch.ones(benchmark.num_classes, dtype=torch.bool, device=device)
-
-
 def evaluate_benchmark(
   state: ts_lib.TrainState, benchmark, split: str = 'test', batch_size: int = 1000
 ) -> tuple[np.ndarray, np.ndarray | None]:
