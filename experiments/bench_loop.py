@@ -16,6 +16,8 @@ task), for each batch size, in one run and interleaved (these machines vary
   each step gathers its batch) and `host` (each epoch shuffled on the host,
   moved to the device, then scanned). Compilation is excluded the same way
   (a warm-up call first);
+* `ewc` (with `--ewc`): the binary with EWC (lambda 1, the empirical Fisher
+  on all 60k samples after every task), against Naive's binary run;
 * `avalanche`: `../shared/bench/avalanche/avalanche_bench.py` in its own
   environment, when that has been set up (`SETUP_ONLY=1 bash
   ../shared/bench/avalanche/avalanche_bench.sh`), else left out.
@@ -214,6 +216,9 @@ def main():
   parser.add_argument('--samples', type=int, default=60000, help='training samples per task')
   parser.add_argument('--batch_sizes', default='10,64')
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument(
+    '--ewc', action='store_true', help='also the binary with EWC (full-data Fisher), against Naive'
+  )
   parser.add_argument('--json', default=None, help='also write every measurement here')
   parser.add_argument('--floor', default=None, help=argparse.SUPPRESS)  # a floor process
   args = parser.parse_args()
@@ -232,6 +237,13 @@ def main():
           'floor_host': run_floor('host', b, args),
           'binary': run_binary('naive', b, args, os.path.join(tmp, f'run_{repeat}_{b}')),
         }
+        if args.ewc:
+          measured['binary_ewc'] = run_binary(
+            'ewc', b, args, os.path.join(tmp, f'ewc_{repeat}_{b}')
+          )
+          measured['ewc_over_naive'] = (
+            measured['binary_ewc']['samples_per_second'] / measured['binary']['samples_per_second']
+          )
         aval = run_avalanche(b, args, os.path.join(tmp, f'avalanche_{repeat}_{b}.jsonl'))
         if aval:
           measured['avalanche'] = aval
@@ -245,7 +257,12 @@ def main():
         print(
           f'repeat {repeat} B={b}: floor device {rate("floor_device"):,.0f} '
           f'host {rate("floor_host"):,.0f}, binary {rate("binary"):,.0f} samples/s -> '
-          f'{measured["binary_over_floor"]:.3f}',
+          f'{measured["binary_over_floor"]:.3f}'
+          + (
+            f'; EWC {rate("binary_ewc"):,.0f} samples/s, EWC/Naive {measured["ewc_over_naive"]:.3f}'
+            if args.ewc
+            else ''
+          ),
           flush=True,
         )
 
@@ -283,6 +300,14 @@ def main():
       f'{(f"{aval_ratio:.1f}x" if aval_ratio else "-"):>11} {last["compile_seconds"]:9.1f} '
       f'{last["eval_seconds"]:7.1f} {last["process_seconds"]:7.1f}'
     )
+  if args.ewc:
+    for b, measured in rows.items():
+      ratio = float(np.median([m['ewc_over_naive'] for m in measured]))
+      best = max(m['binary_ewc']['samples_per_second'] for m in measured)
+      print(
+        f'EWC (lambda 1, full-data empirical Fisher) B={b}: {best:,.0f} samples/s, '
+        f'EWC / Naive {ratio:.3f} (median of per-repeat ratios)'
+      )
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({str(b): m for b, m in rows.items()}, f, indent=1)

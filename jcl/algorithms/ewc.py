@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jcl import specs
 from jcl import train_state as ts_lib
 from jcl.algorithms import base
+from jcl.algorithms import per_sample
 from jcl.algorithms import regularization as reg
 from jcl.types import Batch
 
@@ -43,8 +44,28 @@ def true_fisher_sample(params, train_state, sample: Batch):
   return jax.tree.map(lambda j: jnp.tensordot(probs, jnp.square(j), axes=1), jac)
 
 
+def fisher_objective(train_state: ts_lib.TrainState, kind: str):
+  """The Fisher as a `per_sample` objective: `log p(y_n | x_n)` (empirical),
+  or `log p(c | x_n)` for every class c weighted by `p(c | x_n)` (true)."""
+
+  def objective(logits, batch):
+    logp = jax.nn.log_softmax(base.masked_logits(logits, train_state.class_mask))
+    if kind == 'empirical':
+      return jnp.take_along_axis(logp, batch.y[:, None], axis=1), jnp.ones_like(logp[:, :1])
+    return logp, jnp.exp(logp)
+
+  return objective
+
+
 def fisher_diagonal(train_state: ts_lib.TrainState, data: Batch, kind: str = 'empirical'):
-  """The diagonal Fisher over the real samples of `data` `[K, B, ...]`."""
+  """The diagonal Fisher over the real samples of `data` `[K, B, ...]`,
+  without per-sample gradients (`jcl.algorithms.per_sample`; the same as
+  `reference_fisher_diagonal` to float32 rounding)."""
+  return per_sample.power_sums(train_state, data, fisher_objective(train_state, kind), p=2)
+
+
+def reference_fisher_diagonal(train_state: ts_lib.TrainState, data: Batch, kind: str = 'empirical'):
+  """The diagonal Fisher from per-sample gradients (vmapped over samples)."""
   sample_fn = {'empirical': empirical_fisher_sample, 'true': true_fisher_sample}[kind]
   return base.per_sample_mean(
     lambda params, sample: sample_fn(params, train_state, sample), train_state.params, data

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jcl import specs
 from jcl import train_state as ts_lib
 from jcl.algorithms import base
+from jcl.algorithms import per_sample
 from jcl.algorithms import regularization as reg
 from jcl.types import Batch
 
@@ -31,7 +32,20 @@ def output_norm_sample(params, train_state: ts_lib.TrainState, sample: Batch):
 
 
 def mas_importance(train_state: ts_lib.TrainState, data: Batch):
-  """MAS importance over the real samples of `data` `[K, B, ...]`."""
+  """MAS importance over the real samples of `data` `[K, B, ...]`, without
+  per-sample gradients (`jcl.algorithms.per_sample`; the same as
+  `reference_mas_importance` to float32 rounding)."""
+
+  def objective(logits, batch):
+    del batch
+    squared_norm = jnp.sum(jnp.square(jnp.where(train_state.class_mask, logits, 0.0)), axis=-1)
+    return squared_norm[:, None], jnp.ones_like(squared_norm[:, None])
+
+  return per_sample.power_sums(train_state, data, objective, p=1)
+
+
+def reference_mas_importance(train_state: ts_lib.TrainState, data: Batch):
+  """MAS importance from per-sample gradients (vmapped over samples)."""
   return base.per_sample_mean(
     lambda params, sample: output_norm_sample(params, train_state, sample), train_state.params, data
   )
