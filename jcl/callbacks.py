@@ -31,6 +31,7 @@ from jcl.loop import timed_evaluation
 from jcl.run_spec import record_differences
 
 __all__ = [
+  'in_run_order',
   'Callback',
   'CheckpointCallback',
   'EvaluationCallback',
@@ -57,6 +58,17 @@ class Callback:
   def on_epoch_end(self, ctx: FitContext) -> None: ...
   def on_task_end(self, ctx: FitContext) -> None: ...
   def on_fit_end(self, ctx: FitContext) -> None: ...
+
+
+def in_run_order(callbacks=(), *, evaluate: bool = True, checkpoint=None) -> list:
+  """The callbacks of a walk in the order every run uses: the evaluation first
+  (so the others see the task's accuracy column), `callbacks`, the checkpoint
+  last (so it holds what every callback did)."""
+  return [
+    *([EvaluationCallback()] if evaluate else []),
+    *callbacks,
+    *([checkpoint] if checkpoint is not None else []),
+  ]
 
 
 class EvaluationCallback(Callback):

@@ -39,56 +39,24 @@ def count_correct(
   return jax.lax.scan(body, jnp.zeros((3,), jnp.float32), chunk)[0]
 
 
-def split_accuracy(
-  train_state: ts_lib.TrainState,
-  split,
-  *,
-  batch_size: int = 1000,
-  chunk_steps: int = 10,
-  task_classes=None,
-) -> tuple[float, float]:
-  """`(accuracy, accuracy given the task)` (fractions) on a `TaskSplit`."""
-  from jcl.data import stream  # local: keeps this module importable without the data layer
-
-  totals = np.zeros(3)
-  # No more scanned batches than the split fills (no all-padding batches).
-  chunk_steps = max(
-    1, min(chunk_steps, stream.num_batches(len(split), batch_size, drop_last=False))
-  )
-  for chunk in stream.eval_chunks(split, batch_size=batch_size, chunk_steps=chunk_steps):
-    totals += np.asarray(count_correct(train_state, Batch(*map(jnp.asarray, chunk)), task_classes))
-  if totals[2] == 0:
-    raise ValueError('cannot evaluate on an empty split')
-  return totals[0] / totals[2], totals[1] / totals[2]
-
-
-def evaluate_tasks(
-  train_state: ts_lib.TrainState, splits, *, task_classes=None, **kwargs
-) -> tuple[np.ndarray, np.ndarray | None]:
-  """Accuracy on each split `[len(splits)]`, and with `task_classes` the
-  task-incremental accuracy on each (else None)."""
-  pairs = np.array(
-    [split_accuracy(train_state, s, task_classes=task_classes, **kwargs) for s in splits]
-  )
-  return pairs[:, 0], (pairs[:, 1] if task_classes is not None else None)
-
-
 def task_table(benchmark) -> jax.Array | None:
   """`[T, C]` bool, the output units of each task, for class-incremental
   streams (their task-IL accuracy); None otherwise."""
   return jnp.asarray(benchmark.class_mask_table()) if benchmark.scenario == 'class' else None
 
 
-def eval_chunks(benchmark, task_id: int, config) -> list[Batch]:
-  """Task `task_id`'s evaluation split (`config.eval_split`) as host chunks of
-  up to 10 batches of `config.eval_batch_size`, no more than the split fills."""
-  from jcl.data import stream
+def eval_chunks(
+  benchmark, task_id: int, split: str = 'test', batch_size: int = 1000
+) -> list[Batch]:
+  """Task `task_id`'s evaluation split ('test' or 'val') as host chunks of up
+  to 10 batches of `batch_size`, no more than the split fills."""
+  from jcl.data import stream  # local: keeps this module importable without the data layer
 
-  split = getattr(benchmark.tasks[task_id], config.eval_split)
-  if split is None:
+  samples = getattr(benchmark.tasks[task_id], split)
+  if samples is None:
     raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
-  steps = min(10, stream.num_batches(len(split), config.eval_batch_size))
-  return list(stream.eval_chunks(split, batch_size=config.eval_batch_size, chunk_steps=steps))
+  steps = min(10, stream.num_batches(len(samples), batch_size))
+  return list(stream.eval_chunks(samples, batch_size=batch_size, chunk_steps=steps))
 
 
 def accuracies(counts, size: int, given_task: bool, fetch=np.asarray):
@@ -108,8 +76,13 @@ def evaluate_benchmark(
   for class-incremental streams also the task-incremental accuracy
   (prediction among the sample's task classes). Predictions choose among the
   units of the state's `class_mask`."""
-  splits = [task.val if split == 'val' else task.test for task in benchmark.tasks]
-  if any(s is None for s in splits):
-    raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
-  table = jnp.asarray(benchmark.class_mask_table()) if benchmark.scenario == 'class' else None
-  return evaluate_tasks(train_state, splits, task_classes=table, batch_size=batch_size)
+  table = task_table(benchmark)
+  counts = [
+    [
+      count_correct(train_state, Batch(*map(jnp.asarray, chunk)), table)[None]
+      for chunk in eval_chunks(benchmark, task, split, batch_size)
+    ]
+    for task in range(benchmark.num_tasks)
+  ]
+  accuracy, given_task = accuracies(counts, 1, table is not None)
+  return accuracy[0], None if given_task is None else given_task[0]

@@ -111,10 +111,12 @@ class Stream:
   labels: Sequence[str] = ('',)
 
   @classmethod
-  def single(cls, benchmark: Benchmark, config: TrainConfig, spec: Any = None) -> 'Stream':
+  def single(
+    cls, benchmark: Benchmark, config: TrainConfig, spec: Any = None, label: str = ''
+  ) -> 'Stream':
     """One replica's stream; `spec` (an `AlgorithmSpec`) says what the loop
     must provide (cumulative data, task data and how much of it)."""
-    return cls([benchmark], [config.seed], config, **stream_needs(spec, config))
+    return cls([benchmark], [config.seed], config, labels=[label], **stream_needs(spec, config))
 
   @property
   def num_replicas(self) -> int:
@@ -652,7 +654,8 @@ class FitResult:
   def from_context(
     cls, ctx: FitContext, replica: int = 0, train_state=None, algo_state=None
   ) -> 'FitResult':
-    """Replica `replica` of a walk (its states given for several replicas)."""
+    """Replica `replica` of a walk (its states given for several replicas);
+    `already_finished` when the walk restored a finished run."""
     summary = ctx.summaries()[replica]
     initial = (
       ctx.initial_accuracies[replica]
@@ -669,7 +672,7 @@ class FitResult:
       ctx.histories[replica],
       ctx.timings(),
       task_il,
-      already_finished=False,
+      already_finished=ctx.finished,
     )
 
   def to_json(self) -> dict[str, Any]:

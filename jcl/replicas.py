@@ -415,7 +415,10 @@ class VmappedExecutor:
     if self._eval is None:
       self._eval = []
       per_benchmark = {
-        id(b): [evaluation.eval_chunks(b, task, self.config) for task in range(b.num_tasks)]
+        id(b): [
+          evaluation.eval_chunks(b, task, self.config.eval_split, self.config.eval_batch_size)
+          for task in range(b.num_tasks)
+        ]
         for b in self.benchmarks
       }
       for task in range(self.benchmarks[0].num_tasks):

@@ -424,6 +424,19 @@ def _checkpointing(spec: RunSpec, impl, directory: str | None, record):
   )
 
 
+def _callbacks(spec: RunSpec, writers, label: str, extra_callbacks, checkpoint_cb) -> list:
+  """A run's callbacks: evaluation, the writers (one per replica of the walk),
+  the progress bar, the user's, the checkpoint."""
+  return callbacks_lib.in_run_order(
+    [
+      callbacks_lib.LoggingCallback(writers, every_chunks=spec.log.every_chunks),
+      callbacks_lib.ProgressCallback(enabled=spec.log.progress, desc=label),
+      *extra_callbacks,
+    ],
+    checkpoint=checkpoint_cb,
+  )
+
+
 def _walk_one(
   spec: RunSpec,
   replica: Replica | None,
@@ -445,20 +458,8 @@ def _walk_one(
     spec, files, f'{_run_name(spec, workdir)}{"/" + label if label else ""}', group, record
   )
   checkpointer, checkpoint_cb = _checkpointing(spec, impl, files, record)
-  callbacks = [
-    callbacks_lib.EvaluationCallback(),
-    callbacks_lib.LoggingCallback([writer], every_chunks=spec.log.every_chunks),
-    callbacks_lib.ProgressCallback(enabled=spec.log.progress, desc=label),
-    *extra_callbacks,
-    *([checkpoint_cb] if checkpoint_cb else []),
-  ]
-  stream = loop.Stream(
-    [parts.benchmark],
-    [own.seed],
-    parts.train_config,
-    labels=[label],
-    **loop.stream_needs(spec.algorithm, parts.train_config),
-  )
+  callbacks = _callbacks(spec, [writer], label, extra_callbacks, checkpoint_cb)
+  stream = loop.Stream.single(parts.benchmark, parts.train_config, spec.algorithm, label)
   executor = impl.executor(parts, shared=shared)
   try:
     with impl.seeded(parts):
@@ -482,9 +483,7 @@ def _walk_one(
     writer.close()
     if checkpointer is not None:
       checkpointer.close()
-  result = FitResult.from_context(ctx)
-  result.already_finished = ctx.finished
-  return result, parts
+  return FitResult.from_context(ctx), parts
 
 
 def _replica_files(workdir: str | None, replica: Replica) -> str | None:
@@ -618,13 +617,7 @@ def _run_vmapped(spec, workdir, impl, extra_callbacks, replicas, mesh, run_name,
         )
       )
     checkpointer, checkpoint_cb = _checkpointing(spec, impl, workdir, record)
-    callbacks = [
-      callbacks_lib.EvaluationCallback(),
-      callbacks_lib.LoggingCallback(writers, every_chunks=spec.log.every_chunks),
-      callbacks_lib.ProgressCallback(enabled=spec.log.progress),
-      *extra_callbacks,
-      *([checkpoint_cb] if checkpoint_cb else []),
-    ]
+    callbacks = _callbacks(spec, writers, '', extra_callbacks, checkpoint_cb)
     try:
       ctx = loop.walk(executor, stream, callbacks, train_state, algo_state)
     except NonFiniteLossError as err:
@@ -638,8 +631,6 @@ def _run_vmapped(spec, workdir, impl, extra_callbacks, replicas, mesh, run_name,
   results = [
     FitResult.from_context(ctx, r, train_state=None, algo_state=None) for r in range(len(replicas))
   ]
-  for result in results:
-    result.already_finished = ctx.finished
   return (
     results,
     (train_state, algo_state),

@@ -376,7 +376,9 @@ class JaxExecutor:
       self._eval_cache[key] = [
         [
           Batch(*map(jax.device_put, chunk))
-          for chunk in evaluation.eval_chunks(self.benchmark, task, self.config)
+          for chunk in evaluation.eval_chunks(
+            self.benchmark, task, self.config.eval_split, self.config.eval_batch_size
+          )
         ]
         for task in range(self.benchmark.num_tasks)
       ]
@@ -444,13 +446,7 @@ def fit(
   stream_ = loop.Stream.single(benchmark, config, algorithm.spec)
   if cumulative_data is not None:
     stream_ = dataclasses.replace(stream_, cumulative_data=cumulative_data)
-  callbacks = [
-    *([callbacks_lib.EvaluationCallback()] if evaluate else []),
-    *callbacks,
-    *([checkpoint] if checkpoint is not None else []),
-  ]
+  callbacks = callbacks_lib.in_run_order(callbacks, evaluate=evaluate, checkpoint=checkpoint)
   executor = JaxExecutor(Program(algorithm), benchmark, config)
   ctx = loop.walk(executor, stream_, callbacks, train_state, algo_state)
-  result = FitResult.from_context(ctx)
-  result.already_finished = ctx.finished
-  return result
+  return FitResult.from_context(ctx)

@@ -254,8 +254,11 @@ def power_sums(
       scale = jnp.sqrt(w) if p == 2 else w
       return jnp.sum(scale[:, c] * o[:, c])
 
-    logits, _ = ts_lib.apply_model(train_state, train_state.params, batch.x, batch.t, train=False)
-    outputs = objective(logits, batch)[0].shape[-1]
+    def objectives(params):  # only its shape is used: how many objectives c per sample
+      logits, _ = ts_lib.apply_model(train_state, params, batch.x, batch.t, train=False)
+      return objective(logits, batch)[0]
+
+    outputs = jax.eval_shape(objectives, train_state.params).shape[-1]
     grads = jax.vmap(jax.grad(scaled_objective), in_axes=(None, 0))(
       train_state.params, jnp.arange(outputs)
     )

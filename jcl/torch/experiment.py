@@ -115,16 +115,13 @@ def seeded(parts: Parts):
   return fit_lib.seeded(parts.train_config.seed, parts.train_state.device)
 
 
-def vmapped(spec, replicas, mesh, shared):
-  raise ValueError(
-    'the torch backend runs seeds and grids one replica after the other: '
-    "set replicas.mode to 'sequential' or 'auto'"
-  )
-
-
 def replica_mode(mode: str) -> str:
+  """'sequential': the torch backend runs seeds and grids one replica after the other."""
   if mode == 'vmap':
-    vmapped(None, None, None, None)
+    raise ValueError(
+      'the torch backend runs seeds and grids one replica after the other: '
+      "set replicas.mode to 'sequential' or 'auto'"
+    )
   return 'sequential'
 
 

@@ -172,16 +172,10 @@ def fit(
   stream_ = loop.Stream.single(benchmark, config, algorithm.spec)
   if cumulative_data is not None:
     stream_ = dataclasses.replace(stream_, cumulative_data=cumulative_data)
-  callbacks = [
-    *([callbacks_lib.EvaluationCallback()] if evaluate else []),
-    *callbacks,
-    *([checkpoint] if checkpoint is not None else []),
-  ]
+  callbacks = callbacks_lib.in_run_order(callbacks, evaluate=evaluate, checkpoint=checkpoint)
   executor = TorchExecutor(algorithm, benchmark, config, train_state.device)
   with seeded(config.seed, train_state.device):
     if algo_state is None:
       algo_state = algorithm.init(train_state)
     ctx = loop.walk(executor, stream_, callbacks, train_state, algo_state)
-  result = FitResult.from_context(ctx)
-  result.already_finished = ctx.finished
-  return result
+  return FitResult.from_context(ctx)
