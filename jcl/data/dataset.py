@@ -43,6 +43,8 @@ class Dataset:
     y_test: `[N_test]` integer labels.
     class_names: optional per-class names (e.g. WordNet ids), length
       `num_classes`.
+    pixel_max: the brightest possible pixel value: 255 for uint8 images,
+      1.0 for float images in [0, 1]; inputs are scaled by `1 / pixel_max`.
   """
 
   name: str
@@ -52,6 +54,7 @@ class Dataset:
   x_test: np.ndarray
   y_test: np.ndarray
   class_names: Optional[tuple[str, ...]] = None
+  pixel_max: float = 255.0
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -76,6 +79,7 @@ def make_dataset(
   num_classes: Optional[int] = None,
   where: str = '<memory>',
   class_names: Optional[tuple[str, ...]] = None,
+  pixel_max: Optional[float] = None,
 ) -> Dataset:
   """Validates raw arrays and wraps them in a `Dataset`.
 
@@ -89,6 +93,7 @@ def make_dataset(
       known dataset, else infers `max(label) + 1`.
     where: the file or folder the arrays came from, for error messages.
     class_names: optional class names.
+    pixel_max: the brightest possible pixel value (None: 255).
 
   Returns:
     The validated `Dataset` (images `[N, H, W, C]`, labels int64).
@@ -133,4 +138,5 @@ def make_dataset(
     x_test=x_test,
     y_test=y_test,
     class_names=class_names,
+    pixel_max=255.0 if pixel_max is None else float(pixel_max),
   )

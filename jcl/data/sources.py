@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zipfile
 from typing import Any, Optional, Sequence, Union
@@ -364,7 +365,12 @@ def _auto_source(name: str, path: Optional[str]) -> str:
   )
 
 
-def load_dataset(name: str, source: str = 'auto', path: Optional[PathLike] = None) -> Dataset:
+def load_dataset(
+  name: str,
+  source: str = 'auto',
+  path: Optional[PathLike] = None,
+  pixel_max: Optional[float] = None,
+) -> Dataset:
   """Loads dataset `name` from `source`.
 
   Args:
@@ -380,6 +386,8 @@ def load_dataset(name: str, source: str = 'auto', path: Optional[PathLike] = Non
       'npz').
     path: file or folder for the 'idx', 'npz', 'folder' sources; TFDS
       data_dir for 'tfds'.
+    pixel_max: the brightest possible pixel value of the stored images
+      (None: 255, uint8 images; 1.0 for float images in [0, 1]).
 
   Returns:
     The `Dataset`.
@@ -388,8 +396,13 @@ def load_dataset(name: str, source: str = 'auto', path: Optional[PathLike] = Non
     ValueError: unknown source, or a source that needs `path` without it.
     DataError: the files are missing or corrupt.
   """
-  name = canonical_name(name)
-  path = None if path is None else os.fspath(path)
+  dataset = _load(canonical_name(name), source, None if path is None else os.fspath(path))
+  if pixel_max is not None:
+    dataset = dataclasses.replace(dataset, pixel_max=float(pixel_max))
+  return dataset
+
+
+def _load(name: str, source: str, path: Optional[str]) -> Dataset:
   if source not in SOURCES:
     raise ValueError(f'source={source!r}: must be one of {SOURCES}')
   if source == 'auto':
