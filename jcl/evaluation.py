@@ -1,21 +1,30 @@
-"""Accuracy of a model on every task, with fixed-shape scanned eval chunks."""
+"""Accuracy of a model on every task, with fixed-shape scanned chunks of staged splits."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcl import inputs
 from jcl import train_state as ts_lib
 from jcl.algorithms import base
+from jcl.data import stream
 from jcl.types import Batch
 
 
 @jax.jit
 def count_correct(
-  train_state: ts_lib.TrainState, chunk: Batch, task_classes: jax.Array | None = None
+  train_state: ts_lib.TrainState,
+  data: Batch,
+  idx: jax.Array,
+  mask: jax.Array,
+  task_classes: jax.Array | None = None,
 ) -> jax.Array:
-  """Correct predictions and sample count over a chunk `[K, B, ...]`, eval mode.
+  """Correct predictions and sample count over the rows `idx [K, B]` (with
+  `mask`) of a split staged on the device (`data`, `jcl.inputs.stage`), eval mode.
 
   Predictions are the argmax over the output units allowed by the state's
   `class_mask` (class-incremental learning predicts among seen classes).
@@ -27,7 +36,8 @@ def count_correct(
     `[3]`: correct, correct given the task (0 without `task_classes`), count.
   """
 
-  def body(carry, batch):
+  def body(carry, rows_and_mask):
+    batch = inputs.take_rows(data, *rows_and_mask)
     logits, _ = ts_lib.apply_model(train_state, train_state.params, batch.x, batch.t, train=False)
     hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == batch.y) * batch.mask)
     correct = hit(base.masked_logits(logits, train_state.class_mask))
@@ -36,7 +46,7 @@ def count_correct(
     )
     return carry + jnp.stack([correct, correct_given_task, jnp.sum(batch.mask)]), None
 
-  return jax.lax.scan(body, jnp.zeros((3,), jnp.float32), chunk)[0]
+  return jax.lax.scan(body, jnp.zeros((3,), jnp.float32), (idx, mask))[0]
 
 
 def task_table(benchmark) -> jax.Array | None:
@@ -45,18 +55,20 @@ def task_table(benchmark) -> jax.Array | None:
   return jnp.asarray(benchmark.class_mask_table()) if benchmark.scenario == 'class' else None
 
 
-def eval_chunks(
+def eval_index_chunks(
   benchmark, task_id: int, split: str = 'test', batch_size: int = 1000
-) -> list[Batch]:
-  """Task `task_id`'s evaluation split ('test' or 'val') as host chunks of up
-  to 10 batches of `batch_size`, no more than the split fills."""
-  from jcl.data import stream  # local: keeps this module importable without the data layer
-
+) -> tuple[Any, list[stream.IndexChunk]]:
+  """Task `task_id`'s evaluation split ('test' or 'val') and its rows in
+  order as index chunks of up to 10 batches of `batch_size`, no more than
+  the split fills."""
   samples = getattr(benchmark.tasks[task_id], split)
   if samples is None:
     raise ValueError("eval_split='val' needs a benchmark built with val_fraction > 0")
   steps = min(10, stream.num_batches(len(samples), batch_size))
-  return list(stream.eval_chunks(samples, batch_size=batch_size, chunk_steps=steps))
+  chunks = stream.epoch_index_chunks(
+    len(samples), batch_size=batch_size, chunk_steps=steps, rng=None
+  )
+  return samples, list(chunks)
 
 
 def accuracies(counts, size: int, given_task: bool, fetch=np.asarray):
@@ -77,12 +89,11 @@ def evaluate_benchmark(
   (prediction among the sample's task classes). Predictions choose among the
   units of the state's `class_mask`."""
   table = task_table(benchmark)
-  counts = [
-    [
-      count_correct(train_state, Batch(*map(jnp.asarray, chunk)), table)[None]
-      for chunk in eval_chunks(benchmark, task, split, batch_size)
-    ]
-    for task in range(benchmark.num_tasks)
-  ]
+  counts = []
+  for task in range(benchmark.num_tasks):
+    samples, chunks = eval_index_chunks(benchmark, task, split, batch_size)
+    source = jax.device_put(inputs.stored_images(samples.images, samples.view))
+    data = inputs.stage_split(samples, source)
+    counts.append([count_correct(train_state, data, c.idx, c.mask, table)[None] for c in chunks])
   accuracy, given_task = accuracies(counts, 1, table is not None)
   return accuracy[0], None if given_task is None else given_task[0]

@@ -384,7 +384,7 @@ def subsample(split: TaskSplit, max_samples: int | None, rng: np.random.Generato
   if max_samples is None or len(split) <= max_samples:
     return split
   idx = np.sort(rng.choice(len(split), max_samples, replace=False))
-  return TaskSplit(x=split.x[idx], y=split.y[idx], t=split.t[idx])
+  return TaskSplit(split.images, split.rows[idx], split.y[idx], split.t[idx], split.view)
 
 
 def _per_replica(keys: Sequence[Any], make) -> list[Any]:

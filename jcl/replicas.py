@@ -19,8 +19,9 @@ deviation (ddof=1) of every metric over the seeds, ranked by
 Execution, `config.replicas.mode`:
 
 * 'vmap': the replicas are a leading axis `[R, ...]` of `(train_state,
-  algo_state)`, of each task's data `[R, N, ...]` (one copy when the
-  replicas share a stream) and of the chunks' row numbers `[R, K, B]`; a
+  algo_state)`, of the current task's staged data `[R, N, ...]` (one copy
+  when the replicas share a stream; the stored images are always shared) and
+  of the chunks' row numbers `[R, K, B]`; a
   chunk is one `jit(vmap(gather + scan(step)))` (`VmappedExecutor`, one
   walk). With several devices the replica axis, and with
   `replicas.batch_shards > 1` the batch axis too, is sharded over a
@@ -59,10 +60,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jcl import evaluation
+from jcl import inputs as inputs_lib
 from jcl import loop
 from jcl import run_spec as run_spec_lib
 from jcl import train as train_lib
@@ -231,9 +234,7 @@ def same_benchmark(a, b) -> bool:
       sa, sb = getattr(ta, split), getattr(tb, split)
       if (sa is None) != (sb is None):
         return False
-      if sa is not None and not all(
-        np.array_equal(getattr(sa, f), getattr(sb, f)) for f in ('x', 'y', 't')
-      ):
+      if sa is not None and not sa.same_samples(sb):
         return False
   return True
 
@@ -274,7 +275,9 @@ class VmappedExecutor:
     hps = [{k: np.float32(v) for k, v in hparams[r].items()} for r in self.rows]
     self.hp = self._put_replicated(_stack(hps)) if hps[0] else {}
     self._data: tuple[tuple[int, ...], Any, Any] | None = None
-    self._eval: list[list[tuple[Batch, Any]]] | None = None
+    self._sources: dict[tuple[int, int], Any] = {}
+    self._train_length = max(len(t.train) for b in self.benchmarks for t in b.tasks)
+    self._eval: list[tuple[list[Any], list[tuple[Any, Any, Any]]]] | None = None
     self._compiled0 = train_lib.compile_seconds()
 
   @property
@@ -312,42 +315,39 @@ class VmappedExecutor:
       return items[0], False
     return [items[r] for r in self.rows], True
 
+  def _source(self, split) -> inputs_lib.StoredImages:
+    """A split's stored images with its view on the default device (placed once)."""
+    key = (id(split.images), id(split.view))
+    if key not in self._sources:
+      if len(self._sources) >= 8:
+        self._sources.clear()
+      self._sources[key] = jax.device_put(inputs_lib.stored_images(split.images, split.view))
+    return self._sources[key]
+
+  def _staged(self, splits, length: int):
+    """Each replica's split staged (`jcl.inputs`) and placed: `(data, in_axis)`;
+    one copy where every replica has the same split."""
+    shared, batched = self._shared_or_stacked(splits)
+    if not batched:
+      data = inputs_lib.stage_split(shared, self._source(shared), length)
+      return Batch(*_place(tuple(data[:3]), self.mesh, lambda leaf: P()), None), None
+    staged = {}
+    for split in shared:
+      if id(split) not in staged:
+        staged[id(split)] = inputs_lib.stage_split(split, self._source(split), length)
+    per_replica = [tuple(staged[id(split)][:3]) for split in shared]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_replica)
+    # A shorter split's padding rows are zeros, as `take_rows`' fill.
+    return Batch(*self._put_replicated(stacked), None), Batch(0, 0, 0, None)
+
   def _split_data(self, splits):
     """Each replica's split on the devices: `(data, in_axis)`."""
     key = tuple(id(s) for s in splits)
     if self._data is not None and self._data[0] == key:
       return self._data[1], self._data[2]
-    shared, batched = self._shared_or_stacked(splits)
-    if not batched:
-      data = Batch(
-        *_place(
-          (
-            np.asarray(shared.x, np.float32),
-            np.asarray(shared.y, np.int32),
-            np.asarray(shared.t, np.int32),
-          ),
-          self.mesh,
-          lambda leaf: P(),
-        ),
-        None,
-      )
-      axis = None
-    else:
-      n = max(len(s) for s in shared)
-      pad = lambda a, dtype: np.concatenate(
-        [np.asarray(a, dtype), np.zeros((n - len(a),) + a.shape[1:], dtype)]
-      )
-      data = Batch(
-        *self._put_replicated(
-          (
-            np.stack([pad(s.x, np.float32) for s in shared]),
-            np.stack([pad(s.y, np.int32) for s in shared]),
-            np.stack([pad(s.t, np.int32) for s in shared]),
-          )
-        ),
-        None,
-      )
-      axis = Batch(0, 0, 0, None)  # a shorter split's padding rows are zeros, as `gather`'s
+    self._data = None  # drop the previous task's before staging this one
+    length = inputs_lib.padded_length(max(len(s) for s in splits), self._train_length)
+    data, axis = self._staged(splits, length)
     self._data = (key, data, axis)
     return data, axis
 
@@ -411,12 +411,13 @@ class VmappedExecutor:
     return jax.block_until_ready(out)
 
   def _eval_chunks(self):
-    """Every task's evaluation chunks, placed once: per task, `(data, in_axes)` pairs."""
+    """Per task, each replica's evaluation split and its index chunks, placed
+    once: `(splits, [(idx, mask, in_axis)])`."""
     if self._eval is None:
       self._eval = []
       per_benchmark = {
         id(b): [
-          evaluation.eval_chunks(b, task, self.config.eval_split, self.config.eval_batch_size)
+          evaluation.eval_index_chunks(b, task, self.config.eval_split, self.config.eval_batch_size)
           for task in range(b.num_tasks)
         ]
         for b in self.benchmarks
@@ -424,16 +425,19 @@ class VmappedExecutor:
       for task in range(self.benchmarks[0].num_tasks):
         per_replica = [per_benchmark[id(b)][task] for b in self.benchmarks]
         placed = []
-        for chunks in zip(*per_replica):
-          shared, batched = self._shared_or_stacked(list(chunks))
-          if not batched:
-            placed.append((self._put_rows(shared, False), None))
+        for chunks in zip(*(chunks for _, chunks in per_replica)):
+          same = all(
+            np.array_equal(c.idx, chunks[0].idx) and np.array_equal(c.mask, chunks[0].mask)
+            for c in chunks
+          )
+          if same:
+            placed.append((*self._put_rows((chunks[0].idx, chunks[0].mask), False), None))
           else:
-            stacked = Batch(
-              *(np.stack([np.asarray(getattr(c, f)) for c in shared]) for f in Batch._fields)
-            )
-            placed.append((self._put_rows(stacked, True), 0))
-        self._eval.append(placed)
+            stacked = [
+              np.stack([getattr(chunks[r], f) for r in self.rows]) for f in ('idx', 'mask')
+            ]
+            placed.append((*self._put_rows(tuple(stacked), True), 0))
+        self._eval.append(([split for split, _ in per_replica], placed))
     return self._eval
 
   def evaluate(self, states, class_mask):
@@ -442,11 +446,17 @@ class VmappedExecutor:
       masks = np.broadcast_to(np.asarray(class_mask), (self.padded, *np.shape(class_mask)))
       train_state = train_state.replace(class_mask=self._put_replicated(masks))
     table = evaluation.task_table(self.benchmarks[0])
-    counts = [
-      [
-        self.program.vmapped('count_correct', 0, axis, None)(train_state, data, table)
-        for data, axis in chunks
-      ]
-      for chunks in self._eval_chunks()
-    ]
+    tasks = self._eval_chunks()
+    length = max(len(split) for splits, _ in tasks for split in splits)
+    counts = []
+    for splits, chunks in tasks:
+      data, data_axis = self._staged(splits, length)
+      counts.append(
+        [
+          self.program.vmapped('count_correct', 0, data_axis, axis, axis, None)(
+            train_state, data, idx, mask, table
+          )
+          for idx, mask, axis in chunks
+        ]
+      )
     return evaluation.accuracies(counts, self.num_replicas, table is not None, fetch=fetch)

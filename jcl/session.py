@@ -55,6 +55,7 @@ from jcl import train_state as ts_lib
 from jcl.data import sources
 from jcl.data import transforms
 from jcl.data.benchmarks import Benchmark, Task, TaskSplit
+from jcl.data.views import InputView
 
 SESSION_FILE = 'session.json'
 SCENARIOS = ('domain', 'class', 'task')
@@ -112,15 +113,14 @@ def load_task(spec: str, task_id: int, *, normalize: bool = True) -> tuple[Task,
       x_test[test_idx],
       y_test[test_idx],
     )
+  mean = std = None
   if normalize:
     mean, std = transforms.normalization_constants(
-      sources.canonical_name(dataset.name), dataset.x_train
+      sources.canonical_name(dataset.name), dataset.x_train, dataset.pixel_max
     )
-    to_float = lambda x: transforms.to_float(x, mean, std)
-  else:
-    to_float = transforms.to_float
+  view = InputView.make(dataset.pixel_max, mean, std, dataset.input_shape[-1])
   split = lambda x, y: TaskSplit(
-    to_float(x), np.asarray(y, np.int32), np.full(len(y), task_id, np.int32)
+    x, np.arange(len(y)), np.asarray(y, np.int32), np.full(len(y), task_id, np.int32), view
   )
   classes = tuple(int(c) for c in np.unique(y_train))
   return (
@@ -151,7 +151,7 @@ def session_benchmark(data: Sequence[str], session_config) -> Benchmark:
         f"model's {num_classes} output units (session.num_classes)"
       )
     tasks.append(task)
-  shapes = {t.train.x.shape[1:] for t in tasks}
+  shapes = {t.train.images.shape[1:] for t in tasks}
   if len(shapes) > 1:
     raise SessionError(f'task inputs have different shapes {sorted(shapes)}: {list(data)}')
   return Benchmark(

@@ -1,7 +1,8 @@
 """The JAX executor of the walk (`jcl.loop.walk`), and `fit`.
 
-Per task the training split goes to the device once (`place_task`; on CPU
-without a copy, the data layer's arrays being aligned); a chunk is then only
+The stream's stored images go to the device once and each task's training
+split is staged there from them (`jcl.inputs`: no task's inputs exist on
+the host, and only the current task's on the device); a chunk is then only
 its row numbers `[K, B]`: one jit-compiled program runs `algorithm.step`
 over the K batches in a `lax.scan`, each step gathering its batch on the
 device, so host Python runs once per chunk and moves a few kilobytes.
@@ -27,6 +28,7 @@ import numpy as np
 
 from jcl import callbacks as callbacks_lib
 from jcl import evaluation
+from jcl import inputs as inputs_lib
 from jcl import loop
 from jcl import train_state as ts_lib
 from jcl.algorithms.base import Algorithm, Context
@@ -44,7 +46,6 @@ __all__ = [
   'TrainConfig',
   'compile_seconds',
   'fit',
-  'gather_chunk',
   'gather_rows_fn',
   'run_chunk_fn',
   'subsample',
@@ -126,36 +127,17 @@ def run_chunk_fn(step, skip_padding: bool = True):
 def gather_rows_fn(step, skip_padding: bool = True):
   """`(train_state, algo_state, data, idx, mask) -> (train_state, algo_state, metrics, valid)`:
   `step` scanned over K batches, batch k being rows `idx[k]` `[B]` of a split
-  on the device (`data`: x `[N, ...]`, y, t) with `mask[k]`; rows `>= N`
-  (padding) are zeros. Each step gathers its own batch: on XLA:CPU that is
-  faster than gathering the chunk first (no `[K, B, ...]` copy through memory).
+  staged on the device (`data`: x `[N, ...]`, y, t; `jcl.inputs.stage`) with
+  `mask[k]`; rows `>= N` (padding) are zeros. Each step gathers its own
+  batch: on XLA:CPU that is faster than gathering the chunk first (no
+  `[K, B, ...]` copy through memory).
   """
 
   def run(train_state, algo_state, data, idx, mask):
-    flat = data.x.reshape(data.x.shape[0], -1)
-
-    def batch_of(rows_and_mask):
-      rows, m = rows_and_mask
-      take = lambda a: jnp.take(a, rows, axis=0, mode='fill', fill_value=0)
-      x = take(flat).reshape(rows.shape + data.x.shape[1:])
-      return Batch(x, take(data.y), take(data.t), m)
-
+    batch_of = lambda rows_and_mask: inputs_lib.take_rows(data, *rows_and_mask)
     return _scan_steps(step, skip_padding, batch_of)(train_state, algo_state, (idx, mask))
 
   return run
-
-
-def gather_chunk(data: Batch, idx: jax.Array, mask: jax.Array) -> Batch:
-  """Rows `idx [K, B]` of a split on the device (`data`: x `[N, ...]`, y, t)
-  as a chunk `[K, B, ...]` with `mask` (the task data of `end_task`); rows
-  `>= N` (padding) are zeros."""
-  flat = idx.reshape(-1)
-
-  def take(a):
-    rows = jnp.take(a.reshape(a.shape[0], -1), flat, axis=0, mode='fill', fill_value=0)
-    return rows.reshape(idx.shape + a.shape[1:])
-
-  return Batch(take(data.x), take(data.y), take(data.t), mask)
 
 
 def _chunk_means(metrics, valid):
@@ -251,7 +233,7 @@ class Program:
 
   def _end_task(self, train_state, algo_state, data, idx, mask, hp):
     with _traced_values_named(hp):
-      chunk = None if data is None else gather_chunk(data, idx, mask)
+      chunk = None if data is None else inputs_lib.take_rows(data, idx, mask)
       return self.algorithm(hp).end_task(train_state, algo_state, chunk)
 
   def vmapped(self, name: str, *axes, static: Mapping[str, Any] | None = None):
@@ -287,21 +269,14 @@ def _partial(fn, kwargs):
 # -----------------------------------------------------------------------------
 
 
-def _device_split(split: TaskSplit) -> Batch:
-  return Batch(
-    *(
-      jax.device_put(np.asarray(a, dtype))
-      for a, dtype in ((split.x, np.float32), (split.y, np.int32), (split.t, np.int32))
-    ),
-    None,
-  )
-
-
 class JaxExecutor:
   """Runs one replica's walk with a `Program` (see `jcl.loop.Executor`).
 
-  The current task's training split lives on the device, and so do the
-  evaluation splits (placed once, reused after every task).
+  The stream's stored images go to the device once (`jcl.inputs`); the
+  current task's training split is staged there from them (the previous
+  task's dropped), and so is each task's evaluation split in turn, padded to
+  the longest one's length: memory does not grow with the number of tasks
+  and the programs compile once for the stream.
   """
 
   num_replicas = 1
@@ -313,21 +288,34 @@ class JaxExecutor:
     benchmark: Benchmark,
     config: TrainConfig,
     hp: Mapping[str, float] | None = None,
-    eval_cache: dict[int, list[list[Batch]]] | None = None,
+    eval_cache: dict[int, Any] | None = None,
   ):
     self.program, self.benchmark, self.config = program, benchmark, config
     self.hp = hp_arrays(hp or {})
     self._placed: tuple[int, Batch] | None = None
+    self._sources: dict[tuple[int, int], inputs_lib.StoredImages] = {}
     self._eval_cache = {} if eval_cache is None else eval_cache
+    self._train_length = max(len(task.train) for task in benchmark.tasks)
     self._compiled0 = compile_seconds()
 
   @property
   def compile_seconds(self) -> float:
     return compile_seconds() - self._compiled0
 
+  def _source(self, split: TaskSplit) -> inputs_lib.StoredImages:
+    """The stored images of `split` with its view, on the device (placed once)."""
+    key = (id(split.images), id(split.view))
+    if key not in self._sources:
+      if len(self._sources) >= 4:  # another stream's (e.g. a previous seed's)
+        self._sources.clear()
+      self._sources[key] = jax.device_put(inputs_lib.stored_images(split.images, split.view))
+    return self._sources[key]
+
   def _data(self, split: TaskSplit) -> Batch:
     if self._placed is None or self._placed[0] != id(split):
-      self._placed = (id(split), _device_split(split))
+      self._placed = None  # drop the previous task's before staging this one
+      length = inputs_lib.padded_length(len(split), self._train_length)
+      self._placed = (id(split), inputs_lib.stage_split(split, self._source(split), length))
     return self._placed[1]
 
   def place_task(self, task_id: int, splits: Sequence[TaskSplit]) -> None:
@@ -369,18 +357,19 @@ class JaxExecutor:
       )
     return jax.block_until_ready(out)
 
-  def _eval_chunks(self) -> list[list[Batch]]:
+  def _eval_chunks(self) -> list[tuple[TaskSplit, list[Any]]]:
+    """Per task, its evaluation split and index chunks (placed once)."""
     key = id(self.benchmark)
     if key not in self._eval_cache:
       self._eval_cache.clear()  # another stream's (e.g. the previous seed's)
       self._eval_cache[key] = [
-        [
-          Batch(*map(jax.device_put, chunk))
-          for chunk in evaluation.eval_chunks(
+        (split, [jax.device_put((c.idx, c.mask)) for c in chunks])
+        for split, chunks in (
+          evaluation.eval_index_chunks(
             self.benchmark, task, self.config.eval_split, self.config.eval_batch_size
           )
-        ]
-        for task in range(self.benchmark.num_tasks)
+          for task in range(self.benchmark.num_tasks)
+        )
       ]
     return self._eval_cache[key]
 
@@ -389,10 +378,17 @@ class JaxExecutor:
     if class_mask is not None:
       train_state = train_state.replace(class_mask=jnp.asarray(class_mask))
     table = evaluation.task_table(self.benchmark)
-    counts = [
-      [evaluation.count_correct(train_state, chunk, table)[None] for chunk in chunks]
-      for chunks in self._eval_chunks()
-    ]
+    tasks = self._eval_chunks()
+    length = max(len(split) for split, _ in tasks)
+    counts = []
+    for split, chunks in tasks:
+      data = inputs_lib.stage_split(split, self._source(split), length)
+      counts.append(
+        [
+          evaluation.count_correct(train_state, data, idx, mask, table)[None]
+          for idx, mask in chunks
+        ]
+      )
     return evaluation.accuracies(counts, 1, table is not None)
 
 

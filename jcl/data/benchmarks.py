@@ -30,10 +30,13 @@ Label conventions (what `TaskSplit.y` holds, the model's label space):
   no-op: every task owns all 10 units). `scenario='class'`: task k's digit
   `c` is the output unit `10 * k + c` (`num_classes = 10 * num_tasks`).
 
-Images are float32 `[N, H, W, C]`, `(x / 255 - mean) / std` with the dataset's
-constants (`normalize=True`) or `x / 255`. Every task's arrays are
-materialized: full MNIST costs about 220 MB per Permuted/Rotated task; use
-`samples_per_task` to subsample.
+Model inputs are float32 `[N, H, W, C]`, `(x / pixel_max - mean) / std` with
+the dataset's constants (`normalize=True`) or `x / pixel_max`. A task's split
+holds row numbers into the dataset's stored images and a view (per-task pixel
+maps for Permuted / Rotated MNIST, the normalization): inputs are derived when
+a chunk is gathered (`TaskSplit.inputs`, or on the device by `jcl.inputs`),
+so a benchmark costs the dataset once plus a few bytes per sample and task,
+whatever the number of tasks.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import numbers
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -48,6 +52,7 @@ import numpy as np
 from jcl.data import transforms
 from jcl.data.dataset import Dataset
 from jcl.data.sources import PathLike, canonical_name, load_dataset
+from jcl.data.views import InputView, PixelMaps
 
 SCENARIOS = ('task', 'domain', 'class')
 CLASS_ORDERS = ('fixed', 'random')
@@ -63,20 +68,75 @@ ClassOrder = Union[str, Sequence[int]]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TaskSplit:
-  """One split (train, val or test) of one task.
+  """One split (train, val or test) of one task: rows of stored images seen
+  through an `InputView` (`jcl.data.views`); the model's inputs are derived
+  when asked for, never kept.
 
   Attributes:
-    x: `[N, H, W, C]` float32 normalized images.
+    images: `[M, H, W, C]` stored images (uint8, or floats in
+      `[0, pixel_max]`), shared with the dataset and the other tasks.
+    rows: `[N]` int64 rows of `images`.
     y: `[N]` int32 labels in the model's label space (after remapping).
-    t: `[N]` int32 0-based task id, constant within a task.
+    t: `[N]` int32 0-based task id (constant within a task; Joint mixes them).
+    view: how stored pixels become model inputs (per-task pixel maps, scaling,
+      normalization).
   """
 
-  x: np.ndarray
+  images: np.ndarray
+  rows: np.ndarray
   y: np.ndarray
   t: np.ndarray
+  view: InputView
+
+  @classmethod
+  def of_arrays(cls, x: np.ndarray, y: np.ndarray, t: np.ndarray) -> 'TaskSplit':
+    """A split of ready model inputs `x` (float32 `[N, H, W, C]`), as given."""
+    x = np.asarray(x, np.float32)
+    return cls(
+      x,
+      np.arange(len(x)),
+      np.asarray(y, np.int32),
+      np.asarray(t, np.int32),
+      InputView.identity(x.shape[-1]),
+    )
 
   def __len__(self) -> int:
     return len(self.y)
+
+  def inputs(self, idx: Optional[np.ndarray] = None) -> np.ndarray:
+    """Model inputs float32 `[len(idx), H, W, C]` of the samples at positions
+    `idx` of this split (all by default); a position `>= N` (padding) gives
+    an all-zero input. Derived on every call."""
+    if idx is None:
+      return self.view.inputs(self.images, self.rows, self.t)
+    idx = np.asarray(idx)
+    real = idx < len(self)
+    safe = np.where(real, idx, 0)
+    rows = np.where(real, self.rows[safe], len(self.images))
+    return self.view.inputs(self.images, rows, np.where(real, self.t[safe], 0))
+
+  @property
+  def x(self) -> np.ndarray:
+    """`[N, H, W, C]` float32 model inputs, derived on every access (`inputs`)."""
+    return self.inputs()
+
+  def same_samples(self, other: 'TaskSplit') -> bool:
+    """Whether `other` holds the same samples seen the same way (no input is derived)."""
+    same = lambda a, b: (
+      a is b or (a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b))
+    )
+    mine, theirs = self.view, other.view
+    return (
+      all(same(getattr(self, f), getattr(other, f)) for f in ('images', 'rows', 'y', 't'))
+      and mine.scale == theirs.scale
+      and same(mine.mean, theirs.mean)
+      and same(mine.std, theirs.std)
+      and (mine.maps is None) == (theirs.maps is None)
+      and (
+        mine.maps is None
+        or (same(mine.maps.index, theirs.maps.index) and same(mine.maps.weight, theirs.maps.weight))
+      )
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -171,13 +231,10 @@ def joint_task(benchmark: Benchmark, upto_task: int, split: str = 'train') -> Ta
   parts = [p for p in parts if p is not None]
   if not parts:
     raise ValueError(f'split={split!r}: no task up to {upto_task} has one')
-  x = transforms.aligned_empty(
-    (sum(len(p) for p in parts),) + parts[0].x.shape[1:], parts[0].x.dtype
-  )
-  np.concatenate([p.x for p in parts], out=x)
-  return TaskSplit(
-    x=x, y=np.concatenate([p.y for p in parts]), t=np.concatenate([p.t for p in parts])
-  )
+  concat = lambda name: np.concatenate([getattr(p, name) for p in parts])
+  if all(p.images is parts[0].images and p.view is parts[0].view for p in parts):
+    return TaskSplit(parts[0].images, concat('rows'), concat('y'), concat('t'), parts[0].view)
+  return TaskSplit.of_arrays(np.concatenate([p.x for p in parts]), concat('y'), concat('t'))
 
 
 # -----------------------------------------------------------------------------
@@ -248,23 +305,56 @@ def _resolve_class_order(
   return order.astype(np.int64)
 
 
+# The datasets loaded last, by what was asked and the files' identity: the
+# benchmarks of a run's seeds and grid settings then share one copy of the
+# stored images (which nothing writes to).
+_LOADED: dict[tuple, Dataset] = {}
+_LOADED_MAX = 2
+
+
+def _file_identity(path: Optional[PathLike]) -> tuple:
+  if path is None:
+    return ()
+  try:
+    stat = os.stat(path)
+  except OSError:
+    return ()
+  return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def _resolve_dataset(
-  dataset: Optional[Dataset], name: str, source: str, path: Optional[PathLike]
+  dataset: Optional[Dataset],
+  name: str,
+  source: str,
+  path: Optional[PathLike],
+  pixel_max: Optional[float] = None,
 ) -> Dataset:
   if dataset is not None:
     if not isinstance(dataset, Dataset):
       raise ValueError(f'dataset={type(dataset).__name__}: must be a jcl.data.Dataset or None')
     return dataset
-  return load_dataset(name, source=source, path=path)
+  key = (name, source, None if path is None else os.path.abspath(path), pixel_max)
+  key += _file_identity(path)
+  if key not in _LOADED:
+    loaded = load_dataset(name, source=source, path=path, pixel_max=pixel_max)
+    while len(_LOADED) >= _LOADED_MAX:
+      del _LOADED[next(iter(_LOADED))]
+    _LOADED[key] = loaded
+  return _LOADED[key]
 
 
-def _normalizer(dataset: Dataset, normalize: bool) -> Callable[[np.ndarray], np.ndarray]:
+def _view(dataset: Dataset, normalize: bool, maps: Optional[PixelMaps] = None) -> InputView:
+  """How the benchmark's tasks see `dataset`'s images: scaled by
+  `1 / pixel_max`, standardized with the dataset's mean/std when
+  `normalize`, through `maps` when given."""
   if not isinstance(normalize, bool):
     raise ValueError(f'normalize={normalize!r}: must be True or False')
-  if not normalize:
-    return transforms.to_float
-  mean, std = transforms.normalization_constants(canonical_name(dataset.name), dataset.x_train)
-  return lambda x: transforms.to_float(x, mean, std)
+  mean = std = None
+  if normalize:
+    mean, std = transforms.normalization_constants(
+      canonical_name(dataset.name), dataset.x_train, dataset.pixel_max
+    )
+  return InputView.make(dataset.pixel_max, mean, std, dataset.input_shape[-1], maps)
 
 
 def _subset(
@@ -299,8 +389,10 @@ def _subset(
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _make_split(x: np.ndarray, y: np.ndarray, task_id: int) -> TaskSplit:
-  return TaskSplit(x=x, y=np.asarray(y, np.int32), t=np.full(len(y), task_id, np.int32))
+def _make_split(
+  images: np.ndarray, rows: np.ndarray, y: np.ndarray, task_id: int, view: InputView
+) -> TaskSplit:
+  return TaskSplit(images, rows, np.asarray(y, np.int32), np.full(len(y), task_id, np.int32), view)
 
 
 # -----------------------------------------------------------------------------
@@ -359,7 +451,7 @@ def split_benchmark(
   position[order] = np.arange(num_classes)
   within_task = scenario == 'domain' or multi_head
   label_map = position % per_task if within_task else position
-  to_float = _normalizer(dataset, normalize)
+  view = _view(dataset, normalize)
 
   tasks = []
   task_classes = []
@@ -371,7 +463,7 @@ def split_benchmark(
     test_idx = np.flatnonzero(np.isin(dataset.y_test, classes))
 
     def split(x, y, idx, k=k):
-      return _make_split(to_float(x[idx]), label_map[y[idx]], k)
+      return _make_split(x, idx, label_map[y[idx]], k, view)
 
     tasks.append(
       Task(
@@ -418,10 +510,11 @@ def _split_builder(dataset_name: str, default_tasks: int, default_source: str = 
     normalize: bool = True,
     source: str = default_source,
     path: Optional[PathLike] = None,
+    pixel_max: Optional[float] = None,
     dataset: Optional[Dataset] = None,
   ) -> Benchmark:
     _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
-    ds = _resolve_dataset(dataset, dataset_name, source, path)
+    ds = _resolve_dataset(dataset, dataset_name, source, path, pixel_max)
     return split_benchmark(
       ds,
       num_tasks=num_tasks,
@@ -455,6 +548,8 @@ _SPLIT_ARGS_DOC = """
     source: where to read the dataset (`load_dataset`): 'auto', 'sample',
       'idx', 'npz', 'tfds', 'folder'.
     path: file/folder for the source (TFDS data_dir for 'tfds').
+    pixel_max: the brightest stored pixel value (None: 255, uint8 images;
+      1.0 declares float images in [0, 1]).
     dataset: an already-loaded `Dataset` (then source/path are ignored).
 
   Returns:
@@ -496,6 +591,7 @@ def split_tinyimagenet(
   seed: int = 0,
   normalize: bool = True,
   source: str = 'auto',
+  pixel_max: Optional[float] = None,
   dataset: Optional[Dataset] = None,
 ) -> Benchmark:
   """Split TinyImageNet: 10 tasks of 20 classes by default.
@@ -507,6 +603,7 @@ def split_tinyimagenet(
     scenario, multi_head, class_order, class_order_seed, samples_per_task,
       val_fraction, seed, normalize: as `split_mnist`.
     source: 'auto' (by the kind of `path`), 'folder' or 'npz'.
+    pixel_max: the brightest stored pixel value (None: 255; 1.0 for floats in [0, 1]).
     dataset: an already-loaded `Dataset`.
 
   Returns:
@@ -518,7 +615,7 @@ def split_tinyimagenet(
       'path=None: split_tinyimagenet needs path= (the '
       'tiny-imagenet-200 folder or an NPZ) or dataset='
     )
-  ds = _resolve_dataset(dataset, 'tinyimagenet', source, path)
+  ds = _resolve_dataset(dataset, 'tinyimagenet', source, path, pixel_max)
   return split_benchmark(
     ds,
     num_tasks=num_tasks,
@@ -541,7 +638,7 @@ def split_tinyimagenet(
 
 def transformed_benchmark(
   dataset: Dataset,
-  transform_fns: Sequence[Callable[[np.ndarray], np.ndarray]],
+  maps: PixelMaps,
   *,
   name: str,
   scenario: str = 'domain',
@@ -552,16 +649,18 @@ def transformed_benchmark(
   normalize: bool = True,
   info: Optional[Mapping[str, Any]] = None,
 ) -> Benchmark:
-  """One task per input transform, all classes in every task.
+  """One task per pixel map, all classes in every task.
 
   Each task draws its own training subset (`samples_per_task`, val held out
-  from it) from the whole train set and uses the whole test set, transformed
-  by its function (applied to the raw images, before normalization).
+  from it) from the whole train set and uses the whole test set, seen through
+  its pixel map (applied to the stored images, before normalization; see
+  `jcl.data.views`). Nothing is derived ahead of time: memory does not grow
+  with the number of tasks.
 
   Args:
     dataset: the raw dataset.
-    transform_fns: per task, a function `[N, H, W, C] -> [N, H, W, C]` on raw
-      images (its output is scaled by 1/255 and normalized).
+    maps: `PixelMaps` of T tasks (e.g. `transforms.permutation_maps`,
+      `transforms.rotation_maps`): any per-pixel linear map of the images.
     name: benchmark name.
     scenario: `'domain'` (default), `'task'` or `'class'`.
     multi_head: with `scenario='task'`, one head per task.
@@ -574,20 +673,20 @@ def transformed_benchmark(
   Returns:
     The `Benchmark` (labels: module docstring).
   """
-  num_tasks = len(transform_fns)
+  num_tasks = maps.num_tasks
   _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
   num_classes = dataset.num_classes
-  to_float = _normalizer(dataset, normalize)
+  view = _view(dataset, normalize, maps)
   pool = np.arange(len(dataset.y_train))
   tasks = []
   task_classes = []
-  for k, fn in enumerate(transform_fns):
+  for k in range(num_tasks):
     offset = k * num_classes if scenario == 'class' else 0
     rng = np.random.default_rng([seed, transforms.SEED_SUBSET, k])
     train_idx, val_idx = _subset(pool, rng, samples_per_task, val_fraction, k)
 
-    def split(x, y, idx, k=k, fn=fn, offset=offset):
-      return _make_split(to_float(fn(x[idx])), y[idx] + offset, k)
+    def split(x, y, idx, k=k, offset=offset):
+      return _make_split(x, idx, y[idx] + offset, k, view)
 
     tasks.append(
       Task(
@@ -629,6 +728,7 @@ def permuted_mnist(
   normalize: bool = True,
   source: str = 'auto',
   path: Optional[PathLike] = None,
+  pixel_max: Optional[float] = None,
   dataset: Optional[Dataset] = None,
 ) -> Benchmark:
   """Permuted MNIST: task k shuffles the pixels with permutation k.
@@ -653,6 +753,7 @@ def permuted_mnist(
     source: 'auto' (bundled sample without path), 'sample', 'idx', 'npz',
       'tfds'.
     path: file/folder for the source.
+    pixel_max: the brightest stored pixel value (None: 255; 1.0 for floats in [0, 1]).
     dataset: an already-loaded `Dataset`.
 
   Returns:
@@ -661,13 +762,12 @@ def permuted_mnist(
   _check_common(num_tasks, scenario, multi_head, samples_per_task, val_fraction)
   if not isinstance(first_task_identity, bool):
     raise ValueError(f'first_task_identity={first_task_identity!r}: must be True or False')
-  ds = _resolve_dataset(dataset, 'mnist', source, path)
+  ds = _resolve_dataset(dataset, 'mnist', source, path, pixel_max)
   h, w = ds.input_shape[:2]
   perms = transforms.task_permutations(num_tasks, h * w, seed, first_task_identity)
-  fns = [lambda x, p=p: transforms.permute_pixels(x, p) for p in perms]
   return transformed_benchmark(
     ds,
-    fns,
+    transforms.permutation_maps(perms),
     name='permuted_mnist',
     scenario=scenario,
     multi_head=multi_head,
@@ -694,6 +794,7 @@ def rotated_mnist(
   normalize: bool = True,
   source: str = 'auto',
   path: Optional[PathLike] = None,
+  pixel_max: Optional[float] = None,
   dataset: Optional[Dataset] = None,
 ) -> Benchmark:
   """Rotated MNIST: task k rotates every image by its angle (NumPy, no PIL).
@@ -720,6 +821,7 @@ def rotated_mnist(
     source: 'auto' (bundled sample without path), 'sample', 'idx', 'npz',
       'tfds'.
     path: file/folder for the source.
+    pixel_max: the brightest stored pixel value (None: 255; 1.0 for floats in [0, 1]).
     dataset: an already-loaded `Dataset`.
 
   Returns:
@@ -733,12 +835,12 @@ def rotated_mnist(
   for key, value in (('degrees_per_task', degrees_per_task), ('max_angle', max_angle)):
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
       raise ValueError(f'{key}={value!r}: must be a number (degrees)')
-  ds = _resolve_dataset(dataset, 'mnist', source, path)
+  ds = _resolve_dataset(dataset, 'mnist', source, path, pixel_max)
   task_angles = transforms.task_angles(num_tasks, angles, degrees_per_task, max_angle, seed)
-  fns = [lambda x, a=a: transforms.rotate_images(x, a, interpolation) for a in task_angles]
+  h, w = ds.input_shape[:2]
   return transformed_benchmark(
     ds,
-    fns,
+    transforms.rotation_maps(h, w, task_angles, interpolation),
     name='rotated_mnist',
     scenario=scenario,
     multi_head=multi_head,

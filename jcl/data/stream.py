@@ -22,11 +22,12 @@ from jcl.types import Batch
 
 
 class _Split(Protocol):
-  """Anything with `x`, `y`, `t` arrays of equal length (e.g. `TaskSplit`)."""
+  """A `TaskSplit`: `y`, `t` arrays and the inputs of any of its samples."""
 
-  x: np.ndarray
   y: np.ndarray
   t: np.ndarray
+
+  def inputs(self, idx: np.ndarray) -> np.ndarray: ...
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -84,6 +85,29 @@ class IndexChunk(NamedTuple):
   def padding_steps(self) -> bool:
     """Whether some of the K batches are all padding (the loop skips those)."""
     return not bool(np.all(self.mask.any(axis=1)))
+
+
+class RowChunk(NamedTuple):
+  """A chunk as stored-image rows: `rows [K, B]` int32 rows of the split's
+  stored `images` (padding: `len(images)`, which reads an all-zero input),
+  `y`, `t` `[K, B]` int32 (0 for padding) and `mask [K, B]` float32. A
+  backend derives the inputs where the stored images live (`jcl.inputs`)."""
+
+  rows: np.ndarray
+  y: np.ndarray
+  t: np.ndarray
+  mask: np.ndarray
+
+
+def locate(split, chunk: IndexChunk) -> RowChunk:
+  """The `RowChunk` of index chunk `chunk` of `split` (a `TaskSplit`)."""
+  idx = chunk.idx
+  real = idx < len(split.y)
+  safe = np.where(real, idx, 0)
+  pick = lambda a, pad: np.where(real, np.asarray(a)[safe], pad).astype(np.int32)
+  return RowChunk(
+    pick(split.rows, len(split.images)), pick(split.y, 0), pick(split.t, 0), chunk.mask
+  )
 
 
 def _index_chunks(
@@ -154,25 +178,22 @@ def subset_index_chunk(n: int, batch_size: int, rows: Optional[np.ndarray] = Non
 
 
 def gather(split: _Split, chunk: IndexChunk) -> Batch:
-  """The samples of `chunk` as a `Batch` of NumPy arrays `[K, B, ...]`;
-  padding samples are all-zero with label 0, task 0, mask 0."""
+  """The samples of `chunk` as a `Batch` of NumPy arrays `[K, B, ...]` (the
+  inputs of those samples alone are derived: `TaskSplit.inputs`); padding
+  samples are all-zero with label 0, task 0, mask 0."""
   k, b = chunk.idx.shape
   flat = chunk.idx.reshape(-1)
   real = flat < len(split.y)
   rows = np.where(real, flat, 0)
 
-  def take(a, dtype):
-    out = np.asarray(a)[rows].astype(dtype, copy=False)  # fancy indexing: a new array
+  def take(a):
+    out = np.asarray(a)[rows].astype(np.int32, copy=False)  # fancy indexing: a new array
     if not real.all():
       out[~real] = 0
     return out.reshape((k, b) + out.shape[1:])
 
-  return Batch(
-    x=take(split.x, np.float32),
-    y=take(split.y, np.int32),
-    t=take(split.t, np.int32),
-    mask=chunk.mask,
-  )
+  x = split.inputs(flat)
+  return Batch(x=x.reshape((k, b) + x.shape[1:]), y=take(split.y), t=take(split.t), mask=chunk.mask)
 
 
 def epoch_chunks(

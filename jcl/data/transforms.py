@@ -6,9 +6,11 @@ All functions are vectorized over the batch and take `[N, H, W, C]` arrays.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
+
+from jcl.data.views import PixelMaps
 
 # Per-channel (mean, std) of the training images scaled to [0, 1].
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -32,14 +34,15 @@ SEED_CLASS_ORDER = 4
 
 
 def normalization_constants(
-  name: str, x_train: Optional[np.ndarray] = None
+  name: str, x_train: Optional[np.ndarray] = None, pixel_max: float = 255.0
 ) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and std for dataset `name`.
 
   Args:
     name: dataset name; looked up in `NORMALIZATION`.
-    x_train: `[N, H, W, C]` uint8 training images, used to compute the
+    x_train: `[N, H, W, C]` stored training images, used to compute the
       constants when `name` is not in the table.
+    pixel_max: the brightest stored pixel value (the images are divided by it).
 
   Returns:
     `(mean, std)`, each float32 `[C]`, for images scaled to `[0, 1]`.
@@ -52,7 +55,7 @@ def normalization_constants(
       f'no normalization constants for dataset {name!r} '
       f'(known: {sorted(NORMALIZATION)}) and no x_train given'
     )
-  x = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64) / 255.0
+  x = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64) / pixel_max
   std = x.std(axis=0)
   return x.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
@@ -119,6 +122,13 @@ def task_permutations(
   return perms
 
 
+def permutation_maps(perms: np.ndarray) -> PixelMaps:
+  """The pixel maps of permutations `[T, H * W]` (output pixel i of task k is
+  stored pixel `perms[k, i]`)."""
+  perms = np.asarray(perms)
+  return PixelMaps(perms.astype(np.int32)[:, None, :])
+
+
 def permute_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
   """Permutes the pixels of images (all channels alike).
 
@@ -130,10 +140,7 @@ def permute_pixels(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
   Returns:
     `[N, H, W, C]` permuted images, same dtype.
   """
-  n, h, w, c = x.shape
-  out = aligned_empty(x.shape, x.dtype)
-  np.take(x.reshape(n, h * w, c), perm, axis=1, out=out.reshape(n, h * w, c))
-  return out
+  return permutation_maps(np.asarray(perm)[None]).apply(x, np.zeros(len(x), np.int32))
 
 
 def task_angles(
@@ -211,16 +218,54 @@ def _bilinear_source_coords(h: int, w: int, angle: float) -> tuple[np.ndarray, n
   return a * xo + b * yo + c, d * xo + e * yo + f
 
 
+def rotation_maps(
+  h: int, w: int, angles: Sequence[float], interpolation: str = 'nearest'
+) -> PixelMaps:
+  """The pixel maps of rotations by `angles` (degrees, counter-clockwise,
+  about the image center, black fill) of `h x w` images.
+
+  `'nearest'` reproduces `PIL.Image.rotate(angle)` (one tap: the stored
+  pixel PIL's 16.16 fixed-point map picks, or the fill); `'bilinear'` has
+  four taps, the neighbours of the source point (clamped to the border) with
+  bilinear weights, all zero where the source point falls outside the image,
+  as `rotate(angle, resample=BILINEAR)` before PIL's rounding to uint8.
+  """
+  if interpolation not in INTERPOLATIONS:
+    raise ValueError(f'interpolation={interpolation!r}: must be one of {INTERPOLATIONS}')
+  indices, weights = [], []
+  for angle in angles:
+    if interpolation == 'nearest':
+      ix, iy = _nearest_source_pixels(h, w, angle)
+      valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+      indices.append(np.where(valid, iy * w + ix, h * w).reshape(1, -1))
+      continue
+    sx, sy = _bilinear_source_coords(h, w, angle)
+    valid = ((sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)).reshape(-1)
+    px, py = sx - 0.5, sy - 0.5
+    x0, y0 = np.floor(px), np.floor(py)
+    fx, fy = (px - x0).reshape(-1), (py - y0).reshape(-1)
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    xa, xb = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+    ya, yb = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+    taps = [(ya, xa), (ya, xb), (yb, xa), (yb, xb)]
+    indices.append(np.stack([(yi * w + xi).reshape(-1) for yi, xi in taps]))
+    tap_weights = [(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy]
+    weights.append(np.stack(tap_weights) * valid)
+  index = np.stack(indices).astype(np.int32)
+  weight = np.stack(weights).astype(np.float32) if weights else None
+  return PixelMaps(index, weight)
+
+
 def rotate_images(x: np.ndarray, angle: float, interpolation: str = 'nearest') -> np.ndarray:
   """Rotates images about their center, counter-clockwise, filling with 0.
 
-  Pure NumPy. With `'nearest'` it reproduces `PIL.Image.rotate(angle)`
-  (default resampling, black fill, same 16.16 fixed-point arithmetic), which
-  the GEM / La-MAML Rotated MNIST data used; `'bilinear'` matches
+  Pure NumPy, through `rotation_maps` (the maps Rotated MNIST's tasks use).
+  With `'nearest'` it reproduces `PIL.Image.rotate(angle)` (default
+  resampling, black fill, same 16.16 fixed-point arithmetic), which the GEM /
+  La-MAML Rotated MNIST data used; `'bilinear'` matches
   `rotate(angle, resample=BILINEAR)` before PIL's rounding to uint8.
   Multiples of 90 degrees are exact (`rotate_images(x, 90)` equals
-  `np.rot90(x, 1, axes=(1, 2))` on square images). The coordinate map is
-  built once and applied to the whole batch by fancy indexing.
+  `np.rot90(x, 1, axes=(1, 2))` on square images).
 
   Args:
     x: `[N, H, W, C]` images (any dtype; 0 is the fill value).
@@ -231,33 +276,5 @@ def rotate_images(x: np.ndarray, angle: float, interpolation: str = 'nearest') -
     `[N, H, W, C]` rotated images; the input dtype for `'nearest'`, float32
     for `'bilinear'`.
   """
-  n, h, w, c = x.shape
-  flat = x.reshape(n, h * w, c)
-  if interpolation == 'nearest':
-    ix, iy = _nearest_source_pixels(h, w, angle)
-    valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-    src = np.where(valid, iy * w + ix, 0).reshape(-1)
-    out = flat[:, src] * valid.reshape(1, -1, 1).astype(x.dtype)
-    return out.reshape(n, h, w, c)
-  if interpolation == 'bilinear':
-    sx, sy = _bilinear_source_coords(h, w, angle)
-    # As PIL: a pixel whose source point falls outside the image is filled;
-    # inside, the 4 neighbours (pixel centers at integer + 0.5) are clamped
-    # to the border.
-    valid = ((sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)).reshape(1, -1, 1)
-    px, py = sx - 0.5, sy - 0.5
-    x0, y0 = np.floor(px), np.floor(py)
-    fx = (px - x0).reshape(1, -1, 1).astype(np.float32)
-    fy = (py - y0).reshape(1, -1, 1).astype(np.float32)
-    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-    xa, xb = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
-    ya, yb = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
-
-    def gather(yi, xi):
-      return flat[:, (yi * w + xi).reshape(-1)].astype(np.float32)
-
-    top = gather(ya, xa) * (1 - fx) + gather(ya, xb) * fx
-    bottom = gather(yb, xa) * (1 - fx) + gather(yb, xb) * fx
-    out = (top * (1 - fy) + bottom * fy) * valid
-    return out.astype(np.float32).reshape(n, h, w, c)
-  raise ValueError(f'interpolation={interpolation!r}: must be one of {INTERPOLATIONS}')
+  maps = rotation_maps(x.shape[1], x.shape[2], [angle], interpolation)
+  return maps.apply(x, np.zeros(len(x), np.int32))

@@ -9,7 +9,7 @@ from jcl.types import Batch
 
 def make_split(n, shape=(3, 2, 1), task=1):
   x = (np.arange(n, dtype=np.float32)[:, None, None, None] + 1) * np.ones((1,) + shape, np.float32)
-  return data.TaskSplit(x=x, y=np.arange(n, dtype=np.int32) % 7, t=np.full(n, task, np.int32))
+  return data.TaskSplit.of_arrays(x, np.arange(n, dtype=np.int32) % 7, np.full(n, task, np.int32))
 
 
 def ids(chunk):
