@@ -1,4 +1,4 @@
-"""Model inputs on a JAX device: stored images, derived inside the compiled step.
+"""Model inputs on a JAX device: splits staged there from the stored images.
 
 A run puts each dataset's stored images on the device once (uint8 on CPU is
 used in place, without a copy) with the views of its tasks (`StoredImages`:

@@ -87,29 +87,6 @@ class IndexChunk(NamedTuple):
     return not bool(np.all(self.mask.any(axis=1)))
 
 
-class RowChunk(NamedTuple):
-  """A chunk as stored-image rows: `rows [K, B]` int32 rows of the split's
-  stored `images` (padding: `len(images)`, which reads an all-zero input),
-  `y`, `t` `[K, B]` int32 (0 for padding) and `mask [K, B]` float32. A
-  backend derives the inputs where the stored images live (`jcl.inputs`)."""
-
-  rows: np.ndarray
-  y: np.ndarray
-  t: np.ndarray
-  mask: np.ndarray
-
-
-def locate(split, chunk: IndexChunk) -> RowChunk:
-  """The `RowChunk` of index chunk `chunk` of `split` (a `TaskSplit`)."""
-  idx = chunk.idx
-  real = idx < len(split.y)
-  safe = np.where(real, idx, 0)
-  pick = lambda a, pad: np.where(real, np.asarray(a)[safe], pad).astype(np.int32)
-  return RowChunk(
-    pick(split.rows, len(split.images)), pick(split.y, 0), pick(split.t, 0), chunk.mask
-  )
-
-
 def _index_chunks(
   order: np.ndarray, n: int, batch_size: int, chunk_steps: int, start: int = 0
 ) -> Iterator[IndexChunk]:
