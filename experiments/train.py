@@ -14,14 +14,20 @@ run again resumes where it stopped. Prints the accuracy matrix with ACC,
 BWT, FWT and forgetting (mean ± std per setting for seeds and grids).
 
 Quiet by default: the INFO logs of absl, Orbax and JAX are off unless
-`--verbosity=0` (or higher) asks for them.
+`--verbosity=0` (or higher) asks for them. A bad config or bad data (a
+`ValueError`, e.g. `jcl.data.DataError`) ends the run with its message on
+stderr and exit status 1, without a traceback unless `--verbosity` is given.
 """
+
+import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from jcl import runs
+from jcl.data import DataError
+from jcl.run_spec import RunSpec
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to an experiment config file.', lock_config=True
@@ -43,10 +49,30 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   runs.quiet_unless_asked()
-  result = runs.run(_CONFIG.value, _WORKDIR.value, backend=_BACKEND.value)
+  try:
+    spec = RunSpec.from_config(_CONFIG.value)
+  except ValueError as e:  # A bad config field, named.
+    return _error(e)
+  try:
+    result = runs.run(spec, _WORKDIR.value, backend=_BACKEND.value)
+  except DataError as e:  # A data file or folder, named.
+    return _error(e)
+  except ValueError as e:  # E.g. a benchmark option's value.
+    return _error(e, hint=True)
   print(runs.format_summary(result))
   if _WORKDIR.value:
     print(f'results in {_WORKDIR.value}/results.json')
+
+
+def _error(error: ValueError, hint: bool = False) -> int:
+  """Reports `error` on stderr in one line (exit status 1), or re-raises it for
+  its traceback when `--verbosity` was given."""
+  if flags.FLAGS['verbosity'].present:
+    raise error
+  print(f'error: {error}', file=sys.stderr)
+  if hint:
+    print('(pass --verbosity=0 for the traceback)', file=sys.stderr)
+  return 1
 
 
 if __name__ == '__main__':

@@ -40,12 +40,14 @@ def benchmark_preset(name: str) -> ml_collections.ConfigDict:
   """The benchmark section of the standard MNIST streams.
 
   `source='auto'` reads `path` (a folder of IDX files, e.g.
-  `../shared/data/mnist`) when one is given, else the real-MNIST sample
-  shipped with jcl.
+  `../shared/data/mnist`, or an NPZ) when one is given, else the real-MNIST
+  sample shipped with jcl. `pixel_max` declares the brightest stored pixel
+  value (None: 255, uint8 images; 1.0 for float images in [0, 1]).
   """
   common = dict(
     source='auto',
     path=ml_collections.FieldReference(None, field_type=str),
+    pixel_max=ml_collections.FieldReference(None, field_type=float),
     samples_per_task=ml_collections.FieldReference(None, field_type=int),
     val_fraction=0.0,
   )

@@ -25,6 +25,7 @@ Imports neither JAX nor PyTorch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -40,6 +41,10 @@ MODES = ('auto', 'vmap', 'sequential')
 LEARNING_RATE = 'optimizer.learning_rate'
 # Summary metrics where smaller is better (rankings sort them ascending).
 LOWER_IS_BETTER = ('forgetting', 'max_forgetting', 'intransigence')
+# The summary metrics a run computes (`jcl.metrics.summarize`), which can rank settings.
+SUMMARY_METRICS = ('acc', 'learning_accuracy', 'bwt', 'fwt', 'forgetting', 'max_forgetting')
+# The largest seed: JAX's `PRNGKey` and `torch.manual_seed` take 64-bit seeds.
+MAX_SEED = 2**63 - 1
 
 
 def _fail(section: str, field: str, message: str):
@@ -49,6 +54,53 @@ def _fail(section: str, field: str, message: str):
 def _int_at_least(section: str, field: str, value: Any, low: int) -> None:
   if not isinstance(value, int) or isinstance(value, bool) or value < low:
     _fail(section, field, f'must be an integer >= {low}, got {value!r}')
+
+
+def _name(section: str, field: str, value: Any, optional: bool = False) -> None:
+  """A non-empty string (or None when `optional`)."""
+  if not (optional and value is None) and (not isinstance(value, str) or not value.strip()):
+    _fail(
+      section, field, f'must be a non-empty string{" or None" if optional else ""}, got {value!r}'
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_fields(cls) -> tuple[tuple[str, type, bool], ...]:
+  """`(field, type, None allowed)` of the bool, int, float and str fields of a dataclass."""
+  try:
+    hints = typing.get_type_hints(cls)
+  except Exception:  # pylint: disable=broad-except  # e.g. a spec class defined in a function
+    return ()
+  out = []
+  for f in dataclasses.fields(cls):
+    args = typing.get_args(hints[f.name]) or (hints[f.name],)
+    kinds = [a for a in args if a is not type(None)]
+    if len(kinds) == 1 and kinds[0] in (bool, int, float, str):
+      out.append((f.name, kinds[0], len(kinds) < len(args)))
+  return tuple(out)
+
+
+_KINDS = {bool: 'True or False', int: 'an integer', float: 'a finite number', str: 'a string'}
+
+
+def check_types(section: str, obj: Any) -> None:
+  """Every bool, int, float and str field of the dataclass `obj` holds a value
+  of its type (an int counts as a float, a bool as neither); else a ValueError
+  naming `section` and the field."""
+  for field, kind, optional in _scalar_fields(type(obj)):
+    value = getattr(obj, field)
+    if value is None and optional:
+      continue
+    if kind is bool:
+      ok = isinstance(value, bool)
+    elif kind is float:
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+      ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok:
+      _fail(
+        section, field, f'must be {_KINDS[kind]}{" or None" if optional else ""}, got {value!r}'
+      )
 
 
 def as_plain(section: Any) -> dict[str, Any]:
@@ -112,6 +164,7 @@ class TrainConfig:
     if self.importance_samples is not None:
       _int_at_least('train', 'importance_samples', self.importance_samples, 1)
     _int_at_least('train', 'seed', self.seed, 0)
+    check_types('train', self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,9 +237,23 @@ class LogSpec:
   def __post_init__(self):
     if isinstance(self.loggers, str):
       object.__setattr__(self, 'loggers', (self.loggers,))
+    if not isinstance(self.loggers, (tuple, list)):
+      _fail('log', 'loggers', f'must be writer names, got {self.loggers!r}')
     names = [n.strip() for entry in self.loggers for n in str(entry).split(',') if n.strip()]
     object.__setattr__(self, 'loggers', tuple(names))
+    from jcl import loggers  # NumPy only
+
+    known = loggers.available_writers()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+      _fail('log', 'loggers', f'unknown writer(s) {unknown}; known: {list(known)}')
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+      _fail('log', 'loggers', f'writer(s) {repeated} named more than once')
     _int_at_least('log', 'every_chunks', self.every_chunks, 1)
+    _name('log', 'project', self.project)
+    _name('log', 'run_name', self.run_name, optional=True)
+    check_types('log', self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +274,7 @@ class CheckpointSpec:
   def __post_init__(self):
     _int_at_least('checkpoint', 'every_chunks', self.every_chunks, 0)
     _int_at_least('checkpoint', 'max_to_keep', self.max_to_keep, 2)
+    check_types('checkpoint', self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +378,9 @@ class ReplicasSpec:
     _int_at_least('replicas', 'batch_shards', self.batch_shards, 1)
     if self.mode not in MODES:
       _fail('replicas', 'mode', f'must be one of {MODES}, got {self.mode!r}')
+    if self.rank_by not in SUMMARY_METRICS:
+      _fail('replicas', 'rank_by', f'must be one of {SUMMARY_METRICS}, got {self.rank_by!r}')
+    check_types('replicas', self)
     object.__setattr__(self, 'grid', tuple(parse_grid(self.grid).items()))
     for path, values in self.grid:
       if not values:
@@ -367,6 +438,21 @@ class RunSpec:
 
   def __post_init__(self):
     _int_at_least('config', 'seed', self.seed, 0)
+    if self.seed + self.replicas.num_seeds - 1 > MAX_SEED:
+      _fail(
+        'config',
+        'seed',
+        f'must be <= {MAX_SEED - self.replicas.num_seeds + 1} (seeds seed .. seed + num_seeds '
+        f'- 1 are 64-bit integers), got {self.seed}',
+      )
+    if self.compilation_cache is not None and not isinstance(self.compilation_cache, str):
+      _fail(
+        'config',
+        'compilation_cache',
+        f"must be 'auto', a folder, or '' / None (off), got {self.compilation_cache!r}",
+      )
+    check_types('optimizer', self.optimizer)
+    check_types(self.algorithm.name, self.algorithm)
     if self.train.seed != self.seed:
       object.__setattr__(self, 'train', dataclasses.replace(self.train, seed=self.seed))
     floats = _grid_fields(self.algorithm)
@@ -436,6 +522,7 @@ class RunSpec:
         f'config: unknown section(s) {unknown}; known: {sorted(cls.SECTIONS + cls.TOP_LEVEL)}'
       )
     seed = values.get('seed', 0)
+    _int_at_least('config', 'seed', seed, 0)
     benchmark = dict(values.get('benchmark') or {})
     if 'name' not in benchmark:
       raise ValueError("benchmark: needs a 'name'")
@@ -446,7 +533,8 @@ class RunSpec:
     for key in ('num_seeds', 'grid'):
       if key in values:
         replicas[key] = values[key]
-    replicas['num_seeds'] = replicas.get('num_seeds') or 1
+    if replicas.get('num_seeds') is None:
+      replicas['num_seeds'] = 1
     train = dict(values.get('train') or {})
     train.pop('seed', None)
     return cls(

@@ -8,6 +8,7 @@ big-endian uint32 per dimension, then the data in row-major order.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -15,7 +16,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from jcl.data.dataset import DataError, Dataset, make_dataset
+from jcl.data.dataset import DataError, Dataset, make_dataset, missing_path_error
 
 PathLike = Union[str, os.PathLike]
 
@@ -96,7 +97,7 @@ def parse_idx(data: bytes, where: str = '<bytes>') -> np.ndarray:
     )
   shape = struct.unpack(f'>{ndim}I', data[4:header])
   dtype = _IDX_DTYPES[code]
-  expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow.
   actual = len(data) - header
   if actual < expected:
     raise DataError(
@@ -171,7 +172,7 @@ def _find(directory: str, base: str) -> str:
   )
 
 
-def load_idx_dir(path: PathLike, name: str = 'mnist') -> Dataset:
+def load_idx_dir(path: PathLike, name: str = 'mnist', pixel_max: Optional[float] = None) -> Dataset:
   """Loads MNIST-style IDX files from a directory.
 
   The directory holds `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
@@ -182,19 +183,25 @@ def load_idx_dir(path: PathLike, name: str = 'mnist') -> Dataset:
     path: the directory.
     name: the dataset name stored in the result (`'mnist'`,
       `'fashion_mnist'`, ...).
+    pixel_max: the brightest possible pixel value (None: 255, uint8 images;
+      float images need one).
 
   Returns:
     A `Dataset` with uint8 images `[N, 28, 28, 1]` and int64 labels `[N]`.
 
   Raises:
     DataError: a file is missing, corrupt, truncated, or images and labels
-      disagree in count; the message names the file.
+      disagree in count, a label is out of range, a pixel value is not
+      finite or outside `[0, pixel_max]`; the message names the file.
   """
   directory = os.fspath(path)
+  if not os.path.exists(directory):
+    raise missing_path_error(directory)
   if not os.path.isdir(directory):
-    raise DataError(f'{directory}: IDX directory not found')
+    raise DataError(f'{directory}: is a file, not a folder of IDX files')
   splits = []
-  for images_base, labels_base in (_IDX_FILES[:2], _IDX_FILES[2:]):
+  where = {'': directory}
+  for split, (images_base, labels_base) in zip(('train', 'test'), (_IDX_FILES[:2], _IDX_FILES[2:])):
     images_path = _find(directory, images_base)
     labels_path = _find(directory, labels_base)
     images = read_idx(images_path)
@@ -207,6 +214,7 @@ def load_idx_dir(path: PathLike, name: str = 'mnist') -> Dataset:
       raise DataError(
         f'{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels'
       )
-    splits.append((images, labels.astype(np.int64)))
+    splits.append((images, labels))
+    where.update({f'x_{split}': images_path, f'y_{split}': labels_path})
   (x_train, y_train), (x_test, y_test) = splits
-  return make_dataset(name, x_train, y_train, x_test, y_test, where=directory)
+  return make_dataset(name, x_train, y_train, x_test, y_test, where=where, pixel_max=pixel_max)

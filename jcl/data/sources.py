@@ -1,27 +1,34 @@
 """Where raw datasets come from: bundled sample, IDX, NPZ, TFDS, image folders.
 
-Every loader returns a `Dataset` of uint8 `[N, H, W, C]` images and int64
-`[N]` labels. Only NumPy and the standard library are imported here;
-`tensorflow_datasets` and Pillow are imported lazily by the loaders that need
-them.
+Every loader returns a `Dataset` of `[N, H, W, C]` images (uint8, or floats
+in `[0, pixel_max]` where `pixel_max` is declared) and int64 `[N]` labels,
+validated by `jcl.data.dataset.make_dataset`. Only NumPy and the standard
+library are imported here; `tensorflow_datasets` and Pillow are imported
+lazily by the loaders that need them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import zipfile
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from jcl.data.dataset import DataError, Dataset, make_dataset
+from jcl.data.dataset import (
+  DataError,
+  Dataset,
+  check_pixel_max,
+  make_dataset,
+  missing_path_error,
+)
 from jcl.data.idx import load_idx_dir
 
 PathLike = Union[str, os.PathLike]
 
 SOURCES = ('auto', 'sample', 'idx', 'npz', 'tfds', 'folder')
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+_NPZ_OPTIONAL = ('name', 'num_classes', 'class_names', 'pixel_max')
 MNIST_SAMPLE_PATH = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'assets', 'mnist_sample.npz'
 )
@@ -49,26 +56,63 @@ def canonical_name(name: str) -> str:
 # -----------------------------------------------------------------------------
 
 
-def load_npz(path: PathLike, name: Optional[str] = None) -> Dataset:
+# The first bytes of a zip archive (an NPZ is a zip of .npy files) and of a .npy file.
+_ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
+_NPY_MAGIC = b'\x93NUMPY'
+
+
+def _check_npz_file(path: str) -> None:
+  """DataError unless `path` is an existing file that starts as a zip archive."""
+  if not os.path.exists(path):
+    raise missing_path_error(path)
+  if os.path.isdir(path):
+    raise DataError(f'{path}: is a folder, not an NPZ file')
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(6)
+  except OSError as e:
+    raise DataError(f'{path}: cannot read file ({e})') from e
+  if head[:4] in _ZIP_MAGIC:
+    return
+  if not head:
+    what = 'the file is empty'
+  elif head == _NPY_MAGIC:
+    what = 'it is a single .npy array (np.save), not an archive'
+  else:
+    what = f'it starts with the bytes {head[:4]!r}, not a zip archive'
+  raise DataError(
+    f'{path}: not an NPZ archive ({what}); an NPZ dataset is written by np.savez with the '
+    f'arrays {list(NPZ_KEYS)}'
+  )
+
+
+def load_npz(
+  path: PathLike, name: Optional[str] = None, pixel_max: Optional[float] = None
+) -> Dataset:
   """Loads a dataset from an `.npz` with x_train, y_train, x_test, y_test.
 
-  Optional keys: `name` (str), `num_classes` (int), `class_names` (str array).
-  Other keys are ignored. Images may be `[N, H, W]` or `[N, H, W, C]`.
+  Optional keys: `name` (str), `num_classes` (int), `class_names` (str
+  array), `pixel_max` (float, as `save_npz` writes it). Other keys are
+  ignored. Images may be `[N, H, W]` or `[N, H, W, C]`.
 
   Args:
     path: the `.npz` file.
     name: dataset name; defaults to the file's `name` key, else the file stem.
+    pixel_max: the brightest possible pixel value (None: the file's
+      `pixel_max` key, else 255); float images need one (see
+      `jcl.data.dataset.check_images`).
 
   Returns:
     The `Dataset`.
 
   Raises:
     DataError: the file is missing or not an NPZ, a key is missing, or the
-      arrays are inconsistent; the message names the file and key.
+      arrays are inconsistent, not finite or out of range; the message names
+      the file and key.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise DataError(f'{path}: file not found')
+  _check_npz_file(path)
+  key = None
   try:
     with np.load(path, allow_pickle=False) as npz:
       missing = [k for k in NPZ_KEYS if k not in npz.files]
@@ -77,18 +121,30 @@ def load_npz(path: PathLike, name: Optional[str] = None) -> Dataset:
           f'{path}: missing key(s) {missing}; an NPZ dataset '
           f'needs {list(NPZ_KEYS)} (found {sorted(npz.files)})'
         )
-      arrays = {k: npz[k] for k in NPZ_KEYS}
-      stored_name = str(npz['name']) if 'name' in npz.files else None
-      num_classes = int(npz['num_classes']) if 'num_classes' in npz.files else None
-      class_names = (
-        tuple(str(c) for c in npz['class_names']) if 'class_names' in npz.files else None
-      )
+      arrays = {}
+      for key in NPZ_KEYS + tuple(k for k in _NPZ_OPTIONAL if k in npz.files):
+        arrays[key] = npz[key]
   except (zipfile.BadZipFile, OSError, EOFError) as e:
-    raise DataError(f'{path}: not a readable NPZ file ({e})') from e
+    where = f' (key {key!r})' if key else ''
+    raise DataError(f'{path}: not a readable NPZ archive{where}, corrupt or truncated ({e})') from e
   except ValueError as e:
     if isinstance(e, DataError):
       raise
-    raise DataError(f'{path}: cannot read NPZ arrays ({e})') from e
+    if 'allow_pickle' in str(e):
+      raise DataError(
+        f'{path}: key {key!r} holds Python objects (a pickled object array), which jcl does not '
+        'load; store it as a numeric array'
+      ) from e
+    raise DataError(f'{path}: cannot read key {key!r} ({e})') from e
+  try:
+    stored_name = str(arrays['name']) if 'name' in arrays else None
+    num_classes = int(arrays['num_classes']) if 'num_classes' in arrays else None
+    class_names = tuple(str(c) for c in arrays['class_names']) if 'class_names' in arrays else None
+    stored_pixel_max = float(arrays['pixel_max']) if 'pixel_max' in arrays else None
+  except (TypeError, ValueError) as e:
+    raise DataError(
+      f'{path}: cannot read the optional keys {[k for k in _NPZ_OPTIONAL if k in arrays]} ({e})'
+    ) from e
   if name is None:
     name = stored_name or os.path.splitext(os.path.basename(path))[0]
   return make_dataset(
@@ -100,11 +156,12 @@ def load_npz(path: PathLike, name: Optional[str] = None) -> Dataset:
     num_classes=num_classes,
     where=path,
     class_names=class_names,
+    pixel_max=stored_pixel_max if pixel_max is None else pixel_max,
   )
 
 
 def save_npz(dataset: Dataset, path: PathLike, compress: bool = True) -> None:
-  """Writes a `Dataset` as an NPZ that `load_npz` reads back.
+  """Writes a `Dataset` as an NPZ that `load_npz` reads back (`pixel_max` included).
 
   Useful to cache a slow source (a TinyImageNet JPEG folder, TFDS) once.
 
@@ -120,6 +177,7 @@ def save_npz(dataset: Dataset, path: PathLike, compress: bool = True) -> None:
     y_test=dataset.y_test,
     name=np.asarray(dataset.name),
     num_classes=np.asarray(dataset.num_classes),
+    pixel_max=np.asarray(dataset.pixel_max),
   )
   if dataset.class_names is not None:
     arrays['class_names'] = np.asarray(dataset.class_names)
@@ -175,6 +233,7 @@ def load_tfds(
   splits: Sequence[str] = ('train', 'test'),
   image_key: str = 'image',
   label_key: str = 'label',
+  pixel_max: Optional[float] = None,
 ) -> Dataset:
   """Loads a TFDS image-classification dataset via `tfds.data_source`.
 
@@ -192,6 +251,7 @@ def load_tfds(
     splits: the (train, test) split names.
     image_key: the image feature.
     label_key: the label feature (a `ClassLabel`).
+    pixel_max: the brightest possible pixel value (None: 255, uint8 images).
 
   Returns:
     The `Dataset` (named `canonical_name(name)`).
@@ -233,7 +293,12 @@ def load_tfds(
   if class_names is not None and num_classes is not None and (len(class_names) != num_classes):
     class_names = None
   return make_dataset(
-    canonical_name(name), *arrays, num_classes=num_classes, where=where, class_names=class_names
+    canonical_name(name),
+    *arrays,
+    num_classes=num_classes,
+    where=where,
+    class_names=class_names,
+    pixel_max=pixel_max,
   )
 
 
@@ -264,7 +329,7 @@ def _read_images(paths: Sequence[str]) -> np.ndarray:
     raise DataError(f'{os.path.dirname(paths[0])}: images of different sizes ({e})') from e
 
 
-def load_tinyimagenet(path: PathLike) -> Dataset:
+def load_tinyimagenet(path: PathLike, pixel_max: Optional[float] = None) -> Dataset:
   """Loads TinyImageNet from the standard `tiny-imagenet-200/` folder.
 
   Layout: `wnids.txt`, `train/<wnid>/images/*.JPEG`, `val/val_annotations.txt`
@@ -276,6 +341,7 @@ def load_tinyimagenet(path: PathLike) -> Dataset:
 
   Args:
     path: the `tiny-imagenet-200` folder.
+    pixel_max: the brightest possible pixel value (None: 255, as decoded).
 
   Returns:
     A `Dataset` named `'tinyimagenet'`, uint8 `[N, 64, 64, 3]` images,
@@ -286,6 +352,10 @@ def load_tinyimagenet(path: PathLike) -> Dataset:
     ImportError: Pillow is not installed.
   """
   root = os.fspath(path)
+  if not os.path.exists(root):
+    raise missing_path_error(root)
+  if not os.path.isdir(root):
+    raise DataError(f'{root}: is a file, not the tiny-imagenet-200 folder')
   wnids_path = os.path.join(root, 'wnids.txt')
   if not os.path.isfile(wnids_path):
     raise DataError(
@@ -335,12 +405,21 @@ def load_tinyimagenet(path: PathLike) -> Dataset:
     num_classes=len(wnids),
     where=root,
     class_names=tuple(wnids),
+    pixel_max=pixel_max,
   )
 
 
 # -----------------------------------------------------------------------------
 # Dispatcher.
 # -----------------------------------------------------------------------------
+
+
+def _starts_as_zip(path: str) -> bool:
+  try:
+    with open(path, 'rb') as f:
+      return f.read(4) in _ZIP_MAGIC
+  except OSError:
+    return False
 
 
 def _auto_source(name: str, path: Optional[str]) -> str:
@@ -353,11 +432,13 @@ def _auto_source(name: str, path: Optional[str]) -> str:
         "dataset 'tinyimagenet' needs path= (the tiny-imagenet-200 folder or an NPZ)"
       )
     return 'tfds'
+  if not os.path.exists(path):
+    raise missing_path_error(path)
   if os.path.isdir(path):
     if os.path.isfile(os.path.join(path, 'wnids.txt')):
       return 'folder'
     return 'idx'
-  if path.endswith('.npz'):
+  if path.endswith('.npz') or _starts_as_zip(path):
     return 'npz'
   raise DataError(
     f'{path}: cannot infer the source: not a folder or .npz '
@@ -394,15 +475,16 @@ def load_dataset(
 
   Raises:
     ValueError: unknown source, or a source that needs `path` without it.
-    DataError: the files are missing or corrupt.
+    DataError: the files are missing or corrupt, or hold bad values (NaN or
+      inf, labels out of range, pixels outside `[0, pixel_max]`, float images
+      without a `pixel_max`); the message names the file.
   """
-  dataset = _load(canonical_name(name), source, None if path is None else os.fspath(path))
-  if pixel_max is not None:
-    dataset = dataclasses.replace(dataset, pixel_max=float(pixel_max))
-  return dataset
+  path = None if path is None else os.fspath(path)
+  pixel_max = check_pixel_max(pixel_max, f'dataset {name!r}')
+  return _load(canonical_name(name), source, path, pixel_max)
 
 
-def _load(name: str, source: str, path: Optional[str]) -> Dataset:
+def _load(name: str, source: str, path: Optional[str], pixel_max: Optional[float]) -> Dataset:
   if source not in SOURCES:
     raise ValueError(f'source={source!r}: must be one of {SOURCES}')
   if source == 'auto':
@@ -416,15 +498,15 @@ def _load(name: str, source: str, path: Optional[str]) -> Dataset:
       raise ValueError(
         f"source='sample': no bundled sample for dataset {name!r} (bundled: {sorted(SAMPLES)})"
       )
-    return load_npz(SAMPLES[name], name=name)
+    return load_npz(SAMPLES[name], name=name, pixel_max=pixel_max)
   if source == 'idx':
-    return load_idx_dir(path, name=name)
+    return load_idx_dir(path, name=name, pixel_max=pixel_max)
   if source == 'npz':
-    return load_npz(path, name=name)
+    return load_npz(path, name=name, pixel_max=pixel_max)
   if source == 'folder':
     if name != 'tinyimagenet':
       raise ValueError(
         f"source='folder' reads the tiny-imagenet-200 layout; not available for dataset {name!r}"
       )
-    return load_tinyimagenet(path)
-  return load_tfds(name, data_dir=path)
+    return load_tinyimagenet(path, pixel_max=pixel_max)
+  return load_tfds(name, data_dir=path, pixel_max=pixel_max)

@@ -136,8 +136,11 @@ def test_count_mismatch_raises(tmp_path):
 
 
 def test_missing_directory_raises(tmp_path):
-  with pytest.raises(data.DataError, match='nope'):
+  with pytest.raises(data.DataError, match='no such file or folder: .*nope'):
     data.load_idx_dir(tmp_path / 'nope')
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(data.DataError, match='is a file, not a folder of IDX files'):
+    data.load_idx_dir(tmp_path / 'file')
 
 
 def test_parse_idx_too_short():

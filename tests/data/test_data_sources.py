@@ -62,13 +62,33 @@ def test_npz_length_mismatch(tmp_path):
 @pytest.mark.parametrize('content', [b'not a zip file', b''])
 def test_npz_not_npz(tmp_path, content):
   (tmp_path / 'bad.npz').write_bytes(content)
-  with pytest.raises(data.DataError, match='bad.npz'):
+  with pytest.raises(data.DataError, match='bad.npz: not an NPZ archive'):
     data.load_npz(tmp_path / 'bad.npz')
 
 
 def test_npz_missing_file(tmp_path):
-  with pytest.raises(data.DataError, match='nope.npz'):
+  with pytest.raises(data.DataError, match='no such file or folder: .*nope.npz'):
     data.load_npz(tmp_path / 'nope.npz')
+
+
+def test_npz_without_suffix_is_found_by_content(tmp_path, make_tiny):
+  data.save_npz(make_tiny(), tmp_path / 'd.npz')
+  os.rename(tmp_path / 'd.npz', tmp_path / 'd.data')
+  assert data.load_dataset('tiny', path=tmp_path / 'd.data').num_classes == 4
+  (tmp_path / 'd.txt').write_text('1,2,3')
+  with pytest.raises(data.DataError, match='cannot infer the source'):
+    data.load_dataset('tiny', path=tmp_path / 'd.txt')
+
+
+def test_pixel_max_round_trip(tmp_path, make_tiny):
+  ds = make_tiny()
+  assert ds.pixel_max == 255.0
+  unit = data.make_dataset(
+    'tiny', ds.x_train / 255.0, ds.y_train, ds.x_test / 255.0, ds.y_test, pixel_max=1.0
+  )
+  data.save_npz(unit, tmp_path / 'u.npz')
+  assert data.load_npz(tmp_path / 'u.npz').pixel_max == 1.0  # Stored with the arrays.
+  assert data.load_dataset('tiny', path=tmp_path / 'u.npz', pixel_max=255).pixel_max == 255.0
 
 
 def test_bundled_sample(sample):
