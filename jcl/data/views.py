@@ -142,14 +142,8 @@ class InputView:
     return images if self.maps is None else self.maps.apply(images, t)
 
   def normalize(self, staged: np.ndarray) -> np.ndarray:
-    """float32 `(staged * scale - mean) / std`, in that order of operations;
-    uint8 pixels are looked up in `lookup_table` (the same numbers)."""
-    if staged.dtype == np.uint8:
-      table = self.lookup_table()
-      return table[staged, np.arange(table.shape[1])]
-    return self._arithmetic(staged)
-
-  def _arithmetic(self, staged: np.ndarray) -> np.ndarray:
+    """float32 `(staged * scale - mean) / std`, in that order of operations
+    (elementwise IEEE float32, as NumPy computes it)."""
     out = np.empty(staged.shape, np.float32)
     out[...] = staged
     out *= np.float32(self.scale)
@@ -163,7 +157,7 @@ class InputView:
     gets these numbers bit for bit, whatever its compiler does with
     arithmetic (fused multiply-adds, reciprocals)."""
     channels = len(self.mean)
-    return self._arithmetic(np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, 1))
+    return self.normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, 1))
 
   def inputs(self, images: np.ndarray, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Model inputs float32 `[N, H, W, C]` of stored rows `rows [N]` of tasks

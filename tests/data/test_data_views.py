@@ -45,10 +45,12 @@ def test_split_inputs_equal_the_materialized_ones_bit_for_bit(raw, make):
 
 
 def test_lookup_table_is_the_arithmetic():
-  view = views.InputView.make(255.0, np.float32([0.1307]), np.float32([0.3081]), 1)
-  pixels = np.arange(256, dtype=np.uint8).reshape(16, 4, 4, 1)
-  np.testing.assert_array_equal(view.normalize(pixels), view._arithmetic(pixels))
-  assert view.normalize(pixels).dtype == np.float32
+  view = views.InputView.make(255.0, np.float32([0.4914, 0.48]), np.float32([0.247, 0.24]), 2)
+  table = view.lookup_table()
+  assert table.shape == (256, 2) and table.dtype == np.float32
+  pixels = np.arange(256, dtype=np.uint8)
+  expected = (pixels.astype(np.float32)[:, None] * np.float32(1 / 255) - view.mean) / view.std
+  np.testing.assert_array_equal(table, expected)
 
 
 def test_inputs_of_some_rows_and_padding(raw):
