@@ -31,10 +31,14 @@ class StoredImages(NamedTuple):
 
   Attributes:
     images: `[M, H, W, C]` as stored (uint8, or float).
-    index: int32 `[T, J, P]` pixel-map taps, or None (no map).
-    weight: float32 `[T, J, P]` tap weights, or None (one tap, copied).
-    table: float32 `[256, C]`, the input of each uint8 pixel value
-      (`InputView.lookup_table`), or None (float pixels: arithmetic below).
+    index: int32 `[T, J, P * C]` pixel-map taps per channel value (clipped to
+      the image), or None (no map).
+    weight: float32 `[T, J, P * C]` tap weights, or None (one tap, copied).
+    fill: bool `[T, P * C]`, False where a one-tap map reads the fill (0), or
+      None (no such pixel).
+    table: float32 `[256 * C]`, the input of uint8 value v in channel c at
+      `v * C + c` (`InputView.lookup_table`), or None (float pixels: the
+      arithmetic with `scale`, `mean`, `std`).
     scale: float32 `[]`, `1 / pixel_max`.
     mean: float32 `[C]`.
     std: float32 `[C]`.
@@ -43,6 +47,7 @@ class StoredImages(NamedTuple):
   images: jax.Array
   index: jax.Array | None
   weight: jax.Array | None
+  fill: jax.Array | None
   table: jax.Array | None
   scale: jax.Array
   mean: jax.Array
@@ -53,46 +58,59 @@ def stored_images(images: np.ndarray, view: InputView) -> StoredImages:
   """`images` and `view` as host arrays in a `StoredImages` (place them with
   `jax.device_put`, or stack several replicas' first)."""
   maps = view.maps
-  weight = None if maps is None else maps.weight
+  c = images.shape[-1]
+  index = weight = fill = None
+  if maps is not None:
+    p = maps.num_pixels
+    per_value = maps.index[..., None] * c + np.arange(c)  # [T, J, P, C]
+    index = np.minimum(per_value, p * c - 1).reshape(*maps.index.shape[:2], -1).astype(np.int32)
+    if maps.weight is not None:
+      weight = np.repeat(maps.weight, c, axis=-1)
+    elif (maps.index >= p).any():
+      fill = np.repeat(maps.index[:, 0] < p, c, axis=-1)
+  table = None
+  if images.dtype == np.uint8 and weight is None:
+    table = view.lookup_table().reshape(-1)
   return StoredImages(
-    images,
-    None if maps is None else maps.index,
-    weight,
-    view.lookup_table() if images.dtype == np.uint8 and weight is None else None,
-    np.float32(view.scale),
-    view.mean,
-    view.std,
+    images, index, weight, fill, table, np.float32(view.scale), view.mean, view.std
   )
 
 
 def inputs(source: StoredImages, rows: jax.Array, t: jax.Array) -> jax.Array:
   """Model inputs float32 `[..., H, W, C]` of stored rows `rows [...]` of
-  tasks `t [...]`; a row `>= M` (padding) gives an all-zero input."""
+  tasks `t [...]`; a row `>= M` (padding) gives an all-zero input.
+
+  Whole-array gathers in the clip mode (the fill is a mask): XLA:CPU runs
+  them many times faster than fill-mode or multi-axis gathers.
+  """
   images = source.images
   m, (h, w, c) = images.shape[0], images.shape[1:]
   flat_rows, flat_t = rows.reshape(-1), t.reshape(-1)
   x = jnp.take(images.reshape(m, -1), flat_rows, axis=0, mode='fill', fill_value=0)
-  n = x.shape[0]
   if source.index is not None:
-    x = x.reshape(n, 1, h * w, c)
-    index = source.index[flat_t][..., None]  # [n, J, P, 1]
-    taps = jnp.take_along_axis(x, index, axis=2, mode='fill', fill_value=0)  # [n, J, P, C]
+    index = source.index[flat_t]  # [n, J, P * C]
     if source.weight is None:
-      x = taps[:, 0]
+      x = jnp.take_along_axis(x, index[:, 0], axis=1, mode='clip')
+      if source.fill is not None:
+        x = jnp.where(source.fill[flat_t], x, jnp.zeros((), x.dtype))
     else:
-      weight = source.weight[flat_t][..., None]
-      x = weight[:, 0] * taps[:, 0].astype(jnp.float32)
-      for j in range(1, taps.shape[1]):
-        x = x + weight[:, j] * taps[:, j].astype(jnp.float32)
-  x = x.reshape(n, h, w, c)
+      weight = source.weight[flat_t]
+      tap = lambda j: jnp.take_along_axis(x, index[:, j], axis=1, mode='clip')
+      out = weight[:, 0] * tap(0).astype(jnp.float32)
+      for j in range(1, index.shape[1]):
+        out = out + weight[:, j] * tap(j).astype(jnp.float32)
+      x = out
   if source.table is not None:
-    x = source.table[x.astype(jnp.int32), jnp.arange(c)]
+    channel = jnp.arange(x.shape[1], dtype=jnp.int32) % c
+    x = jnp.take(source.table, x.astype(jnp.int32) * c + channel, mode='clip')
   else:
-    x = (x.astype(jnp.float32) * source.scale - source.mean) / source.std
-  x = jnp.where((flat_rows < m)[:, None, None, None], x, 0.0)
+    x = x.reshape(-1, h, w, c).astype(jnp.float32) * source.scale
+    x = (x - source.mean) / source.std
+  x = jnp.where((flat_rows < m)[:, None], x.reshape(len(flat_rows), -1), 0.0)
   return x.reshape(rows.shape + (h, w, c))
 
 
+@jax.jit
 def stage(source: StoredImages, rows: jax.Array, t: jax.Array, y: jax.Array) -> Batch:
   """A split's samples staged on the device: `Batch(x [N, H, W, C] float32,
   y [N], t [N], None)` from its stored rows `rows [N]` (padding rows `>= M`
@@ -102,17 +120,20 @@ def stage(source: StoredImages, rows: jax.Array, t: jax.Array, y: jax.Array) -> 
   return Batch(inputs(source, rows, t), y, t, None)
 
 
-_stage = jax.jit(stage)
+def split_rows(split, length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`(rows, t, y)` int32 of a `TaskSplit`, padded to `length` (default: its
+  length) with row `M` (an all-zero input), task 0 and label 0: `stage`'s arguments."""
+  pad = (len(split) if length is None else length) - len(split)
+  rows = np.concatenate([split.rows, np.full(pad, len(split.images))]).astype(np.int32)
+  t, y = (np.concatenate([a, np.zeros(pad, a.dtype)]).astype(np.int32) for a in (split.t, split.y))
+  return rows, t, y
 
 
 def stage_split(split, source: StoredImages, length: int | None = None) -> Batch:
   """A `TaskSplit` staged on the device from its stored images `source`
   (`stored_images(split.images, split.view)`, placed), padded to `length`
-  rows (all-zero inputs, label and task 0; default: no padding)."""
-  pad = (len(split) if length is None else length) - len(split)
-  rows = np.concatenate([split.rows, np.full(pad, len(split.images))]).astype(np.int32)
-  y, t = (np.concatenate([a, np.zeros(pad, a.dtype)]).astype(np.int32) for a in (split.y, split.t))
-  return _stage(source, rows, t, y)
+  rows (`split_rows`)."""
+  return stage(source, *split_rows(split, length))
 
 
 def take_rows(data: Batch, rows: jax.Array, mask: jax.Array) -> Batch:

@@ -357,19 +357,26 @@ class JaxExecutor:
       )
     return jax.block_until_ready(out)
 
-  def _eval_chunks(self) -> list[tuple[TaskSplit, list[Any]]]:
-    """Per task, its evaluation split and index chunks (placed once)."""
+  def _eval_chunks(self) -> list[tuple[TaskSplit, Any, list[Any]]]:
+    """Per task, its evaluation split, its padded rows (`jcl.inputs.split_rows`)
+    and its index chunks, on the device (placed once: a few bytes a sample)."""
     key = id(self.benchmark)
     if key not in self._eval_cache:
       self._eval_cache.clear()  # another stream's (e.g. the previous seed's)
-      self._eval_cache[key] = [
-        (split, [jax.device_put((c.idx, c.mask)) for c in chunks])
-        for split, chunks in (
-          evaluation.eval_index_chunks(
-            self.benchmark, task, self.config.eval_split, self.config.eval_batch_size
-          )
-          for task in range(self.benchmark.num_tasks)
+      per_task = [
+        evaluation.eval_index_chunks(
+          self.benchmark, task, self.config.eval_split, self.config.eval_batch_size
         )
+        for task in range(self.benchmark.num_tasks)
+      ]
+      length = max(len(split) for split, _ in per_task)
+      self._eval_cache[key] = [
+        (
+          split,
+          jax.device_put(inputs_lib.split_rows(split, length)),
+          [jax.device_put((c.idx, c.mask)) for c in chunks],
+        )
+        for split, chunks in per_task
       ]
     return self._eval_cache[key]
 
@@ -378,11 +385,9 @@ class JaxExecutor:
     if class_mask is not None:
       train_state = train_state.replace(class_mask=jnp.asarray(class_mask))
     table = evaluation.task_table(self.benchmark)
-    tasks = self._eval_chunks()
-    length = max(len(split) for split, _ in tasks)
     counts = []
-    for split, chunks in tasks:
-      data = inputs_lib.stage_split(split, self._source(split), length)
+    for split, rows, chunks in self._eval_chunks():
+      data = inputs_lib.stage(self._source(split), *rows)  # one task's inputs at a time
       counts.append(
         [
           evaluation.count_correct(train_state, data, idx, mask, table)[None]

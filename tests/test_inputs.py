@@ -60,3 +60,25 @@ def test_take_rows_pads_with_zeros(raw):
 def test_padded_length(n, at_least, expected):
   got = inputs.padded_length(n, at_least)
   assert got == expected and n <= got <= max(at_least, n * 9 // 8 + 1)
+
+
+def test_color_images_through_maps_and_table():
+  """Three channels: each pixel's map moves all channels, each channel its own
+  normalization (CIFAR-like constants computed from the images)."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+  y = np.arange(40) % 4
+  ds = data.make_dataset('rgb', x, y, x[:12], y[:12])
+  from jcl.data import transforms
+
+  for maps in (
+    transforms.rotation_maps(8, 8, [0.0, 30.0], 'nearest'),
+    transforms.permutation_maps(np.stack([rng.permutation(64) for _ in range(2)])),
+  ):
+    bench = data.transformed_benchmark(ds, maps, name='rgb_maps')
+    for task in bench.tasks:
+      split = task.test
+      staged = inputs.stage_split(
+        split, jax.device_put(inputs.stored_images(split.images, split.view))
+      )
+      np.testing.assert_array_equal(np.asarray(staged.x), split.x)
