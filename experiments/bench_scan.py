@@ -14,7 +14,7 @@ of it the scanned loop reaches (training FLOPs ~ 6 x weights x samples).
 Compilation is excluded (one warm-up chunk / step first); the timings cover
 training only, best of `--repeats` interleaved runs (these 2-core machines
 are noisy). The whole binary against a minimal JAX loop and Avalanche, side
-by side, is `experiments/bench_loop.py`.
+by side, is `experiments/bench_peers.py`.
 
   python -m experiments.bench_scan                      # full
   python -m experiments.bench_scan --quick              # a few seconds

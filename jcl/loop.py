@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Protocol, Sequence
 
@@ -216,6 +217,9 @@ class FitContext:
   train_seconds: float = 0.0
   eval_seconds: float = 0.0
   compile_seconds: float = 0.0
+  # Seconds from the process's start to the first chunk's results in this
+  # walk (start-up, building, compilation and one chunk; None: none trained).
+  first_chunk_seconds: float | None = None
   benchmark: Any = None  # the first replica's `jcl.data.Benchmark`
   config: Any = None  # the loop's `TrainConfig`
   executor: Any = None  # the walk's `Executor` (evaluation uses it)
@@ -296,6 +300,7 @@ class FitContext:
       'total_seconds': time.perf_counter() - self.start_time,
       'samples_seen': self.samples_seen,
       'train_samples_per_second': self.samples_seen / max(self.train_seconds, 1e-9),
+      'first_chunk_seconds': self.first_chunk_seconds,
     }
 
   # Checkpoint records (`jcl.callbacks.CheckpointCallback`).
@@ -469,6 +474,18 @@ def walk(
   return ctx
 
 
+def process_seconds() -> float | None:
+  """Seconds since this process started (Linux `/proc`), or None elsewhere."""
+  try:
+    with open('/proc/self/stat') as f:
+      start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    with open('/proc/uptime') as f:
+      uptime = float(f.read().split()[0])
+    return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError):
+    return None
+
+
 class _Clock:
   """Wall-clock of a phase minus the compilation that happened in it."""
 
@@ -606,6 +623,8 @@ def _finish(executor, callbacks, ctx: FitContext, inflight: _Inflight) -> bool:
   chunk callbacks; False when the chunk after it must not go on from its
   states (a callback stopped the task or replaced the states)."""
   result = executor.chunk_result(inflight.pending)
+  if ctx.first_chunk_seconds is None:
+    ctx.first_chunk_seconds = process_seconds()
   ctx.train_state, ctx.algo_state = inflight.states
   committed = ctx.train_state, ctx.algo_state
   ctx.chunk = inflight.chunk_id

@@ -129,7 +129,7 @@ class TrainConfig:
     batch_size: training batch size B.
     chunk_steps: batches per scanned chunk K (host Python runs once per chunk;
       a chunk's work must outweigh a few hundred microseconds of Python:
-      `experiments/bench_loop.py` measured K=100 about 7% slower than K=1000
+      `experiments/bench_peers.py` (then bench_loop) measured K=100 about 7% slower than K=1000
       at batch 10 on 2 CPU cores).
     drop_last: drop the last partial batch instead of padding it.
     eval_batch_size: evaluation batch size.
