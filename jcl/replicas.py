@@ -459,4 +459,6 @@ class VmappedExecutor:
           for idx, mask, axis in chunks
         ]
       )
+      if len(counts) > 1:  # at most two tasks' staged inputs in flight
+        jax.block_until_ready(counts[-2])
     return evaluation.accuracies(counts, self.num_replicas, table is not None, fetch=fetch)

@@ -16,6 +16,8 @@ import dataclasses
 import math
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
+
 
 def _check(condition: bool, spec_name: str, field: str, message: str) -> None:
   if not condition:
@@ -698,9 +700,24 @@ class OptimizerSpec:
       f'must be None or > 0, got {self.grad_clip_norm!r}',
     )
 
-  def learning_rate_for_task(self, task_id: int) -> float:
-    """The learning rate of task `task_id` under the per-task decay."""
-    return max(self.learning_rate * self.lr_decay**task_id, self.min_lr)
+  def decay_power(self, task_id: int) -> np.float32:
+    """`lr_decay ** task_id` in float32 by square and multiply, as
+    `lax.integer_pow` computes it: the same bits on every backend, and no
+    compilation per task."""
+    power, base, k = np.float32(1.0), np.float32(self.lr_decay), int(task_id)
+    while k:
+      if k & 1:
+        power = power * base
+      k >>= 1
+      if k:
+        base = base * base
+    return power
+
+  def learning_rate_for_task(self, task_id: int) -> np.float32:
+    """`max(learning_rate * lr_decay**task_id, min_lr)` in float32: the
+    learning rate of task `task_id` under the per-task decay."""
+    lr = np.float32(self.learning_rate) * self.decay_power(task_id)
+    return np.maximum(lr, np.float32(self.min_lr))
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

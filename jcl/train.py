@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import types
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -211,13 +210,7 @@ class Program:
     with _traced_values_named(hp):
       train_state, algo_state = self.algorithm(hp).begin_task(train_state, algo_state, task_id)
     if LEARNING_RATE in hp:
-      regime = train_state.regime
-      decayed = ts_lib.learning_rate_for_task(
-        types.SimpleNamespace(
-          learning_rate=hp[LEARNING_RATE], lr_decay=regime.lr_decay, min_lr=regime.min_lr
-        ),
-        task_id,
-      )
+      decayed = ts_lib.learning_rate_for_task(train_state.regime, task_id, hp[LEARNING_RATE])
       opt_state = train_state.opt_state
       hyperparams = dict(opt_state.hyperparams, learning_rate=decayed)
       train_state = train_state.replace(opt_state=opt_state._replace(hyperparams=hyperparams))
@@ -387,13 +380,17 @@ class JaxExecutor:
     table = evaluation.task_table(self.benchmark)
     counts = []
     for split, rows, chunks in self._eval_chunks():
-      data = inputs_lib.stage(self._source(split), *rows)  # one task's inputs at a time
+      data = inputs_lib.stage(self._source(split), *rows)
       counts.append(
         [
           evaluation.count_correct(train_state, data, idx, mask, table)[None]
           for idx, mask in chunks
         ]
       )
+      # At most two tasks' staged inputs in flight (dispatch is asynchronous):
+      # memory stays flat in the number of tasks, the host still runs ahead.
+      if len(counts) > 1:
+        jax.block_until_ready(counts[-2])
     return evaluation.accuracies(counts, 1, table is not None)
 
 

@@ -18,6 +18,7 @@ import flax.linen as nn
 from flax import struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jcl.specs import OptimizerSpec
@@ -176,10 +177,16 @@ def apply_model(
   return outputs, state.model_state
 
 
-def learning_rate_for_task(regime: OptimizerSpec, task_id) -> jax.Array:
-  """`max(lr * lr_decay**task, min_lr)` as a traced scalar."""
-  lr = regime.learning_rate * jnp.power(jnp.float32(regime.lr_decay), task_id)
-  return jnp.maximum(lr, regime.min_lr).astype(jnp.float32)
+def learning_rate_for_task(regime: OptimizerSpec, task_id, learning_rate=None) -> jax.Array:
+  """`max(lr * lr_decay**task, min_lr)` as a float32 array (`lr`: `learning_rate`,
+  e.g. a gridded traced value, else the regime's); the power is computed on
+  the host for a Python task id (`OptimizerSpec.decay_power`)."""
+  lr = regime.learning_rate if learning_rate is None else learning_rate
+  if isinstance(task_id, (int, np.integer)):
+    power = regime.decay_power(task_id)
+  else:
+    power = jnp.power(jnp.float32(regime.lr_decay), task_id)
+  return jnp.maximum(lr * power, regime.min_lr).astype(jnp.float32)
 
 
 def begin_task(state: TrainState, task_id) -> TrainState:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -169,9 +168,8 @@ def apply_model(
 
 
 def learning_rate_for_task(regime: OptimizerSpec, task_id: int) -> float:
-  """`max(lr * lr_decay**task, min_lr)` in float32, as the JAX regime."""
-  decayed = np.float32(regime.learning_rate) * np.float32(regime.lr_decay) ** np.float32(task_id)
-  return float(np.float32(max(np.float32(decayed), np.float32(regime.min_lr))))
+  """`max(lr * lr_decay**task, min_lr)` in float32, the same bits as the JAX regime."""
+  return float(regime.learning_rate_for_task(task_id))
 
 
 def begin_task(state: TrainState, task_id: int) -> TrainState:

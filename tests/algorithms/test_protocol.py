@@ -96,6 +96,17 @@ def test_begin_task_applies_lr_decay_and_reinit():
   assert int(s3.task) == 5
 
 
+@pytest.mark.parametrize('decay', [0.8, 0.97, 0.5, 1.0, 0.123])
+def test_decayed_learning_rate_has_integer_pow_bits(decay):
+  """The host's float32 power (no compilation per task, shared with torch) is
+  `lax.integer_pow`'s, bit for bit, so decayed runs keep their numbers."""
+  regime = specs.OptimizerSpec(learning_rate=0.08, lr_decay=decay, min_lr=0.0)
+  for task in range(40):
+    expected = jax.lax.integer_pow(jnp.float32(decay), task) if task else jnp.float32(1)
+    assert regime.decay_power(task) == np.float32(expected), task
+    assert regime.learning_rate_for_task(task) == np.float32(0.08) * np.float32(expected)
+
+
 def test_grad_clipping_bounds_the_update():
   state = tiny_state(lr=1.0)
   clipped = state.replace(regime=specs.OptimizerSpec(learning_rate=1.0, grad_clip_norm=1e-3))
