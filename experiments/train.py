@@ -15,8 +15,10 @@ BWT, FWT and forgetting (mean ± std per setting for seeds and grids).
 
 Quiet by default: the INFO logs of absl, Orbax and JAX are off unless
 `--verbosity=0` (or higher) asks for them. A bad config or bad data (a
-`ValueError`, e.g. `jcl.data.DataError`) ends the run with its message on
-stderr and exit status 1, without a traceback unless `--verbosity` is given.
+`ValueError`, e.g. `jcl.data.DataError`), or a checkpoint that cannot be
+written (`jcl.checkpoint.CheckpointError`, its folder named), ends the run
+with its message on stderr and exit status 1, without a traceback unless
+`--verbosity` is given.
 """
 
 import sys
@@ -26,6 +28,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jcl import runs
+from jcl.checkpoint import CheckpointError
 from jcl.data import DataError
 from jcl.run_spec import RunSpec
 
@@ -57,6 +60,8 @@ def main(argv):
     result = runs.run(spec, _WORKDIR.value, backend=_BACKEND.value)
   except DataError as e:  # A data file or folder, named.
     return _error(e)
+  except CheckpointError as e:  # A checkpoint not written (or none usable), its folder named.
+    return _error(e)
   except ValueError as e:  # E.g. a benchmark option's value.
     return _error(e, hint=True)
   print(runs.format_summary(result))
@@ -64,7 +69,7 @@ def main(argv):
     print(f'results in {_WORKDIR.value}/results.json')
 
 
-def _error(error: ValueError, hint: bool = False) -> int:
+def _error(error: Exception, hint: bool = False) -> int:
   """Reports `error` on stderr in one line (exit status 1), or re-raises it for
   its traceback when `--verbosity` was given."""
   if flags.FLAGS['verbosity'].present:

@@ -250,15 +250,24 @@ class CheckpointCallback(Callback):
     return True
 
   def check_run(self, record: dict[str, Any] | None) -> None:
-    """Refuses a checkpoint written by another run, naming the fields that differ."""
+    """Refuses a checkpoint written by another run, naming its algorithm and
+    this config's, and the fields that differ."""
     stored = None if record is None else record.get('run')
-    if self.run_record is None or stored is None or stored == self.run_record:
+    if self.run_record is None or stored is None:
       return
     differences = record_differences(stored, self.run_record)
+    if not differences:  # the same run (a field added since is None, its default)
+      return
+    theirs, ours = stored.get('algo.name', '?'), self.run_record.get('algo.name', '?')
+    algorithms = (
+      f'this workdir holds a run of {theirs}; this config is {ours}'
+      if theirs != ours
+      else f'both are runs of {ours}'
+    )
     raise ValueError(
       f'the checkpoints in {self.checkpointer.directory} were written by a different run '
-      'configuration:\n  '
-      + '\n  '.join(differences or ['(the records differ)'])
+      f'configuration ({algorithms}); the fields that differ:\n  '
+      + '\n  '.join(differences)
       + '\nresume with the same config or use a fresh workdir'
     )
 

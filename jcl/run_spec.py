@@ -644,17 +644,21 @@ def _json_able(value: Any) -> Any:
 
 
 def record_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """The fields in which two records differ, for a message.
+  """The fields in which two records differ, for a message; empty when they
+  describe the same run. A field absent from one record and None (its
+  default) in the other is no difference: a checkpoint written before the
+  field existed still resumes.
 
   >>> record_differences({'seed': 0, 'optimizer.learning_rate': 0.05},
-  ...                    {'seed': 0, 'optimizer.learning_rate': 0.5})
+  ...                    {'seed': 0, 'optimizer.learning_rate': 0.5, 'benchmark.pixel_max': None})
   ['optimizer.learning_rate: 0.05 in the checkpoint, 0.5 now']
   """
   lines = []
   for key in sorted(set(stored) | set(current)):
-    a, b = stored.get(key, '(absent)'), current.get(key, '(absent)')
+    a, b = stored.get(key), current.get(key)
     if a != b:
-      lines.append(f'{key}: {a!r} in the checkpoint, {b!r} now')
+      absent = lambda record: '(absent)' if key not in record else repr(record[key])
+      lines.append(f'{key}: {absent(stored)} in the checkpoint, {absent(current)} now')
   return lines
 
 

@@ -21,12 +21,16 @@ would otherwise load silently) and a `torch.save` payload holding
 
 Each file is written to a temporary file in the same folder, flushed to disk
 and renamed (`os.replace`), so a crash never leaves a half-written
-checkpoint. A checkpoint that cannot be read or does not fit the state is
-reported by name and the previous one is used.
+checkpoint; it is read back and its checksum checked before older ones
+beyond `max_to_keep` are removed. A checkpoint that cannot be written raises
+`CheckpointError` naming the step and the folder (the older ones are kept).
+A checkpoint that is corrupt or does not fit the state is reported by name
+and the previous one is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -39,13 +43,15 @@ from typing import Any
 
 import torch
 
+from jcl.checkpoint import CheckpointError, describe_error, fsync_directory
+
 _NAME = re.compile(r'^checkpoint_(\d+)\.pt$')
 _MAGIC = b'jcl.torch checkpoint v1\n'
 _LEAF_TYPES = (torch.Tensor, int, float, bool, str, type(None))
 
 
-class CheckpointError(RuntimeError):
-  """No usable checkpoint could be read (`jcl.checkpoint.CheckpointError`)."""
+class _Corrupt(ValueError):
+  """The file is not the one written (bad header or checksum)."""
 
 
 def _children(node) -> list | None:
@@ -149,7 +155,13 @@ class Checkpointer:
       raise ValueError(f'max_to_keep must be >= 2, got {max_to_keep}')
     self.directory = os.path.abspath(directory)
     self.max_to_keep = max_to_keep
-    os.makedirs(self.directory, exist_ok=True)
+    self._bad: set[int] = set()  # steps found corrupt or unfit: never counted as kept
+    try:
+      os.makedirs(self.directory, exist_ok=True)
+    except OSError as err:
+      raise CheckpointError(
+        f'cannot keep checkpoints in {self.directory}: {describe_error(err)}'
+      ) from err
 
   def path(self, step: int) -> str:
     return os.path.join(self.directory, f'checkpoint_{step}.pt')
@@ -159,8 +171,13 @@ class Checkpointer:
 
   def save(self, state: tuple[Any, Any], record: dict[str, Any]) -> int:
     """Writes the next checkpoint (numbered after every existing one, a
-    corrupt one included), complete on disk when this returns, and removes
-    the oldest beyond `max_to_keep`."""
+    corrupt one included), complete on disk and read back when this returns,
+    then removes the oldest beyond `max_to_keep`.
+
+    Raises:
+      CheckpointError: it could not be written (the step and folder named;
+        nothing older was removed), or an old one could not be removed.
+    """
     train_state, algo_state = state
     payload = {
       'model': train_state.model.state_dict(),
@@ -172,55 +189,103 @@ class Checkpointer:
       'torch_rng': _rng_states(train_state.device),
       'record': json.dumps(record),
     }
-    steps = self.all_steps()
-    step = steps[-1] + 1 if steps else 1
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    data = buffer.getvalue()
-    fd, tmp = tempfile.mkstemp(prefix=f'.checkpoint_{step}.', suffix='.tmp', dir=self.directory)
+    step = tmp = None
     try:
+      self._remove_leftovers()
+      steps = self.all_steps()
+      step = steps[-1] + 1 if steps else 1
+      buffer = io.BytesIO()
+      torch.save(payload, buffer)
+      data = buffer.getvalue()
+      fd, tmp = tempfile.mkstemp(prefix=f'.checkpoint_{step}.', suffix='.tmp', dir=self.directory)
       with os.fdopen(fd, 'wb') as f:
         f.write(_MAGIC + hashlib.sha256(data).hexdigest().encode() + b'\n')
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp, self.path(step))
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+      tmp = None
+      fsync_directory(self.directory)
+      self._read_verified(self.path(step))  # read back before anything older goes
+    except CheckpointError:
       raise
-    _fsync_directory(self.directory)
-    for old in self.all_steps()[: -self.max_to_keep]:
-      os.remove(self.path(old))
+    except Exception as err:  # noqa: BLE001 - any failed write ends the run, named
+      what = 'a checkpoint' if step is None else f'checkpoint {step}'
+      raise CheckpointError(
+        f'cannot write {what} in {self.directory}: {describe_error(err)}'
+      ) from err
+    finally:
+      if tmp is not None:
+        with contextlib.suppress(OSError):
+          os.remove(tmp)
+    self._bad.discard(step)
+    try:
+      kept = [s for s in self.all_steps() if s not in self._bad][-self.max_to_keep :]
+      for old in self.all_steps():
+        if old < kept[0]:
+          self._remove(self.path(old))
+    except OSError as err:
+      raise CheckpointError(
+        f'cannot remove old checkpoints in {self.directory}: {describe_error(err)}'
+      ) from err
     return step
+
+  def _remove_leftovers(self) -> None:
+    """Removes the temporary files of interrupted saves (never a checkpoint)."""
+    for name in os.listdir(self.directory):
+      if name.startswith('.checkpoint_') and name.endswith('.tmp'):
+        self._remove(os.path.join(self.directory, name))
+
+  def _remove(self, path: str) -> None:
+    try:
+      os.remove(path)
+    except FileNotFoundError:
+      pass
+    except OSError as err:
+      raise CheckpointError(f'cannot remove {path}: {describe_error(err)}') from err
 
   def restore_latest(
     self, like: tuple[Any, Any]
   ) -> tuple[int, tuple[Any, Any], dict[str, Any]] | None:
-    """The newest readable checkpoint as `(step, (train_state, algo_state),
-    record)`, or None if there is none. `like` is the run's freshly built
-    `(train_state, algo_state)`: the model and optimizer are loaded into it
-    in place, the algo_state is rebuilt on its structure, and torch's global
-    generators are set to their saved states.
+    """The newest intact checkpoint that fits `like` as `(step,
+    (train_state, algo_state), record)`, or None if there is none. `like` is
+    the run's freshly built `(train_state, algo_state)`: the model and
+    optimizer are loaded into it in place, the algo_state is rebuilt on its
+    structure, and torch's global generators are set to their saved states.
 
     Raises:
-      CheckpointError: checkpoints exist but none can be read.
+      CheckpointError: checkpoints exist but none can be used (each one's
+        reason given).
     """
-    failures = []
+    failures, misfits = [], 0
     for step in reversed(self.all_steps()):
+      path = self.path(step)
       try:
-        return step, *self._restore(self.path(step), like)
+        payload = self._payload(path)
       except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back
-        message = (
-          f'checkpoint {self.path(step)} is corrupt or incompatible '
-          f'({type(err).__name__}: {str(err)[:200]}); trying the previous one'
-        )
-        logging.warning(message)
-        print(message)
-        failures.append(message)
+        reason = str(err) if isinstance(err, _Corrupt) else describe_error(err, path)
+        failures.append(f'checkpoint {path} is corrupt ({reason})')
+      else:
+        try:
+          return step, *self._restore(payload, like)
+        except ValueError as err:
+          misfits += 1
+          failures.append(f'checkpoint {path} does not fit this run ({describe_error(err, path)})')
+        except Exception as err:  # noqa: BLE001
+          failures.append(f'checkpoint {path} cannot be read ({describe_error(err, path)})')
+      self._bad.add(step)
+      message = failures[-1] + '; trying the previous one'
+      logging.warning(message)
+      print(message)
     if failures:
+      hint = (
+        '\nthey hold the state of another model or algorithm: resume with the config (and code) '
+        'that wrote them, or use a fresh workdir'
+        if misfits
+        else ''
+      )
       raise CheckpointError(
-        'no readable checkpoint in ' + self.directory + ':\n' + '\n'.join(failures)
+        f'no usable checkpoint in {self.directory}:\n' + '\n'.join(failures) + hint
       )
     return None
 
@@ -234,19 +299,27 @@ class Checkpointer:
         continue
     return None
 
-  def _payload(self, path: str) -> dict[str, Any]:
+  def _read_verified(self, path: str) -> bytes:
+    """The payload bytes of the file at `path`, its header and checksum checked.
+
+    Raises:
+      _Corrupt: the file is not the one written.
+    """
     with open(path, 'rb') as f:
       if f.read(len(_MAGIC)) != _MAGIC:
-        raise ValueError('not a jcl.torch checkpoint (bad header)')
+        raise _Corrupt('not a jcl.torch checkpoint (bad header)')
       digest = f.readline().strip().decode('ascii', 'replace')
       data = f.read()
     if hashlib.sha256(data).hexdigest() != digest:
-      raise ValueError('checksum mismatch: the file was damaged after it was written')
+      raise _Corrupt('checksum mismatch: the file was damaged after it was written')
+    return data
+
+  def _payload(self, path: str) -> dict[str, Any]:
+    data = self._read_verified(path)
     return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
 
-  def _restore(self, path: str, like: tuple[Any, Any]):
+  def _restore(self, payload: dict[str, Any], like: tuple[Any, Any]):
     train_state, algo_state = like
-    payload = self._payload(path)
     record = json.loads(payload['record'])
     # Everything is read and checked before anything in `like` changes.
     model = train_state.model.state_dict()
@@ -284,17 +357,3 @@ class Checkpointer:
 
   def close(self) -> None:
     """Nothing to release: every save is complete when it returns."""
-
-
-def _fsync_directory(directory: str) -> None:
-  """Makes a rename in `directory` durable (where the platform allows it)."""
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)

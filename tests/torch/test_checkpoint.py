@@ -2,7 +2,8 @@
 mid-task and started again in the same workdir ends bit-identical to an
 uninterrupted one (parameters, optimizer buffers, replay buffer, dropout
 draws, accuracy matrix, history); a corrupt newest checkpoint is reported by
-name and the previous one used; a different config is refused.
+name and the previous one used; a different config is refused; a failed
+write is one clear error that removes nothing older.
 
 The stream: class-incremental Split MNIST, 5 tasks of 100 bundled samples,
 2 epochs of 2 chunks of 5 batches, a checkpoint after every chunk; ER with a
@@ -11,6 +12,7 @@ and Adam kept across tasks with a decaying learning rate (so the optimizer
 buffers and the per-task learning rate matter).
 """
 
+import errno
 import os
 import shutil
 
@@ -135,7 +137,7 @@ def test_corrupt_newest_checkpoint_is_reported_and_previous_used(reference, tmp_
   for step in ckpt.all_steps():  # none readable: a clear error, no silent restart
     with open(ckpt.path(step), 'wb') as f:
       f.write(b'garbage')
-  with pytest.raises(checkpoint.CheckpointError, match='no readable checkpoint'):
+  with pytest.raises(checkpoint.CheckpointError, match='no usable checkpoint'):
     experiment.run(small_config(), str(workdir))
 
 
@@ -149,3 +151,67 @@ def test_resume_with_a_different_config_is_refused(reference, tmp_path):
 def test_checkpointer_keeps_at_least_two(tmp_path):
   with pytest.raises(ValueError, match='max_to_keep'):
     checkpoint.Checkpointer(str(tmp_path), max_to_keep=1)
+
+
+def like(config):
+  """A freshly built `(train_state, algo_state)` of `config`."""
+  parts = experiment.build(config)
+  return parts.train_state, experiment.init_algo_state(parts, shared={})
+
+
+def test_a_failed_write_is_one_clear_error_and_keeps_the_older_checkpoints(
+  reference, tmp_path, monkeypatch
+):
+  _, reference_dir = reference
+  shutil.copytree(reference_dir / 'checkpoints', tmp_path / 'checkpoints')
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'))
+  steps = ckpt.all_steps()
+  _, state, record = ckpt.restore_latest(like(small_config()))
+
+  def refused(*args):  # a folder refused, as `chattr +i` does (root ignores modes)
+    raise PermissionError(errno.EPERM, 'Operation not permitted')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'replace', refused)
+    with pytest.raises(checkpoint.CheckpointError) as error:
+      ckpt.save(state, record)
+  assert str(error.value) == (
+    f'cannot write checkpoint {steps[-1] + 1} in {ckpt.directory}: '
+    'PermissionError: [Errno 1] Operation not permitted'
+  )
+  names = sorted(os.path.basename(ckpt.path(s)) for s in steps)
+  assert sorted(os.listdir(ckpt.directory)) == names  # the temporary file removed
+  # The older ones go only once the new one reads back intact.
+  with monkeypatch.context() as patch:
+    patch.setattr(ckpt, '_read_verified', lambda path: 1 / 0)
+    with pytest.raises(checkpoint.CheckpointError, match='ZeroDivisionError'):
+      ckpt.save(state, record)
+  assert ckpt.all_steps() == [*steps, steps[-1] + 1]
+  assert ckpt.save(state, record) == steps[-1] + 2
+  assert ckpt.all_steps() == [steps[-1], steps[-1] + 1, steps[-1] + 2]
+
+
+def test_a_checkpoint_that_does_not_fit_or_gives_no_reason_is_explained(
+  reference, tmp_path, monkeypatch
+):
+  _, reference_dir = reference
+  ckpt = checkpoint.Checkpointer(str(reference_dir / 'checkpoints'))
+  narrower = small_config()
+  narrower.model.widths = (16,)
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    ckpt.restore_latest(like(narrower))
+  message = str(error.value)
+  newest = ckpt.path(ckpt.all_steps()[-1])
+  assert f'checkpoint {newest} does not fit this run (ValueError: model[' in message
+  assert 'they hold the state of another model or algorithm' in message
+
+  def fails(*args, **kwargs):
+    raise AssertionError()
+
+  monkeypatch.setattr(torch, 'load', fails)
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    ckpt.restore_latest(like(small_config()))
+  assert f'checkpoint {newest} is corrupt (AssertionError: no message, raised at ' in str(
+    error.value
+  )
+  assert f'reading {newest})' in str(error.value)
