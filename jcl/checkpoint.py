@@ -71,6 +71,12 @@ def describe_error(err: BaseException, where: str = '') -> str:
   return f'{type(err).__name__}: {text}'
 
 
+def write_failure(err: BaseException, directory: str, step: int | None) -> CheckpointError:
+  """The error that ends a run whose checkpoint `step` could not be written."""
+  what = 'a checkpoint' if step is None else f'checkpoint {step}'
+  return CheckpointError(f'cannot write {what} in {directory}: {describe_error(err)}')
+
+
 def _short_path(path: str) -> str:
   marker = f'site-packages{os.sep}'
   return path.split(marker, 1)[1] if marker in path else path
@@ -312,10 +318,7 @@ class Checkpointer:
     except CheckpointError:
       raise
     except Exception as err:  # noqa: BLE001 - any failed write ends the run, named
-      what = 'a checkpoint' if step is None else f'checkpoint {step}'
-      raise CheckpointError(
-        f'cannot write {what} in {self.directory}: {describe_error(err)}'
-      ) from err
+      raise write_failure(err, self.directory, step) from err
     self._problems[step] = None
     try:
       self._rotate()

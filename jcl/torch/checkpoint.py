@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from jcl.checkpoint import CheckpointError, describe_error, fsync_directory
+from jcl.checkpoint import CheckpointError, describe_error, fsync_directory, write_failure
 
 _NAME = re.compile(r'^checkpoint_(\d+)\.pt$')
 _MAGIC = b'jcl.torch checkpoint v1\n'
@@ -210,10 +210,7 @@ class Checkpointer:
     except CheckpointError:
       raise
     except Exception as err:  # noqa: BLE001 - any failed write ends the run, named
-      what = 'a checkpoint' if step is None else f'checkpoint {step}'
-      raise CheckpointError(
-        f'cannot write {what} in {self.directory}: {describe_error(err)}'
-      ) from err
+      raise write_failure(err, self.directory, step) from err
     finally:
       if tmp is not None:
         with contextlib.suppress(OSError):
