@@ -5,14 +5,18 @@
       --config.benchmark.path=../shared/data/mnist --workdir=/tmp/lfl
 
 The argument after ':' picks the stream (permuted_mnist, rotated_mnist,
-split_mnist; see configs/common.py); without `benchmark.path` the real-MNIST
-sample bundled with jcl is used.
+split_mnist; see configs/common.py), or an image stream of configs/streams.py
+(seq_cifar10, seq_tinyimagenet, split_cifar100); without `benchmark.path` the
+MNIST streams use the real-MNIST sample bundled with jcl.
 """
 
+from configs import streams
 from configs.common import LFL_LAMBDA, base_config
 
 
 def get_config(benchmark: str = 'permuted_mnist'):
+  if streams.is_stream(benchmark):
+    return streams.method_config('lfl', benchmark)
   config = base_config(benchmark)
   config.algo = dict(name='lfl', lfl_lambda=LFL_LAMBDA[benchmark])
   return config

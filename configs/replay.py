@@ -6,6 +6,8 @@ Streams (the argument after ':'):
   permuted_mnist_online  GEM's MNIST permutations: 20 tasks x 1000 samples,
                          single pass, batch 10, MLP 2x100, SGD lr 0.1.
   split_mnist, permuted_mnist, rotated_mnist  as in configs/common.py.
+  seq_cifar10, seq_tinyimagenet, split_cifar100  the image streams of
+                         configs/streams.py (regime and settings there).
 
 Learning rates and strengths for Seq-MNIST follow the DER paper's chosen
 hyperparameters (Buzzega et al. 2020, appendix; buffer 200 and 500), and so
@@ -16,6 +18,7 @@ then keep their initial values and pin the new classes' logits on old
 samples.
 """
 
+from configs import streams
 from configs.common import base_config
 
 # (learning rate, algorithm hyperparameters) per (method, buffer size), Seq-MNIST.
@@ -31,6 +34,8 @@ SEQ_MNIST = {
 
 def replay_config(method: str, benchmark: str, memory_size: int = 200):
   """A config for `method` in ('er', 'der', 'derpp') on `benchmark`."""
+  if streams.is_stream(benchmark):
+    return streams.method_config(method, benchmark, memory_size)
   config = base_config(benchmark)
   lr, extra = SEQ_MNIST.get((method, memory_size), SEQ_MNIST[(method, 200)])
   config.optimizer.learning_rate = lr
@@ -42,8 +47,16 @@ def replay_config(method: str, benchmark: str, memory_size: int = 200):
   return config
 
 
-def projection_config(method: str, benchmark: str):
-  """A config for `method` in ('agem', 'gem')."""
+def projection_config(method: str, benchmark: str, memory: int | None = None):
+  """A config for `method` in ('agem', 'gem'); `memory` (the total of the per-task
+  memories) only on the image streams of configs/streams.py."""
+  if streams.is_stream(benchmark):
+    return streams.method_config(method, benchmark, memory)
+  if memory is not None:
+    raise ValueError(
+      f'{method} on {benchmark}: the MNIST streams keep a fixed memory per task '
+      f'(--config.algo.memory_per_task=N); drop ",{memory}"'
+    )
   config = base_config(benchmark)
   config.optimizer.learning_rate = 0.1 if benchmark == 'permuted_mnist_online' else 0.01
   if method == 'gem':

@@ -49,13 +49,11 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 
+from jcl import cli
 from jcl import runs
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Path to an experiment config file.', lock_config=True
-)
+_CONFIG = cli.DEFINE_config()
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'Number of seeds.')
 _FIRST_SEED = flags.DEFINE_integer('first_seed', 0, 'The first seed.')
 _DATA_DIR = flags.DEFINE_string(

@@ -17,14 +17,12 @@ import json
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
+from jcl import cli
 from jcl import runs
 from jcl import search
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Path to an experiment config file.', lock_config=True
-)
+_CONFIG = cli.DEFINE_config()
 _SPACE = flags.DEFINE_string(
   'space', None, "Search space: 'path=loguniform(lo,hi);path=choice(a,b)'."
 )

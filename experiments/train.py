@@ -25,16 +25,14 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
+from jcl import cli
 from jcl import runs
 from jcl.checkpoint import CheckpointError
 from jcl.data import DataError
 from jcl.run_spec import RunSpec
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Path to an experiment config file.', lock_config=True
-)
+_CONFIG = cli.DEFINE_config()
 _WORKDIR = flags.DEFINE_string(
   'workdir',
   None,

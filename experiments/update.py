@@ -14,16 +14,14 @@ and writes the new state, `results.json` and the plots there. See
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
+from jcl import cli
 from jcl import runs
 from jcl import session
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config',
-  None,
-  'Experiment config with a `session` section (first session only).',
-  lock_config=True,
+_CONFIG = cli.DEFINE_config(
+  help_string='Experiment config with a `session` section (first session only): a name of '
+  'jcl (NAME[:ARG]) or a path (PATH[:ARG]).'
 )
 _STATE_DIR = flags.DEFINE_string('state_dir', None, 'Directory of the session state.')
 _DATA = flags.DEFINE_multi_string(

@@ -6,7 +6,9 @@ fields, as flax's examples do. Sections:
   seed        int, everything (init, data order, algorithm keys) derives from it
   benchmark   kwargs of `jcl.data.make_benchmark` plus `name`
   model       kwargs of `jcl.models.make_model` plus `name` (the head comes
-              from the benchmark's scenario)
+              from the benchmark's scenario); `model_preset(name)` is the
+              section of another model, at that model's defaults (what
+              `--config.model=cnn` switches to)
   algo        the algorithm's spec: `name` plus its hyperparameters
   optimizer   `jcl.specs.OptimizerSpec`
   train       `jcl.run_spec.TrainConfig` (epochs, batch size, chunk size...)
@@ -19,6 +21,9 @@ fields, as flax's examples do. Sections:
               metrics are written, PNG plots at the end
   compilation_cache
               the persistent XLA compilation cache ('auto', a path, or '')
+  user_module a Python file of your own exporting `model_fn(benchmark)` (a
+              flax module) and/or `data_fn(seed)` (a `jcl.data.Benchmark`),
+              used instead of the model / benchmark sections (`jcl.user_module`)
 
 Every default lives once, in those dataclasses; `default_config` copies
 them (`section_config`). `jcl.run_spec.RunSpec.from_config` validates a
@@ -74,6 +79,35 @@ def benchmark_preset(name: str) -> ml_collections.ConfigDict:
   return config
 
 
+# The model fields that come from the benchmark (its scenario's head), never from the config.
+HEAD_FIELDS = ('num_classes', 'num_heads', 'task_classes')
+
+
+def model_preset(name: str) -> ml_collections.ConfigDict:
+  """The model section of the registered model `name` (`jcl.models.model_names()`):
+  its name and its fields at the model class's defaults, bar the head's.
+
+  >>> sorted(model_preset('cnn').items())
+  [('channels', (32, 64)), ('dropout', 0.0), ('hidden', 256), ('name', 'cnn')]
+  """
+  from jcl import models  # flax: imported only when a model is switched
+
+  if name not in models.model_names():
+    raise ValueError(f'model: unknown model {name!r}; known: {", ".join(models.model_names())}')
+  try:
+    model = models.make_model(name)
+  except TypeError as e:  # a registered model with required fields
+    raise ValueError(f'model {name!r} has no preset (its fields have no defaults: {e})') from None
+  values = {'name': name}
+  for field in dataclasses.fields(model):
+    if field.init and field.name not in ('parent', 'name', *HEAD_FIELDS):
+      value = getattr(model, field.name)
+      values[field.name] = (
+        ml_collections.FieldReference(None, field_type=object) if value is None else value
+      )
+  return ml_collections.ConfigDict(values)
+
+
 def section_config(cls, **overrides: Any) -> ml_collections.ConfigDict:
   """A config section holding the defaults of the dataclass `cls` (`jcl.run_spec`
   or `jcl.specs`), so that each default is written once, in the dataclass.
@@ -120,4 +154,6 @@ def default_config(benchmark: str = 'permuted_mnist') -> ml_collections.ConfigDi
   config.replicas = section
   # Persistent XLA compilation cache: 'auto' (a user cache folder), a path, or ''.
   config.compilation_cache = 'auto'
+  # A Python file exporting `model_fn(benchmark)` and/or `data_fn(seed)` ('': none).
+  config.user_module = ''
   return config

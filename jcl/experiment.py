@@ -23,6 +23,7 @@ from jcl import replicas as replicas_lib
 from jcl import runs
 from jcl import train as train_lib
 from jcl import train_state as ts_lib
+from jcl import user_module
 from jcl.data import benchmarks as benchmarks_lib
 from jcl.run_spec import Replica, RunSpec, default_cache_dir
 
@@ -46,9 +47,12 @@ class Parts:
 
 def build_model(model_config: Mapping[str, Any], benchmark: benchmarks_lib.Benchmark):
   """The model of `model_config` (its `name` and fields), with the output head
-  the benchmark's scenario needs."""
+  the benchmark's scenario needs; a user module's `model_fn(benchmark)` for
+  the name 'user_module' (`jcl.user_module`)."""
   kwargs = dict(model_config)
   model_name = kwargs.pop('name')
+  if model_name == user_module.NAME:
+    return user_module.model(kwargs.pop('path'), benchmark, **kwargs)
   task_classes = None
   if benchmark.scenario == 'task' and benchmark.num_heads == 1:
     task_classes = tuple(tuple(int(c) for c in cls) for cls in benchmark.task_classes)

@@ -201,7 +201,9 @@ class BenchmarkSpec:
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """A model name of the backend's model registry and its fields (widths,
-  dropout, ...); the output head comes from the benchmark's scenario."""
+  dropout, ...); the output head comes from the benchmark's scenario. The
+  model of a user module's `model_fn` is `'user_module'` with a `path`
+  (`jcl.user_module`)."""
 
   name: str
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -209,6 +211,14 @@ class ModelSpec:
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
       _fail('model', 'name', f'must be a model name, got {self.name!r}')
+
+  @classmethod
+  def from_section(cls, section: Mapping[str, Any]) -> 'ModelSpec':
+    """The spec of a config's model section (`{'name': ..., **fields}`)."""
+    section = dict(section)
+    if 'name' not in section:
+      raise ValueError("model: needs a 'name' (a model preset: --config.model=mlp)")
+    return cls(section.pop('name'), section)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,7 +444,13 @@ class RunSpec:
     'checkpoint',
     'replicas',
   )
-  TOP_LEVEL: ClassVar[tuple[str, ...]] = ('seed', 'num_seeds', 'grid', 'compilation_cache')
+  TOP_LEVEL: ClassVar[tuple[str, ...]] = (
+    'seed',
+    'num_seeds',
+    'grid',
+    'compilation_cache',
+    'user_module',
+  )
 
   def __post_init__(self):
     _int_at_least('config', 'seed', self.seed, 0)
@@ -523,12 +539,7 @@ class RunSpec:
       )
     seed = values.get('seed', 0)
     _int_at_least('config', 'seed', seed, 0)
-    benchmark = dict(values.get('benchmark') or {})
-    if 'name' not in benchmark:
-      raise ValueError("benchmark: needs a 'name'")
-    model = dict(values.get('model') or {})
-    if 'name' not in model:
-      raise ValueError("model: needs a 'name'")
+    benchmark_spec, model_spec = _benchmark_and_model(values)
     replicas = dict(values.get('replicas') or {})
     for key in ('num_seeds', 'grid'):
       if key in values:
@@ -539,8 +550,8 @@ class RunSpec:
     train.pop('seed', None)
     return cls(
       seed=seed,
-      benchmark=BenchmarkSpec(benchmark.pop('name'), benchmark),
-      model=ModelSpec(model.pop('name'), model),
+      benchmark=benchmark_spec,
+      model=model_spec,
       algorithm=specs_lib.spec_from_config(values.get('algo') or {'name': 'naive'}),
       optimizer=_section(specs_lib.OptimizerSpec, 'optimizer', values.get('optimizer')),
       train=_section(TrainConfig, 'train', {**train, 'seed': seed}),
@@ -609,6 +620,32 @@ class RunSpec:
       flat['replicas.mode'] = mode or self.replicas.mode
       flat['replicas.batch_shards'] = self.replicas.batch_shards
     return _json_able(flat)
+
+
+def _benchmark_and_model(values: Mapping[str, Any]) -> tuple[BenchmarkSpec, ModelSpec]:
+  """The benchmark and model specs of a config: its sections, or a user
+  module's `data_fn` / `model_fn` in their place (`jcl.user_module`)."""
+  path = values.get('user_module') or None
+  found = ()
+  if path is not None:
+    from jcl import user_module  # imports the user's file
+
+    if not isinstance(path, str):
+      _fail('config', 'user_module', f'must be the path of a Python file, got {path!r}')
+    path = os.path.abspath(path)
+    found = user_module.exports(path)
+  if 'data_fn' in found:
+    benchmark = user_module.UserBenchmarkSpec(user_module.NAME, {'path': path})
+  else:
+    options = dict(values.get('benchmark') or {})
+    if 'name' not in options:
+      raise ValueError("benchmark: needs a 'name'")
+    benchmark = BenchmarkSpec(options.pop('name'), options)
+  if 'model_fn' in found:
+    model = ModelSpec(user_module.NAME, {'path': path})
+  else:
+    model = ModelSpec.from_section(values.get('model') or {})
+  return benchmark, model
 
 
 def _section(cls, name: str, values: Mapping[str, Any] | None):

@@ -1,4 +1,4 @@
-"""Where raw datasets come from: bundled sample, IDX, NPZ, TFDS, image folders.
+"""Where raw datasets come from: bundled sample, IDX, NPZ, TFDS, CIFAR and image folders.
 
 Every loader returns a `Dataset` of `[N, H, W, C]` images (uint8, or floats
 in `[0, pixel_max]` where `pixel_max` is declared) and int64 `[N]` labels,
@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from jcl.data import cifar
 from jcl.data.dataset import (
   DataError,
   Dataset,
@@ -26,7 +27,7 @@ from jcl.data.idx import load_idx_dir
 
 PathLike = Union[str, os.PathLike]
 
-SOURCES = ('auto', 'sample', 'idx', 'npz', 'tfds', 'folder')
+SOURCES = ('auto', 'sample', 'idx', 'npz', 'tfds', 'folder', 'cifar')
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
 _NPZ_OPTIONAL = ('name', 'num_classes', 'class_names', 'pixel_max')
 MNIST_SAMPLE_PATH = os.path.join(
@@ -226,6 +227,62 @@ def _read_all(source: Any, block: int = 1024) -> list[dict[str, Any]]:
   return examples
 
 
+def _tfds_prepare_hint(name: str, root: str) -> str:
+  """How to prepare TFDS dataset `name` on a connected machine and bring it to `root`."""
+  hint = (
+    'jcl reads prepared TFDS datasets (download=False). On a machine with network access '
+    f'(pip install tensorflow tensorflow-datasets) run `tfds build {name} --data_dir=DIR '
+    '--file_format=array_record` (or python -c "import tensorflow_datasets as tfds; '
+    f"tfds.builder('{name}', data_dir='DIR', file_format='array_record')"
+    '.download_and_prepare()"), then copy the folder DIR/'
+    f'{name} into {root} on this machine (or copy DIR and pass it as the data_dir: '
+    f'--config.benchmark.path=DIR to experiments.train, --data=tfds:{name}?data_dir=DIR to '
+    'experiments.update)'
+  )
+  if name in ('cifar10', 'cifar100'):
+    folder = 'cifar-10-batches-py' if name == 'cifar10' else 'cifar-100-python'
+    hint += (
+      f"; or read CIFAR's own files without TFDS: --config.benchmark.source=auto "
+      f'--config.benchmark.path=<the unpacked {folder} folder>'
+    )
+  return hint
+
+
+def _tfds_error(
+  tfds: Any, name: str, data_dir: Optional[str], error: Exception, download: bool
+) -> DataError:
+  """Why `tfds.data_source(name, data_dir=...)` failed, as a DataError that says what to do."""
+  searched = data_dir or '(the TFDS default data_dir)'
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception:  # pylint: disable=broad-except  # DatasetNotFoundError and kin
+    return DataError(
+      f'tfds:{name}: TFDS knows no dataset {name!r} and none is prepared under {searched}; check '
+      'the name (tensorflow_datasets.list_builders()) or the data_dir'
+    )
+  version_dir = os.fspath(builder.data_dir)
+  suffix = os.sep + builder.info.full_name.replace('/', os.sep)
+  root = version_dir[: -len(suffix)] if version_dir.endswith(suffix) else data_dir or version_dir
+  if not builder.is_prepared():
+    failed = f'TFDS could not download it ({type(error).__name__}: {error}). ' if download else ''
+    return DataError(
+      f'tfds:{name}: dataset {name!r} is not prepared in data_dir {root} (no '
+      f'{os.path.join(version_dir, "dataset_info.json")}). {failed}'
+      + _tfds_prepare_hint(name, root)
+    )
+  if isinstance(error, NotImplementedError):  # Prepared, but not in a random-access format.
+    return DataError(
+      f'tfds:{name}: prepared in {version_dir} as {builder.info.file_format}, which '
+      'tfds.data_source cannot read; rebuild it with --file_format=array_record, or convert it '
+      f'(with TensorFlow): tfds convert_format --dataset_version_dir={version_dir} '
+      '--out_file_format=array_record'
+    )
+  return DataError(
+    f'tfds:{name}: cannot read the dataset prepared in {version_dir} '
+    f'({type(error).__name__}: {error})'
+  )
+
+
 def load_tfds(
   name: str,
   data_dir: Optional[PathLike] = None,
@@ -234,31 +291,41 @@ def load_tfds(
   image_key: str = 'image',
   label_key: str = 'label',
   pixel_max: Optional[float] = None,
+  download: bool = False,
 ) -> Dataset:
   """Loads a TFDS image-classification dataset via `tfds.data_source`.
 
-  Random-access ArrayRecord reading: TensorFlow is not needed (the dataset
-  must already be prepared in `data_dir`, or downloadable by TFDS).
-  Examples are read in blocks with `__getitems__`, falling back to
-  per-example reads where that fails: under `tfds.testing.mock_data` (the
-  default `MockPolicy.AUTO`, which supports `data_source` in tfds 4.9.10) the
-  mocked `__getitems__` raises TypeError while `source[i]` works.
+  Random-access ArrayRecord reading: TensorFlow is not needed, but the
+  dataset must already be prepared in `data_dir` in the `array_record`
+  format (`tfds build NAME --data_dir=DIR --file_format=array_record` on a
+  machine with network access and TensorFlow; the error for a dataset that
+  is not prepared says so). Examples are read in blocks with
+  `__getitems__`, falling back to per-example reads where that fails: under
+  `tfds.testing.mock_data` (the default `MockPolicy.AUTO`, which supports
+  `data_source` in tfds 4.9.10) the mocked `__getitems__` raises TypeError
+  while `source[i]` works.
 
   Args:
     name: TFDS name, e.g. `'mnist'`, `'fashion_mnist'`, `'cifar10'`,
       `'cifar100'`.
-    data_dir: TFDS data directory (None: the TFDS default).
+    data_dir: TFDS data directory (None: the TFDS default, `$TFDS_DATA_DIR`
+      or `~/tensorflow_datasets`).
     splits: the (train, test) split names.
     image_key: the image feature.
     label_key: the label feature (a `ClassLabel`).
     pixel_max: the brightest possible pixel value (None: 255, uint8 images).
+    download: let TFDS download and prepare a dataset that is missing (needs
+      network access, and TensorFlow for most datasets).
 
   Returns:
     The `Dataset` (named `canonical_name(name)`).
 
   Raises:
-    ImportError: `tensorflow_datasets` is not installed.
-    DataError: a split has no examples or lacks the features.
+    ImportError: `tensorflow_datasets` or one of its dependencies is not
+      installed.
+    DataError: the dataset is unknown, not prepared in `data_dir` (the
+      message says how to prepare it), not in a random-access format, or a
+      split has no examples or lacks the features.
   """
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -269,7 +336,17 @@ def load_tfds(
   train_split, test_split = splits
   data_dir = None if data_dir is None else os.fspath(data_dir)
   where = f'tfds:{name}' + (f' (data_dir={data_dir})' if data_dir else '')
-  sources = tfds.data_source(name, split=[train_split, test_split], data_dir=data_dir)
+  try:
+    sources = tfds.data_source(
+      name, split=[train_split, test_split], data_dir=data_dir, download=download
+    )
+  except ModuleNotFoundError as e:  # e.g. importlib_resources, which tfds 4.9 imports lazily
+    raise ImportError(
+      f'tensorflow-datasets needs the module {e.name!r}, which is not installed: '
+      f"pip install 'jcl[tfds]' (or pip install {e.name})"
+    ) from e
+  except Exception as e:  # pylint: disable=broad-except  # TFDS raises many kinds
+    raise _tfds_error(tfds, name, data_dir, e, download) from e
   arrays = []
   for split, source in zip((train_split, test_split), sources):
     examples = _read_all(source)
@@ -329,6 +406,14 @@ def _read_images(paths: Sequence[str]) -> np.ndarray:
     raise DataError(f'{os.path.dirname(paths[0])}: images of different sizes ({e})') from e
 
 
+def _tinyimagenet_root(path: str) -> Optional[str]:
+  """`path` or its `tiny-imagenet-200` subfolder, whichever holds `wnids.txt`; else None."""
+  for root in (path, os.path.join(path, 'tiny-imagenet-200')):
+    if os.path.isfile(os.path.join(root, 'wnids.txt')):
+      return root
+  return None
+
+
 def load_tinyimagenet(path: PathLike, pixel_max: Optional[float] = None) -> Dataset:
   """Loads TinyImageNet from the standard `tiny-imagenet-200/` folder.
 
@@ -340,7 +425,7 @@ def load_tinyimagenet(path: PathLike, pixel_max: Optional[float] = None) -> Data
   `save_npz` and use `load_npz` afterwards.
 
   Args:
-    path: the `tiny-imagenet-200` folder.
+    path: the `tiny-imagenet-200` folder (or the folder holding it).
     pixel_max: the brightest possible pixel value (None: 255, as decoded).
 
   Returns:
@@ -356,6 +441,7 @@ def load_tinyimagenet(path: PathLike, pixel_max: Optional[float] = None) -> Data
     raise missing_path_error(root)
   if not os.path.isdir(root):
     raise DataError(f'{root}: is a file, not the tiny-imagenet-200 folder')
+  root = _tinyimagenet_root(root) or root
   wnids_path = os.path.join(root, 'wnids.txt')
   if not os.path.isfile(wnids_path):
     raise DataError(
@@ -435,8 +521,10 @@ def _auto_source(name: str, path: Optional[str]) -> str:
   if not os.path.exists(path):
     raise missing_path_error(path)
   if os.path.isdir(path):
-    if os.path.isfile(os.path.join(path, 'wnids.txt')):
+    if _tinyimagenet_root(path) is not None:
       return 'folder'
+    if cifar.find_layout(path) is not None:
+      return 'cifar'
     return 'idx'
   if path.endswith('.npz') or _starts_as_zip(path):
     return 'npz'
@@ -460,13 +548,15 @@ def load_dataset(
       `source='tfds'`).
     source: `'sample'` (bundled real-MNIST sample, MNIST only), `'idx'`
       (folder of IDX files at `path`), `'npz'` (file at `path`), `'tfds'`
-      (`tfds.data_source`, `path` = TFDS data_dir), `'folder'` (the
-      tiny-imagenet-200 folder at `path`), or `'auto'`: without `path` the
-      bundled sample if there is one else TFDS; with `path` by its kind
-      (folder with `wnids.txt` -> 'folder', other folder -> 'idx', `.npz` ->
-      'npz').
-    path: file or folder for the 'idx', 'npz', 'folder' sources; TFDS
-      data_dir for 'tfds'.
+      (`tfds.data_source` of a prepared dataset, `path` = TFDS data_dir),
+      `'folder'` (the tiny-imagenet-200 folder at `path`), `'cifar'` (a
+      CIFAR-10/100 python or binary folder at `path`, `jcl.data.cifar`), or
+      `'auto'`: without `path` the bundled sample if there is one else TFDS;
+      with `path` by its kind (a tiny-imagenet-200 folder or its parent ->
+      'folder', a CIFAR folder or its parent -> 'cifar', other folder ->
+      'idx', `.npz` -> 'npz').
+    path: file or folder for the 'idx', 'npz', 'folder', 'cifar' sources;
+      TFDS data_dir for 'tfds'.
     pixel_max: the brightest possible pixel value of the stored images
       (None: 255, uint8 images; 1.0 for float images in [0, 1]).
 
@@ -489,7 +579,7 @@ def _load(name: str, source: str, path: Optional[str], pixel_max: Optional[float
     raise ValueError(f'source={source!r}: must be one of {SOURCES}')
   if source == 'auto':
     source = _auto_source(name, path)
-  if source in ('idx', 'npz', 'folder') and path is None:
+  if source in ('idx', 'npz', 'folder', 'cifar') and path is None:
     raise ValueError(
       f'source={source!r} needs path= (the {"file" if source == "npz" else "folder"} to read)'
     )
@@ -509,4 +599,10 @@ def _load(name: str, source: str, path: Optional[str], pixel_max: Optional[float
         f"source='folder' reads the tiny-imagenet-200 layout; not available for dataset {name!r}"
       )
     return load_tinyimagenet(path, pixel_max=pixel_max)
+  if source == 'cifar':
+    if name not in ('cifar10', 'cifar100'):
+      raise ValueError(
+        f"source='cifar' reads the CIFAR-10/100 folders; not available for dataset {name!r}"
+      )
+    return cifar.load_cifar(path, name=name, pixel_max=pixel_max)
   return load_tfds(name, data_dir=path, pixel_max=pixel_max)
