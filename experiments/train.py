@@ -21,16 +21,12 @@ with its message on stderr and exit status 1, without a traceback unless
 `--verbosity` is given.
 """
 
-import sys
 
 from absl import app
 from absl import flags
 
 from jcl import cli
 from jcl import runs
-from jcl.checkpoint import CheckpointError
-from jcl.data import DataError
-from jcl.run_spec import RunSpec
 
 _CONFIG = cli.DEFINE_config()
 _WORKDIR = flags.DEFINE_string(
@@ -50,32 +46,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   runs.quiet_unless_asked()
-  try:
-    spec = RunSpec.from_config(_CONFIG.value)
-  except ValueError as e:  # A bad config field, named.
-    return _error(e)
-  try:
-    result = runs.run(spec, _WORKDIR.value, backend=_BACKEND.value)
-  except DataError as e:  # A data file or folder, named.
-    return _error(e)
-  except CheckpointError as e:  # A checkpoint not written (or none usable), its folder named.
-    return _error(e)
-  except ValueError as e:  # E.g. a benchmark option's value.
-    return _error(e, hint=True)
+  with runs.errors_reported():
+    result = runs.run(_CONFIG.value, _WORKDIR.value, backend=_BACKEND.value)
   print(runs.format_summary(result))
   if _WORKDIR.value:
     print(f'results in {_WORKDIR.value}/results.json')
-
-
-def _error(error: Exception, hint: bool = False) -> int:
-  """Reports `error` on stderr in one line (exit status 1), or re-raises it for
-  its traceback when `--verbosity` was given."""
-  if flags.FLAGS['verbosity'].present:
-    raise error
-  print(f'error: {error}', file=sys.stderr)
-  if hint:
-    print('(pass --verbosity=0 for the traceback)', file=sys.stderr)
-  return 1
 
 
 if __name__ == '__main__':

@@ -35,7 +35,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   runs.quiet_unless_asked()
-  result = session.update(_STATE_DIR.value, _DATA.value, _CONFIG.value)
+  with runs.errors_reported():
+    result = session.update(_STATE_DIR.value, _DATA.value, _CONFIG.value)
   print(runs.format_summary(result))
   print(f'state written to {_STATE_DIR.value}')
 

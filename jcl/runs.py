@@ -34,11 +34,13 @@ Imports neither JAX nor PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -309,6 +311,28 @@ def _format_replicas(result: ReplicasResult, rank_by: str = 'acc') -> str:
 # -----------------------------------------------------------------------------
 
 VERBOSITY_HELP = ' (default in jcl binaries: warnings only; 0 or more shows INFO logs)'
+
+
+@contextlib.contextmanager
+def errors_reported():
+  """In an absl binary: a bad config or bad data (a `ValueError`, e.g.
+  `jcl.data.DataError`) or a checkpoint that cannot be written
+  (`jcl.checkpoint.CheckpointError`) ends the process with one line,
+  `error: ...`, on stderr and exit status 1; with `--verbosity` given, the
+  error is raised with its traceback."""
+  from absl import flags
+
+  from jcl.checkpoint import CheckpointError
+
+  try:
+    yield
+  except (ValueError, CheckpointError) as error:
+    if flags.FLAGS['verbosity'].present:
+      raise
+    print(f'error: {error}', file=sys.stderr)
+    if type(error) is ValueError:  # not one of jcl's own, which name their problem
+      print('(pass --verbosity=0 for the traceback)', file=sys.stderr)
+    sys.exit(1)
 
 
 def quiet_unless_asked() -> None:

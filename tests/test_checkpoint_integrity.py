@@ -425,7 +425,9 @@ def test_the_binary_ends_within_seconds_on_a_failed_write_and_keeps_its_checkpoi
     assert out.returncode == 1 and last.startswith(error), (name, out.stderr[-3000:])
     assert last.startswith(error + reason.format(directory=directory, step=step)), name
     if name == 'refused folder':
-      assert out.stderr.strip() == last  # one line, no traceback
+      # One line, no traceback (an absl warning before it may say that the killed
+      # run's last checkpoint was never finished, when the kill landed there).
+      assert 'Traceback' not in out.stderr and out.stderr.count('error:') == 1
     else:
       assert 'File too large' in last and 'Event loop is closed' not in out.stderr
     assert seconds < 60, name
