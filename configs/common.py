@@ -25,7 +25,9 @@ ONLINE_EWC = {
 }
 SI_LAMBDA = {'permuted_mnist': 0.5, 'rotated_mnist': 0.5, 'split_mnist': 0.5}
 MAS_LAMBDA = {'permuted_mnist': 0.05, 'rotated_mnist': 0.05, 'split_mnist': 0.05}
-LFL_LAMBDA = {'permuted_mnist': 0.1, 'rotated_mnist': 0.1, 'split_mnist': 0.1}
+# LFL's lambda_e on the paper's Euclidean loss 1/2 ||h - h_old||^2 with the last layer frozen
+# (ACC 81.3-81.5 for 0.005-0.03 on Permuted MNIST; 0.1: 77.3, 1: 34.0, 10 diverges).
+LFL_LAMBDA = {'permuted_mnist': 0.02, 'rotated_mnist': 0.02, 'split_mnist': 0.02}
 
 
 def base_config(benchmark: str):

@@ -152,9 +152,8 @@ class LoggingCallback(Callback):
       initial = None if ctx.initial_accuracies is None else ctx.initial_accuracies[r]
       scalars = {'task': ctx.task}
       if not np.isnan(trained).all():
-        scalars.update(
-          {f'eval/{k}': v for k, v in metrics_lib.summarize(trained, b=initial).items()}
-        )
+        summary = metrics_lib.summarize(trained, b=initial, scenario=ctx.scenario)
+        scalars.update({f'eval/{k}': v for k, v in summary.items()})
         scalars.update(
           {f'eval/task_{i}/acc': float(matrix[i, ctx.task]) for i in range(ctx.num_tasks)}
         )
@@ -163,12 +162,14 @@ class LoggingCallback(Callback):
             ctx.task_il_matrices[r][:, : ctx.task + 1]
           )
       writer.write_scalars(step, scalars)
+      notes = ''.join(f'\n{why}' for why in metrics_lib.undefined_metrics(ctx.scenario).values())
       writer.write_texts(
         step,
         {
           'eval/accuracy_matrix': (
             f'accuracy matrix after task {ctx.task} (%, task i after training task j):\n'
             + metrics_lib.format_matrix(matrix)
+            + notes
           )
         },
       )

@@ -275,16 +275,22 @@ class FitContext:
     self._only('history')
     return self.histories[0]
 
+  @property
+  def scenario(self) -> str | None:
+    """The stream's scenario ('task', 'domain', 'class'; None without a benchmark)."""
+    return getattr(self.benchmark, 'scenario', None)
+
   def summaries(self) -> list[dict[str, float]]:
     """Per replica, `jcl.metrics.summarize` of its matrix (with `task_il_acc`
-    for class-incremental runs); NaN metrics for a failed replica."""
+    for class-incremental runs, where FWT is undefined: NaN); NaN metrics for
+    a failed replica."""
     out = []
     for r in range(self.num_replicas):
       if np.isnan(self.accuracy_matrices[r]).all():
         out.append({})
         continue
       initial = None if self.initial_accuracies is None else self.initial_accuracies[r]
-      summary = metrics_lib.summarize(self.accuracy_matrices[r], b=initial)
+      summary = metrics_lib.summarize(self.accuracy_matrices[r], b=initial, scenario=self.scenario)
       if self.task_il_matrices is not None:
         summary['task_il_acc'] = metrics_lib.average_accuracy(self.task_il_matrices[r])
       out.append({k: float('nan') for k in summary} if self.errors[r] else summary)

@@ -29,6 +29,31 @@ The central object is the *accuracy matrix* `R` with shape `[T_eval, T_trained]`
 Below, `T` is the number of trained tasks `k` and indices are 0-based, so
 `R[i, T - 1]` is the final accuracy on task i.
 
+Forward transfer in class-incremental learning
+----------------------------------------------
+FWT [GEM, Sec. 2] compares the accuracy on task i just before it is trained,
+`R[i, i-1]`, with that of the randomly initialised model, `b[i]`; GEM notes
+that positive FWT takes "zero-shot" learning (e.g. from the structure of the
+task descriptors). In class-incremental learning it is undefined, and
+`summarize(..., scenario='class')` reports it as NaN (`UNDEFINED` holds the
+reason, which the run's console log prints):
+
+* after task i-1, predictions choose among the classes seen so far, so task
+  i's classes cannot be predicted and `R[i, i-1] = 0` by construction, while
+  `b[i]` scores the untrained model on every output unit: the difference is
+  `-b[i]` for every method (on Split MNIST class-IL, -16.2 points for Naive
+  and for DER++ alike);
+* evaluating task i before training it among the classes seen by then *and*
+  its own (Mammoth's `evaluate` in `utils/training.py` does this:
+  `outputs[:, :n_classes]` once task i is loaded, while its random baseline
+  uses every unit) does not help: task i's output units have never had a gradient
+  (unseen classes are masked out of the loss, or pushed down when they are
+  not), so they never win. Measured on Split MNIST class-IL (real MNIST,
+  `configs/{naive,derpp}.py:split_mnist_class`): `R[i, i-1] = 0.0` for
+  every i with Naive and with DER++, and FWT = -24.25 points for both.
+
+Task- and domain-incremental runs keep GEM's definition.
+
 References:
   [GEM] Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual
     Learning", NeurIPS 2017.
@@ -63,11 +88,24 @@ __all__ = [
   'average_intransigence',
   'learning_accuracy',
   'summarize',
+  'undefined_metrics',
   'format_matrix',
+  'UNDEFINED',
 ]
 
 # Tolerance for accuracies that are fractions in [0, 1] up to rounding.
 _RANGE_ATOL = 1e-6
+
+# Per scenario, the `summarize` metrics it leaves undefined (NaN), with the reason.
+UNDEFINED: dict[str, dict[str, str]] = {
+  'class': {
+    'fwt': (
+      'FWT is undefined in class-incremental learning: before task i is trained its '
+      'classes are not predicted (R[i, i-1] = 0 by construction; their output units are '
+      'untrained), so R[i, i-1] - b[i] measures the random model, not transfer'
+    ),
+  },
+}
 
 
 # ---------------------------------------------------------------------------
@@ -286,7 +324,9 @@ def forward_transfer(R: ArrayLike, b: ArrayLike) -> float:
   FWT = 1/(T-1) * sum_{i=1}^{T-1} (R[i, i-1] - b[i])
 
   where `R[i, i-1]` is the accuracy on task i just before training it and
-  `b[i]` that of the randomly initialised model.
+  `b[i]` that of the randomly initialised model. Undefined in
+  class-incremental learning (see the module docstring; `summarize` then
+  reports NaN).
 
   Args:
     R: `[T_eval, T_trained]` accuracy matrix (fractions); the sub-diagonal
@@ -420,8 +460,21 @@ def learning_accuracy(R: ArrayLike) -> float:
   return float(np.mean(np.diag(R)[:k]))
 
 
+def undefined_metrics(scenario: Optional[str]) -> dict[str, str]:
+  """`{metric: reason}` of the `summarize` metrics that `scenario` ('task',
+  'domain', 'class' or None) leaves undefined: FWT in class-incremental learning.
+
+  >>> list(undefined_metrics('class')), undefined_metrics('domain')
+  (['fwt'], {})
+  """
+  return dict(UNDEFINED.get(scenario, {}))
+
+
 def summarize(
-  R: ArrayLike, b: Optional[ArrayLike] = None, reference: Optional[ArrayLike] = None
+  R: ArrayLike,
+  b: Optional[ArrayLike] = None,
+  reference: Optional[ArrayLike] = None,
+  scenario: Optional[str] = None,
 ) -> dict[str, float]:
   """Computes every applicable metric of an accuracy matrix.
 
@@ -437,12 +490,15 @@ def summarize(
 
   With a single trained task, `'bwt'`, `'forgetting'`, `'max_forgetting'` and
   `'fwt'` are undefined (empty averages over previous tasks) and left out of the
-  dict, rather than reported as a misleading 0.
+  dict, rather than reported as a misleading 0. A metric that the scenario
+  leaves undefined (`undefined_metrics`: FWT in class-incremental learning)
+  is NaN.
 
   Args:
     R: `[T_eval, T_trained]` accuracy matrix (fractions), possibly partial.
     b: optional `[T_eval]` accuracies of the randomly initialised model.
     reference: optional `[T_eval]` joint-training accuracies a*_k.
+    scenario: the stream's scenario ('task', 'domain', 'class'), or None.
 
   Returns:
     A dict from metric name to value.
@@ -451,6 +507,8 @@ def summarize(
   >>> s = summarize(R, b=[0.1, 0.1])
   >>> round(s['acc'], 4), round(s['bwt'], 4), round(s['forgetting'], 4), round(s['fwt'], 4)
   (0.7, -0.3, 0.3, 0.0)
+  >>> summarize(R, b=[0.1, 0.1], scenario='class')['fwt']
+  nan
   """
   R, k = _validate(R)
   out = {
@@ -467,6 +525,9 @@ def summarize(
       out['fwt'] = fwt
   if reference is not None:
     out['intransigence'] = average_intransigence(R, reference)
+  for name in undefined_metrics(scenario):
+    if name in out:
+      out[name] = float('nan')
   return out
 
 

@@ -228,11 +228,15 @@ class MASSpec(AlgorithmSpec):
 @register_spec
 @dataclasses.dataclass(frozen=True)
 class LFLSpec(AlgorithmSpec):
-  """Less-Forgetting Learning (Jung et al. 2016).
+  """Less-Forgetful Learning (Jung et al., AAAI 2018; arXiv:1711.05959).
 
-  Penalty `lfl_lambda * ||h(x; theta) - h(x; theta_old)||^2` between the
-  features (penultimate activations) of the current model and of the model
-  frozen at the end of the previous task, on the current inputs.
+  The last layer is frozen after the first task (bit for bit), and the loss
+  is `CE + lfl_lambda * L_e` with the paper's Euclidean loss
+  `L_e = 1/2 ||h(x; theta) - h(x; theta_old)||_2^2` (batch mean) between the
+  penultimate features, in evaluation mode, of the current model and of the
+  model at the end of the previous task, on the current inputs.
+  `lfl_lambda` is the paper's lambda_e (lambda_c = 1); with the 1/2 it means
+  half what it did before (old 0.1 = new 0.2).
   """
 
   name: ClassVar[str] = 'lfl'

@@ -331,3 +331,66 @@ class TestFormatMatrix:
   def test_not_2d(self):
     with pytest.raises(ValueError, match='2-D'):
       metrics.format_matrix([0.5, 0.6])
+
+
+class TestClassIncrementalForwardTransfer:
+  """FWT is undefined in class-IL: task i's classes are masked out of the
+  predictions until task i is trained, so R[i, i-1] = 0 and GEM's FWT would be
+  -mean(b[1:]) for every method (the artifact this guards against)."""
+
+  # The class-IL walk: zeros below the diagonal, b scored on every output unit.
+  R = np.array([[0.99, 0.40, 0.30], [0.0, 0.98, 0.45], [0.0, 0.0, 0.97]])
+  B = np.array([0.0, 0.16, 0.21])
+
+  def test_summarize_reports_fwt_as_nan_in_class_il(self):
+    assert metrics.forward_transfer(self.R, self.B) == pytest.approx(-np.mean(self.B[1:]))
+    s = metrics.summarize(self.R, b=self.B, scenario='class')
+    assert np.isnan(s['fwt'])
+    assert {k: v for k, v in s.items() if k != 'fwt'} == pytest.approx(
+      {k: v for k, v in metrics.summarize(self.R, b=self.B).items() if k != 'fwt'}
+    )
+    assert 'undefined in class-incremental' in metrics.undefined_metrics('class')['fwt']
+
+  @pytest.mark.parametrize('scenario', [None, 'task', 'domain'])
+  def test_other_scenarios_keep_gems_fwt(self, scenario):
+    assert metrics.undefined_metrics(scenario) == {}
+    assert metrics.summarize(R3, b=B3, scenario=scenario)['fwt'] == pytest.approx(0.1)
+
+  def test_one_task_leaves_fwt_out(self):
+    assert 'fwt' not in metrics.summarize(self.R[:, :1], b=self.B, scenario='class')
+
+  def _context(self, scenario):
+    from types import SimpleNamespace
+
+    from jcl.loop import FitContext
+
+    return FitContext(
+      train_state=None,
+      algo_state=None,
+      num_tasks=3,
+      accuracy_matrices=self.R[None].copy(),
+      initial_accuracies=self.B[None].copy(),
+      errors=[None],
+      histories=[[]],
+      benchmark=SimpleNamespace(scenario=scenario),
+    )
+
+  def test_run_summary_of_both_backends(self):
+    # `FitContext.summaries` is the summary of every run (JAX, vmapped, torch).
+    (summary,) = self._context('class').summaries()
+    assert np.isnan(summary['fwt']) and summary['acc'] == pytest.approx(1.72 / 3)
+    (summary,) = self._context('domain').summaries()
+    assert summary['fwt'] == pytest.approx(-np.mean(self.B[1:]))
+
+  def test_logged_metrics_and_console_note(self):
+    from jcl.callbacks import LoggingCallback
+    from jcl.loggers import ConsoleWriter
+
+    lines = []
+    ctx = self._context('class')
+    ctx.task = 2
+    callback = LoggingCallback([ConsoleWriter(print_fn=lines.append)])
+    callback.on_fit_begin(ctx)
+    callback.on_task_end(ctx)
+    assert 'eval/fwt=nan' in lines[0]
+    assert metrics.undefined_metrics('class')['fwt'] in lines[1]

@@ -1,4 +1,4 @@
-"""Property tests of EWC, online EWC, SI, MAS and LFL (what each paper claims)."""
+"""Property tests of EWC, online EWC, SI and MAS (what each paper claims; LFL: test_lfl.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,10 +6,8 @@ import numpy as np
 
 from jcl import algorithms
 from jcl import specs
-from jcl import train_state as ts_lib
 from jcl.algorithms import base
 from jcl.algorithms import ewc
-from jcl.algorithms import lfl
 from jcl.algorithms import mas
 from jcl.algorithms import regularization as reg
 from jcl.algorithms import si
@@ -220,27 +218,3 @@ def test_mas_accumulates_importance_and_anchors_latest_solution(state):
   want = jax.tree.map(jnp.add, mas.mas_importance(state, chunk), mas.mas_importance(moved, chunk))
   assert tree_allclose(s2.importance, want, rtol=1e-5)
   assert tree_allclose(s2.anchor, moved.params)
-
-
-# ---------------------------------------------------------------- LFL ------
-
-
-def test_lfl_penalty_is_zero_until_the_model_moves(state):
-  algo = lfl.make(specs.LFLSpec(lfl_lambda=2.0))
-  algo_state = algo.init(state, jax.random.PRNGKey(0))
-  batch = random_batch(seed=9)
-  _, _, m = algo.step(state, batch, algo_state)
-  assert float(m['penalty']) == 0.0  # first task: inactive
-  _, algo_state = algo.end_task(state, algo_state, random_chunk())
-  _, _, m = algo.step(state, batch, algo_state)
-  assert float(m['penalty']) == 0.0  # active, but the model has not moved
-  moved = state.replace(params=jax.tree.map(lambda p: p + 0.1, state.params))
-  _, _, m = algo.step(moved, batch, algo_state)
-  (_, f_new), _ = ts_lib.apply_model(
-    moved, moved.params, batch.x, batch.t, train=False, return_features=True
-  )
-  (_, f_old), _ = ts_lib.apply_model(
-    state, state.params, batch.x, batch.t, train=False, return_features=True
-  )
-  want = 2.0 * float(jnp.mean(jnp.sum((f_new - f_old) ** 2, -1)))
-  np.testing.assert_allclose(float(m['penalty']), want, rtol=1e-5)

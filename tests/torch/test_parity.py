@@ -218,3 +218,53 @@ def test_batchnorm_model_agrees():
     jax_ts, jax_state = jax_algo.end_task(jax_ts, jax_state, None)
     torch_ts, torch_state = torch_algo.end_task(torch_ts, torch_state, None)
   assert float(jax_metrics['penalty']) > 0
+
+
+def test_lfl_frozen_head_agrees_under_momentum_and_weight_decay():
+  """LFL over two class-incremental tasks with momentum, weight decay and
+  clipping: both backends keep the last layer of task 0 bit for bit in task 1
+  (the momentum and the decay would move it) and agree on the rest."""
+  spec = specs.LFLSpec(lfl_lambda=0.5)
+  optimizer = specs.OptimizerSpec(
+    learning_rate=0.1, momentum=0.9, weight_decay=0.01, grad_clip_norm=1.0, reinit_per_task=False
+  )
+  jax_algo, torch_algo = algorithms.build(spec), torch_algorithms.build(spec)
+  jax_ts, torch_ts = helpers.make_states('mlp', INPUT_SHAPE, NUM_CLASSES, optimizer, widths=(16,))
+  step = jax.jit(jax_algo.step, compiler_options=FAST_COMPILE)
+  jax_state, torch_state = jax_algo.init(jax_ts, None), torch_algo.init(torch_ts)
+  heads = []
+  for task in range(2):
+    jax_ts = jax_ts.replace(class_mask=jnp.asarray(seen_classes(task)))
+    torch_ts.class_mask = torch.from_numpy(seen_classes(task))
+    jax_ts, jax_state = jax_algo.begin_task(jax_ts, jax_state, task)
+    torch_ts, torch_state = torch_algo.begin_task(torch_ts, torch_state, task)
+    for jax_batch, torch_batch in task_batches(task):
+      jax_ts, jax_state, _ = step(jax_ts, jax_batch, jax_state)
+      torch_ts, torch_state, _ = torch_algo.step(torch_ts, torch_batch, torch_state)
+    helpers.assert_states_close(jax_ts, torch_ts, what=f'lfl task {task}')
+    heads.append(
+      (
+        {k: np.array(v) for k, v in jax_ts.params['head'].items()},
+        {k: helpers.as_numpy(v).copy() for k, v in torch_ts.model.head.state_dict().items()},
+      )
+    )
+    jax_ts, jax_state = jax_algo.end_task(jax_ts, jax_state, None)
+    torch_ts, torch_state = torch_algo.end_task(torch_ts, torch_state, None)
+    assert_algo_states_close(jax_state, torch_state, f'lfl task {task}')
+  (jax_first, torch_first), (jax_second, torch_second) = heads
+  for name in ('kernel', 'bias'):
+    np.testing.assert_array_equal(jax_second[name], jax_first[name], err_msg=name)
+  for name in ('weight', 'bias'):
+    np.testing.assert_array_equal(torch_second[name], torch_first[name], err_msg=name)
+
+
+def test_lfl_penalty_is_zero_with_dropout_where_the_model_has_not_moved():
+  """The current features are taken in evaluation mode, as the old ones: with
+  dropout on, the penalty is still 0 at the previous task's parameters."""
+  spec = specs.LFLSpec(lfl_lambda=5.0)
+  _, torch_ts = helpers.make_states('mlp', INPUT_SHAPE, NUM_CLASSES, widths=(16,), dropout=0.5)
+  algo = torch_algorithms.build(spec)
+  _, state = algo.end_task(torch_ts, algo.init(torch_ts), None)
+  _, batch = helpers.random_batch(0, BATCH, INPUT_SHAPE, NUM_CLASSES)
+  _, _, metrics = algo.step(torch_ts, batch, state)
+  assert float(metrics['penalty']) == 0.0 and float(metrics['loss']) > 0

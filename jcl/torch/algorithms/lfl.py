@@ -1,10 +1,12 @@
-"""Less-Forgetting Learning (Jung et al. 2016), as `jcl.algorithms.lfl`.
+"""Less-Forgetful Learning (Jung et al., AAAI 2018), as `jcl.algorithms.lfl`.
 
-    loss = CE + lfl_lambda * 1/B sum_b ||h(x_b; theta) - h(x_b; theta_old)||_2^2
+After the first task the last layer (`head`) is frozen, bit for bit, and
 
-with `h` the penultimate activations and `theta_old` (with its BatchNorm
-statistics, evaluation mode) frozen at the last `end_task`; no penalty
-during the first task.
+    loss = CE + lfl_lambda * 1/B sum_b 1/2 ||h(x_b; theta) - h(x_b; theta_old)||_2^2
+
+with `h` the penultimate activations of the current model and of the model
+frozen at the last `end_task` (with its BatchNorm statistics), both in
+evaluation mode; no penalty during the first task.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ from jcl.torch.algorithms import base
 
 Tensors = dict[str, torch.Tensor]
 
+# The model's last layer (frozen after the first task): the parameters `head.*`.
+HEAD = 'head.'
+
 
 class LFLState(NamedTuple):
   old_params: Tensors
   old_model_state: Tensors
-  active: torch.Tensor  # float32 scalar: 0 during the first task, then 1.
+  active: torch.Tensor  # float32 scalar: 0 during the first task, then 1 (penalty on, head frozen).
 
 
 def feature_distance(features, old_features, mask) -> torch.Tensor:
-  """Masked mean over the batch of `||h - h_old||_2^2`."""
-  return base.masked_mean(torch.sum(torch.square(features - old_features), -1), mask)
+  """The paper's Euclidean loss: masked mean over the batch of `1/2 ||h - h_old||_2^2`."""
+  return base.masked_mean(0.5 * torch.sum(torch.square(features - old_features), -1), mask)
 
 
 @torch.no_grad()
@@ -46,6 +51,34 @@ def old_features(train_state: ts_lib.TrainState, state: LFLState, batch) -> torc
   return features
 
 
+def eval_features(train_state: ts_lib.TrainState, batch, train_features) -> torch.Tensor:
+  """Features `[B, F]` of the current model in evaluation mode (with gradient):
+  `train_features`, those of the training forward pass, when the model has
+  neither BatchNorm nor dropout (the two modes then compute the same)."""
+  model = train_state.model
+  dropout = getattr(model, 'dropout', 0.0) or any(
+    isinstance(m, torch.nn.Dropout) for m in model.modules()
+  )
+  if not train_state.norm_layers and not dropout:
+    return train_features
+  (_, features), _ = ts_lib.apply_model(
+    train_state, batch.x, batch.t, train=False, return_features=True
+  )
+  return features
+
+
+def head_names(train_state: ts_lib.TrainState) -> list[str]:
+  """The parameters of the model's last layer, `head.*`, the layer LFL freezes."""
+  names = [name for name in train_state.param_names if name.startswith(HEAD)]
+  if not names:
+    raise ValueError(
+      "lfl freezes the model's last layer after the first task and needs it as "
+      f"'{HEAD}*' parameters (as jcl's models name it); this model's parameters are "
+      f'{sorted(train_state.params)}'
+    )
+  return names
+
+
 def make(spec: specs.LFLSpec | None = None, context: base.Context | None = None) -> base.Algorithm:
   del context  # nothing of the stream is needed
   spec = spec or specs.LFLSpec()
@@ -59,13 +92,13 @@ def make(spec: specs.LFLSpec | None = None, context: base.Context | None = None)
 
   def init(train_state, rng=None):
     del rng
+    head_names(train_state)
     return snapshot(train_state, 0.0)
 
   def step(train_state, batch, state: LFLState):
     loss, aux = base.task_loss(train_state, batch, return_features=True)
-    distance = feature_distance(
-      aux['features'], old_features(train_state, state, batch), batch.mask
-    )
+    features = eval_features(train_state, batch, aux['features'])
+    distance = feature_distance(features, old_features(train_state, state, batch), batch.mask)
     penalty = spec.lfl_lambda * state.active * distance
     grads = base.grad(loss + penalty, train_state)
     metrics = {
@@ -73,10 +106,22 @@ def make(spec: specs.LFLSpec | None = None, context: base.Context | None = None)
       'penalty': penalty.detach(),
       'accuracy': base.accuracy(aux['logits'].detach(), batch.y, batch.mask),
     }
-    return base.apply_update(train_state, grads, aux['model_state']), state, metrics
+    # A frozen head gets no gradient (nor a share of a clipped norm) and keeps
+    # its values through weight decay and momentum.
+    frozen = state.active > 0
+    head = head_names(train_state)
+    kept = {name: train_state.params[name].detach().clone() for name in head}
+    for name in head:
+      grads[name] = torch.where(frozen, 0.0, grads[name])
+    train_state = base.apply_update(train_state, grads, aux['model_state'])
+    with torch.no_grad():
+      for name in head:
+        param = train_state.params[name]
+        param.copy_(torch.where(frozen, kept[name], param))
+    return train_state, state, metrics
 
   def end_task(train_state, state, task_data):
-    del task_data
+    del state, task_data
     return train_state, snapshot(train_state, 1.0)
 
   return base.make(spec, step, init=init, end_task=end_task)
