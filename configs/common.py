@@ -30,6 +30,16 @@ MAS_LAMBDA = {'permuted_mnist': 0.05, 'rotated_mnist': 0.05, 'split_mnist': 0.05
 LFL_LAMBDA = {'permuted_mnist': 0.02, 'rotated_mnist': 0.02, 'split_mnist': 0.02}
 
 
+# Streams that reuse another's strengths (untuned): class-IL Split MNIST and
+# GEM's single-pass Permuted MNIST.
+TUNED_ON = {'split_mnist_class': 'split_mnist', 'permuted_mnist_online': 'permuted_mnist'}
+
+
+def strength(table: dict, benchmark: str):
+  """The penalty strength of `table` for `benchmark` (its tuned stream's)."""
+  return table[TUNED_ON.get(benchmark, benchmark)]
+
+
 def base_config(benchmark: str):
   config = default_config(benchmark)
   config.model.widths = (100, 100)

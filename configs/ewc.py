@@ -11,12 +11,12 @@ MNIST streams use the real-MNIST sample bundled with jcl.
 """
 
 from configs import streams
-from configs.common import EWC_LAMBDA, base_config
+from configs.common import EWC_LAMBDA, base_config, strength
 
 
 def get_config(benchmark: str = 'permuted_mnist'):
   if streams.is_stream(benchmark):
     return streams.method_config('ewc', benchmark)
   config = base_config(benchmark)
-  config.algo = dict(name='ewc', ewc_lambda=EWC_LAMBDA[benchmark], fisher='empirical')
+  config.algo = dict(name='ewc', ewc_lambda=strength(EWC_LAMBDA, benchmark), fisher='empirical')
   return config

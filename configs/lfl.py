@@ -11,12 +11,12 @@ MNIST streams use the real-MNIST sample bundled with jcl.
 """
 
 from configs import streams
-from configs.common import LFL_LAMBDA, base_config
+from configs.common import LFL_LAMBDA, base_config, strength
 
 
 def get_config(benchmark: str = 'permuted_mnist'):
   if streams.is_stream(benchmark):
     return streams.method_config('lfl', benchmark)
   config = base_config(benchmark)
-  config.algo = dict(name='lfl', lfl_lambda=LFL_LAMBDA[benchmark])
+  config.algo = dict(name='lfl', lfl_lambda=strength(LFL_LAMBDA, benchmark))
   return config

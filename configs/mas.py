@@ -11,12 +11,12 @@ MNIST streams use the real-MNIST sample bundled with jcl.
 """
 
 from configs import streams
-from configs.common import MAS_LAMBDA, base_config
+from configs.common import MAS_LAMBDA, base_config, strength
 
 
 def get_config(benchmark: str = 'permuted_mnist'):
   if streams.is_stream(benchmark):
     return streams.method_config('mas', benchmark)
   config = base_config(benchmark)
-  config.algo = dict(name='mas', mas_lambda=MAS_LAMBDA[benchmark])
+  config.algo = dict(name='mas', mas_lambda=strength(MAS_LAMBDA, benchmark))
   return config

@@ -12,13 +12,13 @@ MNIST streams use the real-MNIST sample bundled with jcl.
 """
 
 from configs import streams
-from configs.common import ONLINE_EWC, base_config
+from configs.common import ONLINE_EWC, base_config, strength
 
 
 def get_config(benchmark: str = 'permuted_mnist'):
   if streams.is_stream(benchmark):
     return streams.method_config('online_ewc', benchmark)
   config = base_config(benchmark)
-  ewc_lambda, gamma = ONLINE_EWC[benchmark]
+  ewc_lambda, gamma = strength(ONLINE_EWC, benchmark)
   config.algo = dict(name='ewc', ewc_lambda=ewc_lambda, online=True, gamma=gamma)
   return config

@@ -11,12 +11,12 @@ MNIST streams use the real-MNIST sample bundled with jcl.
 """
 
 from configs import streams
-from configs.common import SI_LAMBDA, base_config
+from configs.common import SI_LAMBDA, base_config, strength
 
 
 def get_config(benchmark: str = 'permuted_mnist'):
   if streams.is_stream(benchmark):
     return streams.method_config('si', benchmark)
   config = base_config(benchmark)
-  config.algo = dict(name='si', si_lambda=SI_LAMBDA[benchmark], xi=0.1)
+  config.algo = dict(name='si', si_lambda=strength(SI_LAMBDA, benchmark), xi=0.1)
   return config

@@ -130,3 +130,27 @@ def test_seq_tinyimagenet_builds_from_folder(tmp_path):
   bench = RunSpec.from_config(config).build_benchmark()
   assert bench.num_tasks == 10 and bench.input_shape == (64, 64, 3)
   assert [len(t.classes) for t in bench.tasks] == [20] * 10
+
+
+MNIST_STREAMS = (
+  'permuted_mnist',
+  'rotated_mnist',
+  'split_mnist',
+  'split_mnist_class',
+  'permuted_mnist_online',
+)
+
+
+@pytest.mark.parametrize('stream', MNIST_STREAMS)
+@pytest.mark.parametrize(
+  'name', ['naive', 'joint', 'ewc', 'online_ewc', 'si', 'mas', 'lfl', 'er', 'der', 'derpp']
+)
+def test_every_config_takes_every_mnist_stream(name, stream):
+  """The README's promise: every config with every MNIST stream."""
+  import importlib
+
+  from jcl.run_spec import RunSpec
+
+  config = importlib.import_module(f'configs.{name}').get_config(stream)
+  spec = RunSpec.from_config(config)
+  assert spec.algorithm.name == {'online_ewc': 'ewc'}.get(name, name)
