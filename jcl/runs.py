@@ -270,7 +270,11 @@ def format_summary(result) -> str:
     metrics_lib.format_matrix(result.accuracy_matrix),
   ]
   parts = [
-    f'{k.upper()} {100 * s[k]:+.2f}' if k in ('bwt', 'fwt') else f'{k} {100 * s[k]:.2f}'
+    f'{k.upper()} n/a'
+    if math.isnan(s[k])  # undefined (class-incremental FWT; jcl.metrics says why)
+    else f'{k.upper()} {100 * s[k]:+.2f}'
+    if k in ('bwt', 'fwt')
+    else f'{k} {100 * s[k]:.2f}'
     for k in ('acc', 'bwt', 'fwt', 'forgetting')
     if k in s
   ]
