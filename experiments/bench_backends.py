@@ -174,7 +174,8 @@ def main(argv):
       continue
     steps = _STEPS.value // (10 if algo == 'lamaml' else 5 if model[0] != 'mlp' else 1)
     steps = max(steps, 2)
-    sps = bench_row(algo, model, batch_size, steps, _REPEATS.value)
+    with torch_fit.denormals_flushed():  # as in a walk (and as XLA on the CPU)
+      sps = bench_row(algo, model, batch_size, steps, _REPEATS.value)
     print(
       f'| {row} | {algo} | {model[0]} | {batch_size} | {sps["jax"]:,.0f} | '
       f'{sps["jax_loop"]:,.0f} | {sps["torch"]:,.0f} | {sps["jax"] / sps["torch"]:.2f} |',

@@ -111,8 +111,9 @@ def init_algo_state(parts: Parts, shared: dict[str, Any]):
 
 
 def seeded(parts: Parts):
-  """Torch's generator seeded with the run's seed for the walk (dropout)."""
-  return fit_lib.seeded(parts.train_config.seed, parts.train_state.device)
+  """What the walk runs under: torch's generator seeded with the run's seed
+  (dropout), denormals flushed to zero (`fit.walk_environment`)."""
+  return fit_lib.walk_environment(parts.train_config.seed, parts.train_state.device)
 
 
 def replica_mode(mode: str) -> str:

@@ -4,12 +4,16 @@ The walk is the one of the JAX backend: the same chunks `[K, B, ...]` in
 the same order (`np.random.default_rng([seed, task, epoch])`), the same
 `end_task` data (subsampled with `[seed, task, 2^20]`), the same evaluation
 of every task after each one, the same callbacks, checkpoints and
-`FitResult`. Here a chunk is gathered on the host and its batches are
-stepped one by one (all-padding ones skipped), the states updated in place.
+`FitResult`. Here the current task's training split is derived once, when
+the task is placed (`Staged`: its inputs as one tensor, freed at the next
+task; a cumulative split, Joint's, is derived chunk by chunk instead), and
+each batch of a chunk is gathered from it and stepped in turn (all-padding
+ones skipped), the states updated in place.
 
 Dropout draws from torch's generator, seeded with `config.seed` for the
-run (`seeded`; the caller's generator state is restored afterwards). With a
-`checkpoint` (`jcl.callbacks.CheckpointCallback` over a
+run, and denormal floats are flushed to zero as XLA does on the CPU
+(`walk_environment`; the caller's generator state and mode are restored
+afterwards). With a `checkpoint` (`jcl.callbacks.CheckpointCallback` over a
 `jcl.torch.checkpoint.Checkpointer`) the run resumes from the newest
 checkpoint exactly where it stopped, generator state included.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -36,13 +40,19 @@ from jcl.types import Batch
 __all__ = [
   'FitResult',
   'NonFiniteLossError',
+  'Staged',
   'TorchExecutor',
   'TrainConfig',
+  'chunk_batches',
+  'denormals_flushed',
   'fit',
+  'run_chunk',
+  'run_steps',
   'seeded',
   'subsample',
   'task_data',
   'training_split',
+  'walk_environment',
 ]
 
 
@@ -55,16 +65,72 @@ def task_data(split: TaskSplit, batch_size: int, device=None) -> Batch:
   return to_tensors(stream.gather(split, stream.subset_index_chunk(len(split), batch_size)), device)
 
 
-def run_chunk(algorithm: Algorithm, train_state: TrainState, algo_state: Any, chunk: Batch):
-  """`step` over the K batches of `chunk` (tensors `[K, B, ...]`), skipping
-  all-padding ones; returns the states and the mean metrics of the real steps."""
-  valid = (chunk.mask.sum(1) > 0).tolist()
+class Staged(NamedTuple):
+  """A split's samples as tensors, rows `0..n-1`, then all-zero padding rows
+  (label 0, task 0) from row `n` on, so that an `IndexChunk`'s padding index
+  `n` reads a padding sample (the samples of `stream.gather`).
+
+  Attributes:
+    x: float32 `[n + padding, ...]` model inputs.
+    y: int32 `[n + padding]` labels.
+    t: int32 `[n + padding]` task ids.
+    n: the split's length.
+  """
+
+  x: torch.Tensor
+  y: torch.Tensor
+  t: torch.Tensor
+  n: int
+
+  @classmethod
+  def of(cls, split: TaskSplit, device, padding: int = 1) -> 'Staged':
+    """`split`'s inputs derived once (`TaskSplit.inputs`), with `padding >= 1` zero rows."""
+    n = len(split)
+    rows = np.arange(n + padding)
+    pad = lambda a: np.concatenate([np.asarray(a, np.int32), np.zeros(padding, np.int32)])
+    return cls(
+      *(torch.from_numpy(a).to(device) for a in (split.inputs(rows), pad(split.y), pad(split.t))),
+      n,
+    )
+
+  def batches(self, chunk: stream.IndexChunk) -> Iterator[Batch]:
+    """The batches `[B, ...]` of `chunk` with a real sample, in order."""
+    device = self.x.device
+    idx = torch.from_numpy(chunk.idx.astype(np.int64)).to(device)
+    ys, ts, masks = self.y[idx], self.t[idx], torch.from_numpy(chunk.mask).to(device)
+    for k in np.flatnonzero(chunk.mask.any(axis=1)).tolist():
+      yield Batch(self.x.index_select(0, idx[k]), ys[k], ts[k], masks[k])
+
+  def chunk(self, chunk: stream.IndexChunk) -> Batch:
+    """All of `chunk` as one Batch `[K, B, ...]` (the rows of `stream.gather`);
+    a view of `x` when the chunk is rows `0..n-1` in order, then padding."""
+    k, b = chunk.idx.shape
+    flat = chunk.idx.reshape(-1)
+    device = self.x.device
+    mask = torch.from_numpy(chunk.mask).to(device)
+    if k * b <= len(self.x) and np.array_equal(flat, np.minimum(np.arange(k * b), self.n)):
+      return Batch(
+        self.x[: k * b].reshape(k, b, *self.x.shape[1:]),
+        self.y[: k * b].reshape(k, b),
+        self.t[: k * b].reshape(k, b),
+        mask,
+      )
+    idx = torch.from_numpy(flat.astype(np.int64)).to(device)
+    return Batch(
+      self.x.index_select(0, idx).reshape(k, b, *self.x.shape[1:]),
+      self.y[idx].reshape(k, b),
+      self.t[idx].reshape(k, b),
+      mask,
+    )
+
+
+def run_steps(algorithm: Algorithm, train_state: TrainState, algo_state: Any, batches):
+  """`step` over `batches` (`Batch`es of tensors `[B, ...]`) in turn; returns
+  the states and the mean metrics of the steps (`{}` without any)."""
   per_step = []
-  for k, real in enumerate(valid):
-    if real:
-      batch = Batch(chunk.x[k], chunk.y[k], chunk.t[k], chunk.mask[k])
-      train_state, algo_state, metrics = algorithm.step(train_state, batch, algo_state)
-      per_step.append(metrics)
+  for batch in batches:
+    train_state, algo_state, metrics = algorithm.step(train_state, batch, algo_state)
+    per_step.append(metrics)
   if not per_step:
     return train_state, algo_state, {}
   means = {
@@ -73,12 +139,46 @@ def run_chunk(algorithm: Algorithm, train_state: TrainState, algo_state: Any, ch
   return train_state, algo_state, means
 
 
+def chunk_batches(chunk: Batch) -> Iterator[Batch]:
+  """The batches `[B, ...]` of `chunk` (tensors `[K, B, ...]`) with a real sample, in order."""
+  for k, real in enumerate((chunk.mask.sum(1) > 0).tolist()):
+    if real:
+      yield Batch(chunk.x[k], chunk.y[k], chunk.t[k], chunk.mask[k])
+
+
+def run_chunk(algorithm: Algorithm, train_state: TrainState, algo_state: Any, chunk: Batch):
+  """`step` over the K batches of `chunk` (tensors `[K, B, ...]`), skipping
+  all-padding ones; returns the states and the mean metrics of the real steps."""
+  return run_steps(algorithm, train_state, algo_state, chunk_batches(chunk))
+
+
 @contextlib.contextmanager
 def seeded(seed: int, device):
   """Torch's generator seeded with `seed` inside, restored to the caller's after."""
   devices = [] if torch.device(device).type == 'cpu' else [device]
   with torch.random.fork_rng(devices=devices):
     torch.manual_seed(seed)
+    yield
+
+
+@contextlib.contextmanager
+def denormals_flushed():
+  """Denormal floats flushed to zero inside (the CPU's flush-to-zero and
+  denormals-are-zero modes, under which XLA runs on the CPU), the caller's
+  mode after. Values that underflow into denormals (tiny probabilities,
+  gradients, importances) otherwise make a CPU's matmuls several times slower."""
+  flushing = float(torch.tensor(1e-38) * 0.5) == 0.0  # torch has no getter
+  torch.set_flush_denormal(True)
+  try:
+    yield
+  finally:
+    torch.set_flush_denormal(flushing)
+
+
+@contextlib.contextmanager
+def walk_environment(seed: int, device):
+  """What a walk runs under: `seeded(seed, device)` and `denormals_flushed()`."""
+  with seeded(seed, device), denormals_flushed():
     yield
 
 
@@ -97,10 +197,18 @@ class TorchExecutor:
       device,
     )
     self._split: TaskSplit | None = None
+    self._staged: Staged | None = None
 
   def place_task(self, task_id: int, splits: Sequence[TaskSplit]) -> None:
-    del task_id
     self._split = splits[0]
+    self._staged = None  # the previous task's inputs go before this task's are derived
+    if self._split is self.benchmark.tasks[task_id].train:
+      # One task's inputs, derived once. Padding rows up to whole `end_task`
+      # batches: its data is then a view.
+      padding = -len(self._split) % self.config.end_task_batch_size or 1
+      self._staged = Staged.of(self._split, self.device, padding)
+    # Else a cumulative split (Joint's), whose inputs grow with the task:
+    # each chunk derives its own rows only.
 
   def begin_task(self, states, task_id: int, class_mask: np.ndarray):
     train_state, algo_state = states
@@ -109,9 +217,11 @@ class TorchExecutor:
 
   def run_chunk(self, states, chunks):
     (chunk,) = chunks
-    train_state, algo_state, means = run_chunk(
-      self.algorithm, *states, to_tensors(stream.gather(self._split, chunk), self.device)
-    )
+    if self._staged is not None:
+      batches = self._staged.batches(chunk)
+    else:
+      batches = chunk_batches(to_tensors(stream.gather(self._split, chunk), self.device))
+    train_state, algo_state, means = run_steps(self.algorithm, *states, batches)
     return (train_state, algo_state), (means, train_state.step)
 
   def chunk_result(self, pending) -> loop.ChunkResult:
@@ -121,7 +231,10 @@ class TorchExecutor:
   def end_task(self, states, splits, chunks):
     data = None
     if chunks is not None:
-      data = to_tensors(stream.gather(splits[0], chunks[0]), self.device)
+      if self._staged is not None and splits[0] is self._split:
+        data = self._staged.chunk(chunks[0])
+      else:
+        data = to_tensors(stream.gather(splits[0], chunks[0]), self.device)
     return self.algorithm.end_task(*states, data)
 
   def evaluate(self, states, class_mask):
@@ -174,7 +287,7 @@ def fit(
     stream_ = dataclasses.replace(stream_, cumulative_data=cumulative_data)
   callbacks = callbacks_lib.in_run_order(callbacks, evaluate=evaluate, checkpoint=checkpoint)
   executor = TorchExecutor(algorithm, benchmark, config, train_state.device)
-  with seeded(config.seed, train_state.device):
+  with walk_environment(config.seed, train_state.device):
     if algo_state is None:
       algo_state = algorithm.init(train_state)
     ctx = loop.walk(executor, stream_, callbacks, train_state, algo_state)

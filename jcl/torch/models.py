@@ -146,8 +146,12 @@ class TaskHead(nn.Module):
   def needs_task_ids(self) -> bool:
     return self.num_heads > 1 or self.task_classes is not None
 
+  def linear(self, features: torch.Tensor) -> torch.Tensor:
+    """The outputs of every head, `[B, H * C]`, before any selection or mask."""
+    return F.linear(features, self.weight, self.bias)
+
   def forward(self, features: torch.Tensor, t: Optional[torch.Tensor] = None) -> torch.Tensor:
-    logits = F.linear(features, self.weight, self.bias)  # [B, H * C]
+    logits = self.linear(features)  # [B, H * C]
     if not self.needs_task_ids:
       return logits
     if t is None:

@@ -55,6 +55,7 @@ class Optimizer:
   def __init__(self, spec: OptimizerSpec, params: Sequence[torch.Tensor]):
     self.spec = spec
     self.learning_rate = _f32(spec.learning_rate)
+    self._scratch: list[torch.Tensor] = []
     self.reset(params)
 
   def reset(self, params: Sequence[torch.Tensor]) -> None:
@@ -67,9 +68,13 @@ class Optimizer:
 
   @torch.no_grad()
   def updates(
-    self, grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor]
+    self,
+    grads: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    out: Sequence[torch.Tensor] | None = None,
   ) -> list[torch.Tensor]:
-    """The additive updates of one step (and the state advanced), as `tx.update`."""
+    """The additive updates of one step (and the state advanced), as
+    `tx.update`; SGD's are written into `out` when given (tensors like `params`)."""
     spec = self.spec
     grads = list(grads)
     if spec.grad_clip_norm is not None:
@@ -79,13 +84,22 @@ class Optimizer:
     if spec.weight_decay > 0:
       grads = [g + spec.weight_decay * p for g, p in zip(grads, params)]
     neg_lr = -self.learning_rate
+    # The moments are updated in place, one fused call per operation over every
+    # tensor (`a * t + b` is `t * a` then `+ b`: the same float32 roundings).
     if spec.name == 'sgd':
       if self.trace is not None:
-        self.trace = [g + spec.momentum * t for g, t in zip(grads, self.trace)]
+        torch._foreach_mul_(self.trace, spec.momentum)
+        torch._foreach_add_(self.trace, grads)
         grads = self.trace
-      return torch._foreach_mul(grads, neg_lr)
-    self.mu = [(1 - ADAM_B1) * g + ADAM_B1 * m for g, m in zip(grads, self.mu)]
-    self.nu = [(1 - ADAM_B2) * (g * g) + ADAM_B2 * v for g, v in zip(grads, self.nu)]
+      if out is None:
+        return torch._foreach_mul(grads, neg_lr)
+      for update, g in zip(out, grads):
+        torch.mul(g, neg_lr, out=update)
+      return list(out)
+    torch._foreach_mul_(self.mu, ADAM_B1)
+    torch._foreach_add_(self.mu, torch._foreach_mul(grads, 1 - ADAM_B1))
+    torch._foreach_mul_(self.nu, ADAM_B2)
+    torch._foreach_add_(self.nu, torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - ADAM_B2))
     self.count += 1
     correction1 = _f32(1 - np.float32(ADAM_B1) ** np.float32(self.count))
     correction2 = _f32(1 - np.float32(ADAM_B2) ** np.float32(self.count))
@@ -96,8 +110,15 @@ class Optimizer:
 
   @torch.no_grad()
   def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
-    """`params += updates(grads, params)`, in place."""
-    torch._foreach_add_(list(params), self.updates(grads, params))
+    """`params += updates(grads, params)`, in place. The updates go to buffers
+    kept from step to step: allocating them anew costs more than computing them."""
+    params = list(params)
+    scratch = self._scratch
+    if len(scratch) != len(params) or any(
+      (u.shape, u.dtype, u.device) != (p.shape, p.dtype, p.device) for u, p in zip(scratch, params)
+    ):
+      scratch = self._scratch = [torch.empty_like(p) for p in params]
+    torch._foreach_add_(params, self.updates(grads, params, out=scratch))
 
   def state_dict(self) -> dict:
     return {

@@ -51,7 +51,7 @@ class EmptyState(NamedTuple):
 
 def masked_logits(logits: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
   """`MASKED_LOGIT` outside `class_mask` (`[C]` or `[B, C]` bool)."""
-  return torch.where(class_mask, logits, torch.full_like(logits, MASKED_LOGIT))
+  return torch.where(class_mask, logits, MASKED_LOGIT)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
   """Fraction of correct argmax predictions among the real samples."""
-  return masked_mean((torch.argmax(logits, -1) == labels).float(), mask)
+  return masked_mean(torch.argmax(logits, -1) == labels, mask)
 
 
 def forward(
@@ -164,7 +164,8 @@ def loss_and_grads(
   """Gradients of `loss_fn` and of `penalty_fn(params, algo_state)`, taken separately.
 
   `penalty_fn` returns the penalty (differentiated here) or `(penalty,
-  gradient)` with its gradient in closed form.
+  gradient)` with its gradient in closed form (new tensors: the task gradient
+  is added to them in place).
 
   Returns:
     `(task_grads, total_grads, aux, metrics)` as `jcl.algorithms.base.loss_and_grads`.
@@ -177,11 +178,12 @@ def loss_and_grads(
   grads = task_grads
   if penalty_fn is not None:
     penalty = penalty_fn(state.params, algo_state)
-    if isinstance(penalty, tuple):  # (value, gradient in closed form)
-      penalty, penalty_grads = penalty
+    if isinstance(penalty, tuple):  # (value, gradient in closed form): total in place
+      penalty, grads = penalty
+      with torch.no_grad():
+        torch._foreach_add_([grads[k] for k in task_grads], list(task_grads.values()))
     else:
-      penalty_grads = grad(penalty, state)
-    grads = tree_add(task_grads, penalty_grads)
+      grads = tree_add(task_grads, grad(penalty, state))
     metrics['penalty'] = penalty.detach()
   return task_grads, grads, aux, metrics
 

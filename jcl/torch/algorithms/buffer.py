@@ -90,10 +90,17 @@ def size(buffer: ReplayBuffer) -> torch.Tensor:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _add_counts(counts: torch.Tensor, idx: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
-  """`counts[idx] += ones` for the indices in range (others dropped)."""
-  keep = (idx >= 0) & (idx < counts.shape[0])
-  return counts.index_add(0, idx[keep], ones[keep].to(counts.dtype))
+def _counts(idx: torch.Tensor, where: torch.Tensor, size: int) -> torch.Tensor:
+  """int64 `[size]`: `c[k]` = how many `i` with `where[i]` (bool) have
+  `idx[i] == k` (indices out of range count nowhere), by comparing with every
+  k (a few ops, no gather)."""
+  hits = idx.reshape(-1, 1) == torch.arange(size, dtype=idx.dtype, device=idx.device)
+  return torch.sum(hits & where.reshape(-1, 1), 0)
+
+
+def _add_counts(counts: torch.Tensor, idx: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+  """`counts[idx] += 1` where `where` (bool), for the indices in range (others dropped)."""
+  return counts + _counts(idx, where, counts.shape[0]).to(counts.dtype)
 
 
 def _batch_logits(buffer: ReplayBuffer, batch: Batch, logits) -> torch.Tensor:
@@ -110,35 +117,32 @@ def _batch_logits(buffer: ReplayBuffer, batch: Batch, logits) -> torch.Tensor:
 
 
 def _count_offered(buffer: ReplayBuffer, y, t, offered) -> ReplayBuffer:
-  ones = offered.long().reshape(-1)
-  y, t = y.long().reshape(-1), t.long().reshape(-1)
-  buffer.seen = buffer.seen + torch.sum(ones)
-  buffer.class_seen = _add_counts(buffer.class_seen, y, ones)
-  buffer.task_seen = _add_counts(buffer.task_seen, t, ones)
+  offered = offered.reshape(-1)
+  buffer.seen = buffer.seen + torch.sum(offered)
+  buffer.class_seen = _add_counts(buffer.class_seen, y, offered)
+  buffer.task_seen = _add_counts(buffer.task_seen, t, offered)
   return buffer
 
 
 def _recount_classes(buffer: ReplayBuffer) -> ReplayBuffer:
-  buffer.class_counts = _add_counts(
-    torch.zeros_like(buffer.class_counts), buffer.y, buffer.valid.long()
-  )
+  counts = buffer.class_counts
+  buffer.class_counts = _counts(buffer.y, buffer.valid, counts.shape[0]).to(counts.dtype)
   return buffer
 
 
 def _store(buffer: ReplayBuffer, slot, write, batch: Batch, logits) -> ReplayBuffer:
   """Writes sample `i` to `slot[i]` where `write[i]`; a later sample of the
   batch going to the same slot wins, as if written one after another."""
-  num_samples = slot.shape[0]
-  order = torch.arange(num_samples, device=slot.device)
-  later = order[None, :] > order[:, None]
-  overwritten = torch.any(later & write[None, :] & (slot[None, :] == slot[:, None]), dim=1)
-  keep = write & ~overwritten
-  idx = slot[keep]
-  buffer.x[idx] = batch.x[keep].to(buffer.x.dtype)
-  buffer.y[idx] = batch.y[keep].long()
-  buffer.t[idx] = batch.t[keep].long()
-  buffer.logits[idx] = logits[keep]
-  buffer.valid[idx] = True
+  # [i, j]: a later sample j writes sample i's slot (the strict upper triangle).
+  later_same = torch.triu((slot[None, :] == slot[:, None]) & write[None, :], diagonal=1)
+  rows = torch.nonzero(write & ~torch.any(later_same, dim=1)).reshape(-1)
+  idx = slot.index_select(0, rows)  # distinct slots
+  buffer.x.index_copy_(0, idx, batch.x.index_select(0, rows).to(buffer.x.dtype))
+  buffer.y.index_copy_(0, idx, batch.y.index_select(0, rows).long())
+  buffer.t.index_copy_(0, idx, batch.t.index_select(0, rows).long())
+  if buffer.logits.shape[-1]:
+    buffer.logits.index_copy_(0, idx, logits.index_select(0, rows))
+  buffer.valid.index_fill_(0, idx, True)
   return _recount_classes(buffer)
 
 

@@ -43,15 +43,20 @@ def quadratic_penalty_and_grad(
   params: Tensors, state: QuadraticPenaltyState, coefficient
 ) -> tuple[torch.Tensor, Tensors]:
   """`(P, dP/dtheta)` with `dP/dtheta = (coefficient Omega) (2 (theta - theta*))`,
-  in the order of operations of JAX's derivative of `quadratic_penalty`."""
+  in the order of operations of JAX's derivative of `quadratic_penalty`; the
+  gradient's tensors are new (the caller may add to them in place)."""
   names = list(state.importance)
   importance = [state.importance[k] for k in names]
   diffs = torch._foreach_sub([params[k] for k in names], [state.anchor[k] for k in names])
-  weighted = torch._foreach_mul(importance, torch._foreach_mul(diffs, diffs))
+  # Two buffers, updated in place (`a * b` is `b * a`: the same roundings).
+  weighted = torch._foreach_mul(diffs, diffs)
+  torch._foreach_mul_(weighted, importance)
   value = coefficient * torch.sum(torch.stack([torch.sum(w) for w in weighted]))
-  grads = torch._foreach_mul(
-    torch._foreach_mul(importance, coefficient), torch._foreach_mul(diffs, 2.0)
-  )
+  grads = weighted
+  for g, omega in zip(grads, importance):
+    torch.mul(omega, coefficient, out=g)
+  torch._foreach_mul_(diffs, 2.0)
+  torch._foreach_mul_(grads, diffs)
   return value, dict(zip(names, grads))
 
 
