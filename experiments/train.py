@@ -21,7 +21,6 @@ with its message on stderr and exit status 1, without a traceback unless
 `--verbosity` is given.
 """
 
-
 from absl import app
 from absl import flags
 
