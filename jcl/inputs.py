@@ -110,14 +110,33 @@ def inputs(source: StoredImages, rows: jax.Array, t: jax.Array) -> jax.Array:
   return x.reshape(rows.shape + (h, w, c))
 
 
+# Rows staged per block: a whole split's temporaries (the per-sample pixel
+# maps and integer pixel values, 4 bytes a pixel each) would otherwise add two
+# float32-sized copies of the split to the peak memory.
+STAGE_BLOCK = 4096
+
+
 @jax.jit
 def stage(source: StoredImages, rows: jax.Array, t: jax.Array, y: jax.Array) -> Batch:
   """A split's samples staged on the device: `Batch(x [N, H, W, C] float32,
   y [N], t [N], None)` from its stored rows `rows [N]` (padding rows `>= M`
-  stage as all-zero inputs; give them label and task 0). One pass over whole
-  arrays, which XLA runs several times faster than the same gathers done
-  batch by batch inside a scan."""
-  return Batch(inputs(source, rows, t), y, t, None)
+  stage as all-zero inputs; give them label and task 0). Whole-array passes
+  over blocks of `STAGE_BLOCK` rows (`lax.map`), which XLA runs several times
+  faster than the same gathers done batch by batch inside a scan, with
+  temporaries of one block."""
+  n = rows.shape[0]
+  if n <= STAGE_BLOCK:
+    return Batch(inputs(source, rows, t), y, t, None)
+  blocks = -(-n // STAGE_BLOCK)
+  pad = blocks * STAGE_BLOCK - n  # 0 for `padded_length`s above the block
+  padded = lambda a, v: jnp.concatenate([a, jnp.full((pad,), v, a.dtype)]) if pad else a
+  by_block = lambda a: a.reshape(blocks, STAGE_BLOCK)
+  x = jax.lax.map(
+    lambda rt: inputs(source, *rt),
+    (by_block(padded(rows, source.images.shape[0])), by_block(padded(t, 0))),
+  )
+  x = x.reshape((blocks * STAGE_BLOCK,) + x.shape[2:])
+  return Batch(x[:n] if pad else x, y, t, None)
 
 
 def split_rows(split, length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
