@@ -636,6 +636,140 @@ class PNNSpec(AlgorithmSpec):
     )
 
 
+@register_spec
+@dataclasses.dataclass(frozen=True)
+class RWalkSpec(AlgorithmSpec):
+  """Riemannian Walk (Chaudhry et al. 2018), as Avalanche's `RWalkPlugin`.
+
+  A running (EWC++) empirical Fisher `F <- ewc_alpha g^2 + (1 - ewc_alpha) F`
+  of the mini-batch gradient (eq. 6), a path-integral score accumulated every
+  `delta_t` steps with the Fisher-normalised denominator (eq. 7), merged per
+  task and normalised to [0, 1]; penalty
+  `ewc_lambda * sum (F + S) (theta - theta*)^2` (eq. 8). Defaults: Avalanche's
+  (its Split MNIST task-IL baseline).
+  """
+
+  name: ClassVar[str] = 'rwalk'
+  ewc_lambda: float = 0.1
+  ewc_alpha: float = 0.9
+  delta_t: int = 10
+
+  def validate(self):
+    self._non_negative('ewc_lambda')
+    self._in_unit_interval('ewc_alpha')
+    _check(
+      isinstance(self.delta_t, int) and not isinstance(self.delta_t, bool) and self.delta_t >= 1,
+      self.name,
+      'delta_t',
+      f'must be an integer >= 1, got {self.delta_t!r}',
+    )
+
+
+@register_spec
+@dataclasses.dataclass(frozen=True)
+class MIRSpec(AlgorithmSpec):
+  """Maximally Interfered Retrieval (Aljundi et al. 2019), ER-MIR.
+
+  A reservoir buffer of `memory_size`; each step draws `mir_candidates`
+  memories, scores each by the increase of its loss under a virtual SGD step
+  on the current batch, and replays the `replay_batch_size` highest with the
+  current batch (as ER).
+  """
+
+  name: ClassVar[str] = 'mir'
+  memory_size: int = 200
+  replay_batch_size: int = 10
+  mir_candidates: int = 50
+
+  def validate(self):
+    _check_replay(self)
+    value = self.mir_candidates
+    _check(
+      isinstance(value, int) and not isinstance(value, bool) and value >= self.replay_batch_size,
+      self.name,
+      'mir_candidates',
+      f'must be an integer >= replay_batch_size ({self.replay_batch_size}), got {value!r}',
+    )
+
+
+@register_spec
+@dataclasses.dataclass(frozen=True)
+class LwFSpec(AlgorithmSpec):
+  """Learning without Forgetting (Li & Hoiem 2016), as Avalanche's `LwF` plugin.
+
+  `loss = CE + alpha_k * KL(softmax(z_old / T) || softmax(z / T))` on the output
+  units of the classes of the tasks before k (batch mean, no T^2 factor, as
+  Avalanche), `z_old` the logits of the model kept at the previous `end_task`.
+  Single-head (class- and domain-incremental) only: Avalanche distils each
+  previous head of a multi-head model, which jcl's heads do not expose.
+
+  Attributes:
+    alpha: the distillation strength of each task: task k uses
+      `alpha[min(k, len(alpha) - 1)]` (one value: a constant; a number is
+      taken as one value). Avalanche's baselines on Split MNIST:
+      (0, 0.5, 1.33, 2.25, 3.2).
+    temperature: T of the softened softmaxes.
+  """
+
+  name: ClassVar[str] = 'lwf'
+  scenarios: ClassVar[tuple[str, ...]] = ('domain', 'class')
+  alpha: tuple[float, ...] = (1.0,)
+  temperature: float = 2.0
+
+  def __post_init__(self):
+    alpha = self.alpha
+    if isinstance(alpha, (list, tuple)):
+      object.__setattr__(self, 'alpha', tuple(alpha))
+    elif _finite(alpha):
+      object.__setattr__(self, 'alpha', (alpha,))
+    super().__post_init__()
+    object.__setattr__(self, 'alpha', tuple(float(a) for a in self.alpha))
+
+  def validate(self):
+    _check(
+      isinstance(self.alpha, tuple)
+      and len(self.alpha) >= 1
+      and all(_finite(a) and a >= 0 for a in self.alpha),
+      self.name,
+      'alpha',
+      f'must be a number >= 0 or a non-empty sequence of them (one a task), got {self.alpha!r}',
+    )
+    self._positive('temperature')
+
+  def alpha_for_task(self, task_id: int) -> float:
+    """`alpha[min(task_id, len(alpha) - 1)]`."""
+    return self.alpha[min(int(task_id), len(self.alpha) - 1)]
+
+
+@register_spec
+@dataclasses.dataclass(frozen=True)
+class ERACESpec(AlgorithmSpec):
+  """ER-ACE (Caccia et al. 2022, "New Insights on Reducing Abrupt
+  Representation Change in Online CL"), as Mammoth's `er_ace`.
+
+  Reservoir replay as ER, with the asymmetric cross-entropy: from the second
+  task on, the current batch's cross-entropy masks the output units of the
+  classes seen before that are not in the batch (Mammoth: units of the
+  batch's classes and of classes >= the largest seen stay); the replayed
+  batch (`replay_batch_size` samples of a buffer of `memory_size`) has its
+  own cross-entropy over every unit the loop allows, added to it.
+  """
+
+  name: ClassVar[str] = 'er_ace'
+  memory_size: int = 200
+  replay_batch_size: int = 10
+  policy: str = 'reservoir'
+
+  def validate(self):
+    _check_replay(self)
+    _check(
+      self.policy in REPLAY_POLICIES,
+      self.name,
+      'policy',
+      f'must be one of {REPLAY_POLICIES}, got {self.policy!r}',
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """The training regime every algorithm gets.

@@ -16,6 +16,7 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
   'ewc': dict(importance_samples=50),
   'mas': dict(importance_samples=50),
   'er': dict(memory_size=8, replay_batch_size=4),
+  'er_ace': dict(memory_size=8, replay_batch_size=4),
   'der': dict(memory_size=8, replay_batch_size=4),
   'derpp': dict(memory_size=8, replay_batch_size=4),
   'agem': dict(memory_per_task=4, memory_batch_size=4),
@@ -23,6 +24,7 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
   'lamaml': dict(memory_size=8, replay_batch_size=4, glances=2),
   'mcsgd': dict(memory_per_task=4, lmc_batch_size=4, lmc_line_samples=2),
   'kcl': dict(core_size=4, num_random_features=16),
+  'mir': dict(memory_size=8, replay_batch_size=2, mir_candidates=4),
 }
 
 
