@@ -58,10 +58,17 @@ Protocols, from the sources' code:
   facebookresearch/GradientEpisodicMemory `run_experiments.sh` (lr 0.1, 256
   memories a task, margin 0.5).
 
-Differences. Neither stream augments its data here: Mammoth trains on
-random 4-pixel-padded crops and horizontal flips (`Stream.augmentation`),
-which jcl does not have yet; once it does, `stream_config` is where it is
-switched on. A-GEM subtracts the per-pixel mean of the training images and
+Augmentation. Seq-CIFAR-10 and Seq-TinyImageNet train, as Mammoth's
+`TRANSFORM`s, on random crops with 4 pixels of black padding and
+horizontal flips (`train.augment='crop:4,flip'`): every training forward
+pass augments, the replay buffer keeps the plain images and replayed ones
+are augmented afresh (`get_data(..., transform=self.transform)`), and the
+logits DER stores are those of the augmented pass. Split CIFAR-100 does
+not augment, as A-GEM (`model/model.py`: "We don't use data augmentation
+for other datasets" than CUB / AWA) and GEM. `--config.train.augment=none`
+switches it off.
+
+Differences. A-GEM subtracts the per-pixel mean of the training images and
 does not divide by a std; jcl standardizes each channel. A-GEM reports the
 average over the last 17 tasks (the first 3 are kept for its
 cross-validation); jcl's ACC averages all 20 (the accuracy matrix in
@@ -97,8 +104,8 @@ class Stream:
     mask_unseen_classes: class-IL training masks classes not seen yet.
     eval_batch_size: evaluation batch size, a divisor of a task's test set
       (no padded batch); None: the train section's default.
-    augmentation: the source's training-time augmentation, not applied
-      by jcl yet (documentation until it is).
+    augment: the source's training-time augmentation (`train.augment`;
+      `jcl.data.augment`), or None.
   """
 
   benchmark: dict[str, Any]
@@ -109,10 +116,11 @@ class Stream:
   replay_batch_size: int
   mask_unseen_classes: bool = True
   eval_batch_size: Optional[int] = None
-  augmentation: str = ''
+  augment: Optional[str] = None
 
 
-_MAMMOTH_AUGMENTATION = 'random crop (4-pixel zero padding) + horizontal flip, training only'
+# Mammoth's RandomCrop(32 or 64, padding=4) + RandomHorizontalFlip().
+_MAMMOTH_AUGMENTATION = 'crop:4,flip'
 
 STREAMS = {
   'seq_cifar10': Stream(
@@ -123,7 +131,7 @@ STREAMS = {
     epochs=50,
     replay_batch_size=32,
     mask_unseen_classes=False,
-    augmentation=_MAMMOTH_AUGMENTATION,
+    augment=_MAMMOTH_AUGMENTATION,
   ),
   'seq_tinyimagenet': Stream(
     benchmark=dict(name='split_tinyimagenet', num_tasks=10, scenario='class'),
@@ -133,7 +141,7 @@ STREAMS = {
     epochs=100,
     replay_batch_size=32,
     mask_unseen_classes=False,
-    augmentation=_MAMMOTH_AUGMENTATION,
+    augment=_MAMMOTH_AUGMENTATION,
   ),
   'split_cifar100': Stream(
     benchmark=dict(
@@ -231,8 +239,8 @@ def stream_config(name: str) -> ml_collections.ConfigDict:
   config.train.mask_unseen_classes = stream.mask_unseen_classes
   if stream.eval_batch_size:
     config.train.eval_batch_size = stream.eval_batch_size
-  # Data augmentation (`stream.augmentation`) plugs in here once jcl has it; until then
-  # the stream trains on the plain images.
+  if stream.augment:
+    config.train.augment = stream.augment
   return config
 
 

@@ -19,6 +19,13 @@ Quiet by default: the INFO logs of absl, Orbax and JAX are off unless
 written (`jcl.checkpoint.CheckpointError`, its folder named), ends the run
 with its message on stderr and exit status 1, without a traceback unless
 `--verbosity` is given.
+
+One run's batch split over several devices: `--config.train.data_parallel=N`
+(-1: all; `jcl.parallel`). A multi-host job runs the same command on every
+host with `--coordinator_address=HOST:PORT` (process 0's), `--num_processes`
+and its own `--process_id`: `jax.distributed.initialize` is called with them
+before anything else, the devices of every process form the mesh (seeds and
+grids: `jcl.replicas`), and process 0 writes the files.
 """
 
 from absl import app
@@ -39,6 +46,13 @@ _BACKEND = flags.DEFINE_enum(
   sorted(runs.BACKENDS),
   'jax (jcl) or torch (jcl.torch: the same run on PyTorch).',
 )
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'Multi-host: HOST:PORT of process 0, where the processes meet (jax.distributed.initialize).',
+)
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0 .. N-1.')
 
 
 def main(argv):
@@ -46,6 +60,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   runs.quiet_unless_asked()
   with runs.errors_reported():
+    if any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+      from jcl import parallel
+
+      parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     result = runs.run(_CONFIG.value, _WORKDIR.value, backend=_BACKEND.value)
   print(runs.format_summary(result))
   if _WORKDIR.value:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -9,19 +10,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcl import inputs
+from jcl import parallel
 from jcl import train_state as ts_lib
 from jcl.algorithms import base
 from jcl.data import stream
 from jcl.types import Batch
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames='mesh')
 def count_correct(
   train_state: ts_lib.TrainState,
   data: Batch,
   idx: jax.Array,
   mask: jax.Array,
   task_classes: jax.Array | None = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
   """Correct predictions and sample count over the rows `idx [K, B]` (with
   `mask`) of a split staged on the device (`data`, `jcl.inputs.stage`), eval mode.
@@ -30,14 +33,15 @@ def count_correct(
   `class_mask` (class-incremental learning predicts among seen classes).
   With `task_classes` (`[T, C]` bool), a second count predicts among the
   classes of each sample's task only: task-incremental accuracy of a
-  class-incremental model, as Mammoth reports it.
+  class-incremental model, as Mammoth reports it. With a `mesh`, each
+  batch is split over its 'data' axis (`jcl.parallel`).
 
   Returns:
     `[3]`: correct, correct given the task (0 without `task_classes`), count.
   """
 
   def body(carry, rows_and_mask):
-    batch = inputs.take_rows(data, *rows_and_mask)
+    batch = parallel.shard_batch(inputs.take_rows(data, *rows_and_mask), mesh)
     logits, _ = ts_lib.apply_model(train_state, train_state.params, batch.x, batch.t, train=False)
     hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == batch.y) * batch.mask)
     correct = hit(base.masked_logits(logits, train_state.class_mask))

@@ -24,6 +24,7 @@ from jcl import runs
 from jcl import train as train_lib
 from jcl import train_state as ts_lib
 from jcl import user_module
+from jcl.data import augment as augment_lib
 from jcl.data import benchmarks as benchmarks_lib
 from jcl.run_spec import Replica, RunSpec, default_cache_dir
 
@@ -88,7 +89,12 @@ def build(config, shared: dict[str, Any] | None = None, replica: Replica | None 
   model = algorithms.adapt_model(spec.algorithm, build_model(model_config, benchmark), context)
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
   state = ts_lib.create_train_state(
-    model, optimizer, init_rng, benchmark.input_shape, benchmark.num_classes
+    model,
+    optimizer,
+    init_rng,
+    benchmark.input_shape,
+    benchmark.num_classes,
+    augment=augment_lib.for_benchmark(train_config.augment, benchmark),
   )
   if 'apply_fn' in shared:  # equal static fields: the replicas share compilations and stack
     state = state.replace(apply_fn=shared['apply_fn'])
@@ -143,7 +149,7 @@ def vmapped(spec: RunSpec, replicas: list[Replica], mesh, shared: dict[str, Any]
   vmapped walk. Replicas whose streams are equal (a fixed `benchmark.seed`)
   share one copy."""
   if mesh == 'auto':
-    mesh = replicas_lib.make_mesh(spec.replicas.batch_shards)
+    mesh = replicas_lib.make_mesh(batch_shards(spec))
   by_seed: dict[int, Parts] = {}
   kept: list[benchmarks_lib.Benchmark] = []
   for seed in dict.fromkeys(r.seed for r in replicas):
@@ -187,6 +193,24 @@ def vmapped(spec: RunSpec, replicas: list[Replica], mesh, shared: dict[str, Any]
   return executor_, stream, train_state, algo_state
 
 
+def batch_shards(spec: RunSpec) -> int:
+  """The devices along the batch axis of the vmapped replicas' mesh:
+  `replicas.batch_shards`, or those of `train.data_parallel` (each replica's
+  batch split over them, the replicas over the rest: a 2-D mesh)."""
+  from jcl import parallel
+
+  wanted = spec.train.data_parallel
+  if wanted in (0, 1):
+    return spec.replicas.batch_shards
+  n = parallel.num_devices(wanted, jax.device_count(), {'train.batch_size': spec.train.batch_size})
+  if spec.replicas.batch_shards not in (1, n):
+    raise ValueError(
+      f'train.data_parallel={wanted} ({n} devices) and replicas.batch_shards='
+      f"{spec.replicas.batch_shards} both split the vmapped replicas' batch; set one of them"
+    )
+  return n
+
+
 def stack_states(states):
   """Per-replica states stacked `[R, ...]`."""
   import jax.numpy as jnp
@@ -200,6 +224,10 @@ def replica_mode(mode: str) -> str:
 
 
 def checkpointer(directory: str, max_to_keep: int):
+  if jax.process_count() > 1:  # every process would write the manifest (jcl.checkpoint)
+    raise ValueError(
+      'checkpoints of a multi-host job are not supported yet: set checkpoint.enabled=False'
+    )
   from jcl import checkpoint  # Orbax: imported when checkpoints are written
 
   return checkpoint.Checkpointer(directory, max_to_keep=max_to_keep)

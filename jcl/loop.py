@@ -151,7 +151,9 @@ class ChunkResult:
 
 class Executor(Protocol):
   """Runs the steps of a walk; the states are whatever the backend uses
-  (stacked `[R, ...]` for several replicas). See `jcl.train.JaxExecutor`."""
+  (stacked `[R, ...]` for several replicas). See `jcl.train.JaxExecutor`.
+  An executor may also have `place_states(states) -> states`: the initial
+  states where it keeps them (`walk` restores a checkpoint into that placement)."""
 
   num_replicas: int
   # `run_chunk` returns before the work is done (results come with `chunk_result`).
@@ -433,6 +435,9 @@ def walk(
   """
   bench, config, size = stream.benchmark, stream.config, stream.num_replicas
   num_tasks = bench.num_tasks
+  place = getattr(executor, 'place_states', None)
+  if place is not None:  # where the executor keeps them (e.g. on a mesh): checkpoints restore there
+    train_state, algo_state = place((train_state, algo_state))
   ctx = FitContext(
     train_state=train_state,
     algo_state=algo_state,

@@ -138,11 +138,20 @@ class TrainConfig:
     importance_samples: at most this many samples of the task go to
       `end_task` (e.g. for the Fisher), chosen with the seed; None = all (an
       algorithm's own `importance_samples` wins).
+    data_parallel: devices one run's batch is split over (JAX, `jcl.parallel`):
+      1 (or 0) one device, N the first N, -1 every device; `batch_size` and
+      `eval_batch_size` must divide by it. The numbers equal one device's
+      up to float rounding, so checkpoints do not record it.
     seed: data order (epochs are shuffled with `(seed, task, epoch)`).
     mask_unseen_classes: class-incremental training masks the output units
       of classes not seen yet (the common protocol); False trains on all
       units, as Mammoth and the DER paper do. Prediction always chooses
       among the classes seen so far.
+    augment: training-time augmentation of image inputs (`jcl.data.augment`):
+      None (off), 'crop_flip', or ops such as 'crop:4,flip' (random crop
+      with 4 pixels of padding, horizontal flip); stored in canonical form.
+      Every training forward pass augments, replayed samples afresh at each
+      replay; buffers keep the inputs as they came, evaluation never augments.
   """
 
   epochs: int = 1
@@ -153,10 +162,18 @@ class TrainConfig:
   eval_split: str = 'test'
   end_task_batch_size: int = 256
   importance_samples: int | None = None
+  data_parallel: int = 1
   seed: int = 0
   mask_unseen_classes: bool = True
+  augment: str | None = None
 
   def __post_init__(self):
+    from jcl.data import augment  # no framework import
+
+    try:
+      object.__setattr__(self, 'augment', augment.canonical(self.augment))
+    except ValueError as e:
+      _fail('train', 'augment', str(e))
     for name in ('epochs', 'batch_size', 'chunk_steps', 'eval_batch_size', 'end_task_batch_size'):
       _int_at_least('train', name, getattr(self, name), 1)
     if self.eval_split not in ('test', 'val'):
@@ -164,6 +181,14 @@ class TrainConfig:
     if self.importance_samples is not None:
       _int_at_least('train', 'importance_samples', self.importance_samples, 1)
     _int_at_least('train', 'seed', self.seed, 0)
+    _int_at_least('train', 'data_parallel', self.data_parallel, -1)
+    for name in ('batch_size', 'eval_batch_size'):
+      if self.data_parallel > 1 and getattr(self, name) % self.data_parallel:
+        _fail(
+          'train',
+          'data_parallel',
+          f'train.{name}={getattr(self, name)} does not divide over {self.data_parallel} devices',
+        )
     check_types('train', self)
 
 
@@ -609,8 +634,10 @@ class RunSpec:
     flat.update(_flatten('model', {'name': self.model.name, **self.model.options}))
     flat.update(_flatten('algo', self.algorithm.to_dict()))
     flat.update(_flatten('optimizer', dataclasses.asdict(self.optimizer)))
+    # Not `train.data_parallel`: it changes the numbers by float rounding only.
+    train = dataclasses.asdict(self.train)
     flat.update(
-      _flatten('train', {k: v for k, v in dataclasses.asdict(self.train).items() if k != 'seed'})
+      _flatten('train', {k: v for k, v in train.items() if k not in ('seed', 'data_parallel')})
     )
     if self.replicated:
       flat['num_seeds'] = self.replicas.num_seeds

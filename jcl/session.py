@@ -52,6 +52,7 @@ from jcl import run_spec
 from jcl import runs
 from jcl import train as train_lib
 from jcl import train_state as ts_lib
+from jcl.data import augment as augment_lib
 from jcl.data import sources
 from jcl.data import transforms
 from jcl.data.benchmarks import Benchmark, Task, TaskSplit
@@ -309,7 +310,12 @@ def update(
   )
   init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
   state = ts_lib.create_train_state(
-    model, optimizer, init_rng, benchmark.input_shape, benchmark.num_classes
+    model,
+    optimizer,
+    init_rng,
+    benchmark.input_shape,
+    benchmark.num_classes,
+    augment=augment_lib.for_benchmark(train_config.augment, benchmark),
   )
   initial, _ = evaluation.evaluate_benchmark(state, benchmark, 'test', train_config.eval_batch_size)
 

@@ -12,6 +12,11 @@ The programs are built by `Program`, whose functions take the values of
 gridded hyperparameters (`hp`, e.g. `{'algo.ewc_lambda': 3.0}`) as
 arguments, so one compilation serves every seed and grid setting
 (`jcl.replicas` vmaps the same functions).
+
+With `TrainConfig.data_parallel` > 1 the executor splits each batch over
+the devices of a 1-D mesh (`jcl.parallel`): the states and the staged split
+replicated, the row numbers `[K, B]` split along B, and the chunk compiled
+with the batch constrained to the 'data' axis (`Program.run_chunk`'s `mesh`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from jcl import callbacks as callbacks_lib
 from jcl import evaluation
 from jcl import inputs as inputs_lib
 from jcl import loop
+from jcl import parallel
 from jcl import train_state as ts_lib
 from jcl.algorithms.base import Algorithm, Context
 from jcl.data import stream
@@ -185,7 +191,7 @@ class Program:
 
   def __init__(self, algorithm: Algorithm, context: Context | None = None):
     self.base, self.context = algorithm, context
-    self.run_chunk = jax.jit(self._run_chunk, static_argnames='skip_padding')
+    self.run_chunk = jax.jit(self._run_chunk, static_argnames=('skip_padding', 'mesh'))
     self.end_task = jax.jit(self._end_task)
     self._vmapped: dict[Any, Any] = {}
 
@@ -216,12 +222,16 @@ class Program:
       train_state = train_state.replace(opt_state=opt_state._replace(hyperparams=hyperparams))
     return train_state, algo_state
 
-  def _run_chunk(self, train_state, algo_state, data, idx, mask, hp, skip_padding=True):
+  def _run_chunk(self, train_state, algo_state, data, idx, mask, hp, skip_padding=True, mesh=None):
     """Gathers the chunk from `data` and scans the steps over it: `(train_state,
-    algo_state, {metric: mean over the chunk's steps}, optimizer step)`."""
+    algo_state, {metric: mean over the chunk's steps}, optimizer step)`; with
+    a `mesh` (static), each step's batch split over its 'data' axis and the
+    states kept replicated (`jcl.parallel.data_parallel_step`)."""
     with _traced_values_named(hp):
-      run = gather_rows_fn(self.algorithm(hp).step, skip_padding)
+      step = parallel.data_parallel_step(self.algorithm(hp).step, mesh)
+      run = gather_rows_fn(step, skip_padding)
       train_state, algo_state, metrics, valid = run(train_state, algo_state, data, idx, mask)
+      train_state, algo_state = parallel.replicate((train_state, algo_state), mesh)
     return train_state, algo_state, _chunk_means(metrics, valid), train_state.step
 
   def _end_task(self, train_state, algo_state, data, idx, mask, hp):
@@ -270,6 +280,11 @@ class JaxExecutor:
   task's dropped), and so is each task's evaluation split in turn, padded to
   the longest one's length: memory does not grow with the number of tasks
   and the programs compile once for the stream.
+
+  With `config.data_parallel` > 1 (`jcl.parallel.data_mesh`) the states and
+  the staged splits are replicated on the mesh's devices (staged on the
+  default device, then copied), the chunks' and the evaluation's row numbers
+  split along the batch, and `end_task` runs replicated.
   """
 
   num_replicas = 1
@@ -281,10 +296,11 @@ class JaxExecutor:
     benchmark: Benchmark,
     config: TrainConfig,
     hp: Mapping[str, float] | None = None,
-    eval_cache: dict[int, Any] | None = None,
+    eval_cache: dict[Any, Any] | None = None,
   ):
     self.program, self.benchmark, self.config = program, benchmark, config
-    self.hp = hp_arrays(hp or {})
+    self.mesh = parallel.data_mesh(config)
+    self.hp = self._replicated(hp_arrays(hp or {}))
     self._placed: tuple[int, Batch] | None = None
     self._sources: dict[tuple[int, int], inputs_lib.StoredImages] = {}
     self._eval_cache = {} if eval_cache is None else eval_cache
@@ -294,6 +310,29 @@ class JaxExecutor:
   @property
   def compile_seconds(self) -> float:
     return compile_seconds() - self._compiled0
+
+  def _replicated(self, tree):
+    """`tree` on the mesh's devices, replicated (as it is without a mesh)."""
+    return tree if self.mesh is None else parallel.put_replicated(tree, self.mesh)
+
+  def place_states(self, states):
+    """The walk's initial states where the chunks take them (`jcl.loop.walk`
+    restores a checkpoint into their placement)."""
+    return self._replicated(states)
+
+  def _class_mask(self, class_mask: np.ndarray) -> jax.Array:
+    if self.mesh is None:
+      return jnp.asarray(class_mask)
+    return self._replicated(np.asarray(class_mask))
+
+  def _rows(self, idx, mask, split: bool = True):
+    """Row numbers and mask `[K, B]` on the device(s): split along B over the
+    mesh (`split`) or replicated."""
+    if self.mesh is None:
+      return jax.device_put(idx), jax.device_put(mask)
+    if split:
+      return parallel.put_rows((idx, mask), self.mesh)
+    return parallel.put_replicated((np.asarray(idx), np.asarray(mask)), self.mesh)
 
   def _source(self, split: TaskSplit) -> inputs_lib.StoredImages:
     """The stored images of `split` with its view, on the device (placed once)."""
@@ -308,7 +347,8 @@ class JaxExecutor:
     if self._placed is None or self._placed[0] != id(split):
       self._placed = None  # drop the previous task's before staging this one
       length = inputs_lib.padded_length(len(split), self._train_length)
-      self._placed = (id(split), inputs_lib.stage_split(split, self._source(split), length))
+      staged = inputs_lib.stage_split(split, self._source(split), length)
+      self._placed = (id(split), self._replicated(staged))
     return self._placed[1]
 
   def place_task(self, task_id: int, splits: Sequence[TaskSplit]) -> None:
@@ -316,27 +356,28 @@ class JaxExecutor:
     self._data(splits[0])
 
   def begin_task(self, states, task_id: int, class_mask: np.ndarray):
-    train_state, algo_state = states
-    train_state = train_state.replace(class_mask=jnp.asarray(class_mask))
+    train_state, algo_state = self._replicated(states)
+    train_state = train_state.replace(class_mask=self._class_mask(class_mask))
     return self.program.begin_task(train_state, algo_state, task_id, self.hp)
 
   def run_chunk(self, states, chunks):
     (chunk,) = chunks
     train_state, algo_state, means, step = self.program.run_chunk(
-      *states,
+      *self._replicated(states),
       self._placed[1],
-      jax.device_put(chunk.idx),
-      jax.device_put(chunk.mask),
+      *self._rows(chunk.idx, chunk.mask),
       self.hp,
       skip_padding=chunk.padding_steps,
+      mesh=self.mesh,
     )
     return (train_state, algo_state), (means, step)
 
   def chunk_result(self, pending) -> loop.ChunkResult:
-    means, step = jax.device_get(pending)
+    means, step = parallel.fetch(pending)
     return loop.ChunkResult([{k: float(v) for k, v in means.items()}], [int(step)])
 
   def end_task(self, states, splits, chunks):
+    states = self._replicated(states)
     if chunks is None:
       out = self.program.end_task(*states, None, None, None, self.hp)
     else:
@@ -344,8 +385,7 @@ class JaxExecutor:
       out = self.program.end_task(
         *states,
         self._data(splits[0]),
-        jax.device_put(chunk.idx),
-        jax.device_put(chunk.mask),
+        *self._rows(chunk.idx, chunk.mask, split=False),
         self.hp,
       )
     return jax.block_until_ready(out)
@@ -353,7 +393,7 @@ class JaxExecutor:
   def _eval_chunks(self) -> list[tuple[TaskSplit, Any, list[Any]]]:
     """Per task, its evaluation split, its padded rows (`jcl.inputs.split_rows`)
     and its index chunks, on the device (placed once: a few bytes a sample)."""
-    key = id(self.benchmark)
+    key = (id(self.benchmark), self.mesh)
     if key not in self._eval_cache:
       self._eval_cache.clear()  # another stream's (e.g. the previous seed's)
       per_task = [
@@ -367,23 +407,25 @@ class JaxExecutor:
         (
           split,
           jax.device_put(inputs_lib.split_rows(split, length)),
-          [jax.device_put((c.idx, c.mask)) for c in chunks],
+          [self._rows(c.idx, c.mask) for c in chunks],
         )
         for split, chunks in per_task
       ]
     return self._eval_cache[key]
 
   def evaluate(self, states, class_mask):
-    train_state = states[0]
+    train_state = self._replicated(states[0])
     if class_mask is not None:
-      train_state = train_state.replace(class_mask=jnp.asarray(class_mask))
+      train_state = train_state.replace(class_mask=self._class_mask(class_mask))
     table = evaluation.task_table(self.benchmark)
+    if table is not None:
+      table = self._replicated(table)
     counts = []
     for split, rows, chunks in self._eval_chunks():
-      data = inputs_lib.stage(self._source(split), *rows)
+      data = self._replicated(inputs_lib.stage(self._source(split), *rows))
       counts.append(
         [
-          evaluation.count_correct(train_state, data, idx, mask, table)[None]
+          evaluation.count_correct(train_state, data, idx, mask, table, mesh=self.mesh)[None]
           for idx, mask in chunks
         ]
       )
@@ -391,7 +433,7 @@ class JaxExecutor:
       # memory stays flat in the number of tasks, the host still runs ahead.
       if len(counts) > 1:
         jax.block_until_ready(counts[-2])
-    return evaluation.accuracies(counts, 1, table is not None)
+    return evaluation.accuracies(counts, 1, table is not None, fetch=parallel.fetch)
 
 
 # -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jcl import augment as augment_lib
 from jcl.specs import OptimizerSpec
 
 PyTree = Any
@@ -66,6 +67,8 @@ class TrainState(struct.PyTreeNode):
     apply_fn: the flax module's `apply` (static).
     tx: the optimizer (static).
     regime: the `OptimizerSpec` (static) that `begin_task` applies.
+    augment: the `jcl.data.augment.Augmentation` (static) every training
+      forward pass applies to its inputs (`apply_model`), or None.
   """
 
   step: jax.Array
@@ -78,6 +81,7 @@ class TrainState(struct.PyTreeNode):
   apply_fn: Callable = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
   regime: OptimizerSpec = struct.field(pytree_node=False)
+  augment: augment_lib.Augmentation | None = struct.field(pytree_node=False, default=None)
 
   @property
   def learning_rate(self) -> jax.Array:
@@ -103,6 +107,8 @@ def create_train_state(
   rng: jax.Array,
   input_shape: tuple[int, ...],
   num_classes: int,
+  *,
+  augment: augment_lib.Augmentation | None = None,
 ) -> TrainState:
   """Initialises `model` on a dummy batch of `input_shape` and its optimizer.
 
@@ -112,6 +118,8 @@ def create_train_state(
     rng: PRNG key; split into the init key and the state's base key.
     input_shape: one example's shape, e.g. `(28, 28, 1)`.
     num_classes: width of the model output (the length of `class_mask`).
+    augment: training-time augmentation of the inputs (`jcl.data.augment.make`),
+      or None.
   """
   tx = make_optimizer(optimizer)
 
@@ -141,6 +149,7 @@ def create_train_state(
     apply_fn=model.apply,
     tx=tx,
     regime=optimizer,
+    augment=augment,
   )
 
 
@@ -158,8 +167,16 @@ def apply_model(
 
   `outputs` is the logits `[B, C]`, or `(logits, features)` with
   `return_features`. In training mode the BatchNorm statistics are updated
-  (returned as the new model state) and dropout draws from `rng`.
+  (returned as the new model state) and dropout draws from `rng`; with the
+  state's `augment`, the inputs are augmented first, from `fold_in(rng,
+  jcl.augment.AUGMENT_SALT)` (`jcl.augment.training_inputs`). The training
+  forward passes of the algorithms go through here (`base.forward`; KCL,
+  which calls its model's `fit_terms`, uses `training_inputs` itself), so
+  every algorithm augments without code of its own; evaluation and the
+  importance passes of `end_task` (`train=False`) never do.
   """
+  if train and state.augment is not None:
+    x = augment_lib.training_inputs(state.augment, x, rng)
   variables = {'params': params, **state.model_state}
   rngs = {'dropout': rng} if (train and rng is not None) else {}
   if train and state.model_state:

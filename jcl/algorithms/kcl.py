@@ -81,6 +81,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jcl import augment as augment_lib
 from jcl import specs
 from jcl.algorithms import base
 from jcl.models import heads
@@ -576,7 +577,7 @@ def make(spec: specs.KCLSpec | None = None, context: base.Context | None = None)
       variables = {'params': params, **train_state.model_state}
       out = train_state.apply_fn(
         variables,
-        batch.x,
+        augment_lib.training_inputs(train_state.augment, batch.x, rngs['dropout']),
         batch.mask,
         task,
         train=True,

@@ -20,6 +20,7 @@ import torch
 
 from jcl import loop
 from jcl import runs
+from jcl.data import augment as augment_lib
 from jcl.data import benchmarks as benchmarks_lib
 from jcl.run_spec import Replica, RunSpec
 from jcl.torch import algorithms
@@ -84,7 +85,11 @@ def build(
   if device is not None:
     model = model.to(device)
   state = ts_lib.create_train_state(
-    model, optimizer, num_classes=benchmark.num_classes, seed=spec.seed
+    model,
+    optimizer,
+    num_classes=benchmark.num_classes,
+    seed=spec.seed,
+    augment=augment_lib.for_benchmark(train_config.augment, benchmark),
   )
   return Parts(
     spec,
@@ -154,7 +159,8 @@ def environment() -> dict[str, Any]:
 
 
 def prepare(spec: RunSpec) -> None:
-  del spec
+  """Refuses what only the JAX backend does (`train.data_parallel`)."""
+  fit_lib.refuse_data_parallel(spec.train)
 
 
 def run(config, workdir: str | None = None, extra_callbacks=(), device=None):

@@ -182,6 +182,16 @@ def walk_environment(seed: int, device):
     yield
 
 
+def refuse_data_parallel(config: TrainConfig) -> None:
+  """A `ValueError` for `data_parallel` > 1: PyTorch runs train on one device."""
+  wanted = getattr(config, 'data_parallel', 1)
+  if wanted not in (0, 1):
+    raise ValueError(
+      f"train: invalid 'data_parallel': {wanted}; the torch backend trains on "
+      "one device (splitting the batch over several is the JAX backend's, jcl.parallel)"
+    )
+
+
 class TorchExecutor:
   """Runs one replica's walk on PyTorch (see `jcl.loop.Executor`)."""
 
@@ -196,6 +206,7 @@ class TorchExecutor:
       config,
       device,
     )
+    refuse_data_parallel(config)
     self._split: TaskSplit | None = None
     self._staged: Staged | None = None
 

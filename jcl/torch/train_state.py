@@ -16,7 +16,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from jcl.data.augment import Augmentation
 from jcl.specs import OptimizerSpec
+from jcl.torch import augment as augment_lib
 from jcl.torch import models as models_lib
 from jcl.torch import random as random_lib
 from jcl.torch.optim import Optimizer
@@ -37,6 +39,8 @@ class TrainState:
       prediction may use.
     step: optimizer steps taken (padding steps excluded).
     task: the task being trained.
+    augment: the `jcl.data.augment.Augmentation` every training forward pass
+      applies to its inputs (`apply_model`), or None.
   """
 
   model: nn.Module
@@ -46,6 +50,7 @@ class TrainState:
   class_mask: torch.Tensor
   step: int = 0
   task: int = 0
+  augment: Augmentation | None = None
 
   def __post_init__(self):
     # The parameters are looked up once: loading a state dict copies into them,
@@ -110,6 +115,7 @@ def create_train_state(
   num_classes: int,
   seed: int = 0,
   rng: random_lib.RandomSource | None = None,
+  augment: Augmentation | None = None,
 ) -> TrainState:
   """The initial state of `model` (already initialized) under `optimizer`.
 
@@ -119,6 +125,7 @@ def create_train_state(
     num_classes: width of the model output (the length of `class_mask`).
     seed: seeds the default `TorchRandom` source.
     rng: another `RandomSource` (e.g. one reproducing `jax.random` in tests).
+    augment: training-time augmentation of the inputs, or None.
   """
   device = next(model.parameters()).device
   return TrainState(
@@ -127,6 +134,7 @@ def create_train_state(
     regime=optimizer,
     rng=rng if rng is not None else random_lib.TorchRandom(seed, device),
     class_mask=torch.ones(num_classes, dtype=torch.bool, device=device),
+    augment=augment,
   )
 
 
@@ -146,8 +154,11 @@ def apply_model(
   / `model_state` the model runs at those values (`torch.func.functional_call`)
   instead of its own. In training mode `new_model_state` holds the updated
   BatchNorm statistics, which nothing writes until `apply_gradients`; in
-  evaluation mode it is the model state used.
+  evaluation mode it is the model state used. With the state's `augment`, a
+  training pass augments its inputs first (`jcl.torch.augment`).
   """
+  if train and state.augment is not None:
+    x = augment_lib.training_inputs(state, x)
   if params is None and model_state is None:
     outputs = state.model(x, t, train=train, return_features=return_features)
   else:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jcl import specs
+from jcl.torch import augment as augment_lib
 from jcl.torch import models as models_lib
 from jcl.torch import progressive
 from jcl.torch import train_state as ts_lib
@@ -549,7 +550,8 @@ def make(
     noise = None
     if spec.kernel == 'rff':
       noise = bases_noise(train_state, tuple(model.random_features.noise.shape))
-    logits, kl = model.fit_terms(batch.x, batch.mask, task, train=True, noise=noise)
+    x = augment_lib.training_inputs(train_state, batch.x)
+    logits, kl = model.fit_terms(x, batch.mask, task, train=True, noise=noise)
     logits = base.masked_logits(logits, train_state.class_mask)
     cross_entropy = base.cross_entropy(logits, batch.y, batch.mask)
     loss = cross_entropy + spec.tau * kl
