@@ -268,12 +268,6 @@ class ERSpec(AlgorithmSpec):
 
   def validate(self):
     _check_replay(self)
-    _check(
-      self.policy in REPLAY_POLICIES,
-      self.name,
-      'policy',
-      f'must be one of {REPLAY_POLICIES}, got {self.policy!r}',
-    )
 
 
 def _check_replay(spec) -> None:
@@ -284,6 +278,13 @@ def _check_replay(spec) -> None:
       spec.name,
       field,
       f'must be an integer >= 1, got {value!r}',
+    )
+  if hasattr(spec, 'policy'):  # ER and ER-ACE choose their buffer's policy
+    _check(
+      spec.policy in REPLAY_POLICIES,
+      spec.name,
+      'policy',
+      f'must be one of {REPLAY_POLICIES}, got {spec.policy!r}',
     )
 
 
@@ -762,12 +763,6 @@ class ERACESpec(AlgorithmSpec):
 
   def validate(self):
     _check_replay(self)
-    _check(
-      self.policy in REPLAY_POLICIES,
-      self.name,
-      'policy',
-      f'must be one of {REPLAY_POLICIES}, got {self.policy!r}',
-    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,5 +158,14 @@ def assert_states_close(jax_state, torch_state, rtol=RTOL, atol=ATOL, what='para
   assert_trees_close(jax_variables(jax_state), torch_variables(torch_state), rtol, atol, what)
 
 
+def assert_metrics_close(jax_metrics, torch_metrics, what=''):
+  """The same metric names on both backends, each value close (`what` names the step)."""
+  assert sorted(torch_metrics) == sorted(jax_metrics), what
+  for key, value in jax_metrics.items():
+    np.testing.assert_allclose(
+      float(torch_metrics[key]), float(value), rtol=RTOL, atol=ATOL, err_msg=f'{what} {key}'
+    )
+
+
 def as_numpy(x):
   return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

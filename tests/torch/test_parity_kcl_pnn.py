@@ -71,18 +71,6 @@ def task_batch(seed, task, classes, input_shape, real=BATCH):
   )
 
 
-def assert_metrics_close(jax_metrics, torch_metrics, what):
-  assert sorted(torch_metrics) == sorted(jax_metrics), what
-  for key, value in jax_metrics.items():
-    np.testing.assert_allclose(
-      float(torch_metrics[key]),
-      float(value),
-      rtol=helpers.RTOL,
-      atol=helpers.ATOL,
-      err_msg=f'{what} {key}',
-    )
-
-
 # ----------------------------------------------------------------------------
 # PNN.
 
@@ -166,7 +154,7 @@ def test_pnn_same_weights_and_frozen_columns_bit_identical(case):
       jax_ts, jax_state, jax_metrics = step(jax_ts, jax_batch, jax_state)
       torch_ts, torch_state, torch_metrics = torch_algo.step(torch_ts, torch_batch, torch_state)
       what = f'{case} task {task} step {k}'
-      assert_metrics_close(jax_metrics, torch_metrics, what)
+      helpers.assert_metrics_close(jax_metrics, torch_metrics, what)
       helpers.assert_states_close(jax_ts, torch_ts, what=what)
     for k in range(PNN_TASKS):
       after = column_snapshot(torch_ts, k)
@@ -324,7 +312,7 @@ def test_kcl_same_weights_coresets_and_predictions(kernel):
       jax_ts, jax_state, jax_metrics = step(jax_ts, jax_batch, jax_state)
       torch_ts, torch_state, torch_metrics = torch_algo.step(torch_ts, torch_batch, torch_state)
       what = f'{kernel} task {task} step {k}'
-      assert_metrics_close(jax_metrics, torch_metrics, what)
+      helpers.assert_metrics_close(jax_metrics, torch_metrics, what)
       assert int(jax_ts.step) == torch_ts.step
       variables = kcl_variables(torch_ts)
       helpers.assert_trees_close(jax_ts.params, variables['params'], what=what)

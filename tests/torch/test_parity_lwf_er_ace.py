@@ -63,15 +63,7 @@ def test_same_weights_after_steps_and_end_task(case):
     for k, (jax_batch, torch_batch) in enumerate(batches):
       jax_ts, jax_state, jax_metrics = step(jax_ts, jax_batch, jax_state)
       torch_ts, torch_state, torch_metrics = torch_algo.step(torch_ts, torch_batch, torch_state)
-      assert sorted(torch_metrics) == sorted(jax_metrics)
-      for key, value in jax_metrics.items():
-        np.testing.assert_allclose(
-          float(torch_metrics[key]),
-          float(value),
-          rtol=helpers.RTOL,
-          atol=helpers.ATOL,
-          err_msg=f'{case} task {task} step {k} {key}',
-        )
+      helpers.assert_metrics_close(jax_metrics, torch_metrics, f'{case} task {task} step {k}')
       exercised += float(jax_metrics.get('penalty', jax_metrics.get('replay_loss')))
     helpers.assert_states_close(jax_ts, torch_ts, what=f'{case} task {task} steps')
     jax_chunk, torch_chunk = helpers.stack(batches)
