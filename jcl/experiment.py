@@ -87,15 +87,7 @@ def build(config, shared: dict[str, Any] | None = None, replica: Replica | None 
   context = algorithms.Context.of(benchmark)
   model_config, optimizer, train_config = spec.regime()
   model = algorithms.adapt_model(spec.algorithm, build_model(model_config, benchmark), context)
-  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
-  state = ts_lib.create_train_state(
-    model,
-    optimizer,
-    init_rng,
-    benchmark.input_shape,
-    benchmark.num_classes,
-    augment=augment_lib.for_benchmark(train_config.augment, benchmark),
-  )
+  state, algo_rng = initial_state(spec.seed, model, optimizer, train_config, benchmark)
   if 'apply_fn' in shared:  # equal static fields: the replicas share compilations and stack
     state = state.replace(apply_fn=shared['apply_fn'])
   shared.setdefault('apply_fn', state.apply_fn)
@@ -191,6 +183,22 @@ def vmapped(spec: RunSpec, replicas: list[Replica], mesh, shared: dict[str, Any]
     **loop.stream_needs(spec.algorithm, first.train_config),
   )
   return executor_, stream, train_state, algo_state
+
+
+def initial_state(seed: int, model, optimizer, train_config, benchmark):
+  """`(train_state, algo_rng)`: the model initialised and its optimizer from
+  `seed` (split into the init key and the algorithm's key), with the
+  training augmentation `train_config.augment` for the benchmark's inputs."""
+  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(seed))
+  state = ts_lib.create_train_state(
+    model,
+    optimizer,
+    init_rng,
+    benchmark.input_shape,
+    benchmark.num_classes,
+    augment=augment_lib.for_benchmark(train_config.augment, benchmark),
+  )
+  return state, algo_rng
 
 
 def batch_shards(spec: RunSpec) -> int:

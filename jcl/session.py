@@ -38,7 +38,6 @@ import os
 from typing import Any, Sequence
 from urllib import parse
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -51,8 +50,6 @@ from jcl import models
 from jcl import run_spec
 from jcl import runs
 from jcl import train as train_lib
-from jcl import train_state as ts_lib
-from jcl.data import augment as augment_lib
 from jcl.data import sources
 from jcl.data import transforms
 from jcl.data.benchmarks import Benchmark, Task, TaskSplit
@@ -308,15 +305,7 @@ def update(
     ),
     context,
   )
-  init_rng, algo_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
-  state = ts_lib.create_train_state(
-    model,
-    optimizer,
-    init_rng,
-    benchmark.input_shape,
-    benchmark.num_classes,
-    augment=augment_lib.for_benchmark(train_config.augment, benchmark),
-  )
+  state, algo_rng = experiment.initial_state(spec.seed, model, optimizer, train_config, benchmark)
   initial, _ = evaluation.evaluate_benchmark(state, benchmark, 'test', train_config.eval_batch_size)
 
   from jcl import checkpoint  # Orbax

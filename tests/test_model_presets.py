@@ -182,3 +182,9 @@ def test_user_module_is_imported_once(tmp_path):
   np.testing.assert_array_equal(
     user_module.benchmark(path, 3).tasks[0].train.y, user_module.benchmark(path, 3).tasks[0].train.y
   )
+
+
+def test_torch_backend_refuses_a_user_model_by_name(tmp_path):
+  path = write(tmp_path, 'model_only', LINEAR, MODEL_FN)
+  with pytest.raises(ValueError, match="user module's model_fn .* torch backend cannot run"):
+    runs.run(RunSpec.from_config(small_config(path)), backend='torch')

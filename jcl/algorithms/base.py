@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jcl import train_state as ts_lib
+from jcl.models import heads
 from jcl.train_state import TrainState
 from jcl.types import Batch
 from jcl.types import Context  # noqa: F401  (re-exported: one Context for both backends)
@@ -34,7 +35,7 @@ Metrics = dict[str, jax.Array]
 
 # A large negative logit for masked output units: finite, so softmax and
 # cross-entropy stay NaN-free.
-MASKED_LOGIT = -1e9
+MASKED_LOGIT = heads.MASK_VALUE
 
 
 class Algorithm(NamedTuple):
@@ -51,9 +52,9 @@ class EmptyState(NamedTuple):
   """The `algo_state` of an algorithm that keeps none."""
 
 
-def masked_logits(logits: jax.Array, class_mask: jax.Array) -> jax.Array:
-  """Sets the logits of units outside `class_mask` (`[C]` or `[B, C]`) to `MASKED_LOGIT`."""
-  return jnp.where(class_mask, logits, MASKED_LOGIT)
+# The logits of units outside `class_mask` (`[C]` or `[B, C]`) set to
+# `MASKED_LOGIT`: the models' own masking (`jcl.models.heads.mask_logits`).
+masked_logits = heads.mask_logits
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:

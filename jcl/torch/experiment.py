@@ -52,6 +52,11 @@ def build_model(
   """The model of `model_config` with the output head the benchmark's scenario needs."""
   kwargs = dict(model_config)
   model_name = kwargs.pop('name')
+  if model_name == 'user_module':  # jcl.user_module.NAME: its model_fn returns a flax module
+    raise ValueError(
+      "model: a user module's model_fn (config.user_module) gives a flax model, which the "
+      'torch backend cannot run; use --backend=jax, or a named model (--config.model=mlp, cnn, ...)'
+    )
   task_classes = None
   if benchmark.scenario == 'task' and benchmark.num_heads == 1:
     task_classes = tuple(tuple(int(c) for c in cls) for cls in benchmark.task_classes)
