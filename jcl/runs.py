@@ -518,6 +518,15 @@ def _replica_files(workdir: str | None, replica: Replica) -> str | None:
   return os.path.join(workdir, 'replicas', replica.dirname()) if workdir else None
 
 
+def _replica_share(key: str, value, replicas: int):
+  """One replica's share of a timing of a vmapped walk: times and samples
+  divided by the replicas; a moment (`first_chunk_seconds`, None when this
+  process ran no chunk, e.g. resumed after the last one) and rates as they are."""
+  if value is None or key == 'first_chunk_seconds':
+    return value
+  return value / replicas if key.endswith('seconds') or key == 'samples_seen' else value
+
+
 def _run_replicas(
   spec: RunSpec, workdir: str | None, impl, extra_callbacks, mode, mesh, shared: dict[str, Any]
 ):
@@ -550,10 +559,7 @@ def _run_replicas(
     [r.timings for r in results]
     if mode == 'sequential'
     else [
-      {
-        k: v / len(results) if k.endswith('seconds') or k == 'samples_seen' else v
-        for k, v in results[0].timings.items()
-      }
+      {k: _replica_share(k, v, len(results)) for k, v in results[0].timings.items()}
       for _ in results
     ]
   )

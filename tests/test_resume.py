@@ -108,3 +108,18 @@ def test_rerunning_a_finished_run_says_so_and_keeps_its_results(tmp_path, capsys
     jax.tree.leaves(again.train_state.params), jax.tree.leaves(first.train_state.params)
   ):
     np.testing.assert_array_equal(x, y)
+
+
+def test_vmapped_seeds_resumed_with_no_chunk_left_finish(tmp_path):
+  # A process that resumes after the last chunk (killed during the last
+  # evaluation or before results.json) runs no chunk: its first_chunk_seconds
+  # is None, and the replicas' timings are still reported.
+  config = small_config()
+  config.benchmark.num_tasks = 2
+  config.num_seeds = 2
+  config.replicas.mode = 'vmap'
+  first = experiment.run(config, str(tmp_path))
+  os.remove(tmp_path / 'results.json')
+  again = experiment.run(config, str(tmp_path))
+  np.testing.assert_array_equal(again.accuracy_matrices, first.accuracy_matrices)
+  assert (tmp_path / 'results.json').exists()
